@@ -1,0 +1,90 @@
+"""Prometheus metrics: one prefix, base units, no room or participant ids as labels.
+
+A ``Metrics`` object takes the registry it registers in, so tests and several services in one process
+never collide on the global registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "livekit_signaling"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            f"{PREFIX}_commands_total", "Commands handled, by action and outcome.", ["action", "outcome"],
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            f"{PREFIX}_command_duration_seconds",
+            "From delivery to acknowledgement of a command, by action.",
+            ["action"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.livekit_requests = Counter(
+            f"{PREFIX}_livekit_requests_total",
+            "LiveKit API attempts by method and outcome (ok, not_found, rejected, unavailable, timeout, "
+            "transport_error).",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.livekit_request_duration = Histogram(
+            f"{PREFIX}_livekit_request_duration_seconds",
+            "Duration of one LiveKit API attempt, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.livekit_retries = Counter(
+            f"{PREFIX}_livekit_retries_total", "LiveKit API attempts that were retried, by method.",
+            ["method"], registry=r,
+        )
+        self.events_published = Counter(
+            f"{PREFIX}_events_published_total", "Events published and confirmed, by type.", ["type"],
+            registry=r,
+        )
+        self.events_unroutable = Counter(
+            f"{PREFIX}_events_unroutable_total",
+            "Events the broker could not route to any queue (dead-lettered), by type.", ["type"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters_total", "Messages sent to the dead-letter exchange, by reason.",
+            ["reason"], registry=r,
+        )
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicate_commands_total",
+            "Redelivered commands recognised by message id and not run again.", registry=r,
+        )
+        self.amqp_reconnects = Counter(
+            f"{PREFIX}_amqp_reconnects_total", "Reconnections to RabbitMQ.", registry=r
+        )
+        self.amqp_connected = Gauge(
+            f"{PREFIX}_amqp_connected", "1 while connected to RabbitMQ.", registry=r
+        )
+        self.ready = Gauge(f"{PREFIX}_ready", "1 while the replica takes commands.", registry=r)
+        self.partitions_active = Gauge(
+            f"{PREFIX}_partitions_active",
+            "Partition queues on which this replica is the single active consumer.", registry=r,
+        )
+        self.partitions_total = Gauge(
+            f"{PREFIX}_partitions", "Partition queues the commands are spread over.", registry=r
+        )
+        self.restricted_rooms = Gauge(
+            f"{PREFIX}_rooms_with_microphone_restrictions",
+            "Rooms whose microphone restrictions are enabled (from the state store).", registry=r,
+        )
+        self.commands_in_flight = Gauge(
+            f"{PREFIX}_commands_in_flight", "Commands received and not yet acknowledged.", registry=r
+        )
+        self.webhooks = Counter(
+            f"{PREFIX}_webhooks_total", "LiveKit webhooks received, by event and outcome.",
+            ["event", "outcome"], registry=r,
+        )

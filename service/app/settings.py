@@ -1,0 +1,270 @@
+"""Settings from the environment, each defined once here with its default and its documentation.
+
+Every ``*_FILE`` variant (``LIVEKIT_API_SECRET_FILE`` …) reads the value from a file, as Kubernetes mounts
+secrets. ``livekit-signaling settings`` prints the table the README carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it (and never shows a secret's value)."""
+
+
+def _env(name: str, doc: str, *, default: Any = None, secret: bool = False, required: bool = False) -> Any:
+    return field(
+        default=default,
+        metadata={"env": name, "doc": doc, "secret": secret, "required": required},
+    )
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError("expected an absolute URL such as http://host:port")
+    return value
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    amqp_url: str = _env(
+        "AMQP_URL",
+        "RabbitMQ URL; `amqps://` for TLS (see README). Credentials in it are never logged.",
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        secret=True,
+    )
+    amqp_heartbeat_seconds: int = _env(
+        "AMQP_HEARTBEAT_SECONDS", "AMQP heartbeat; a silent dead connection is noticed after ~2 of them.",
+        default=10,
+    )
+    amqp_prefetch: int = _env(
+        "AMQP_PREFETCH", "Unacknowledged commands a replica holds per partition queue.", default=32
+    )
+    livekit_url: str = _env("LIVEKIT_URL", "LiveKit server API URL (http/https/ws/wss).", required=True)
+    livekit_api_key: str = _env("LIVEKIT_API_KEY", "LiveKit API key.", required=True)
+    livekit_api_secret: str = _env(
+        "LIVEKIT_API_SECRET", "LiveKit API secret; never logged.", required=True, secret=True
+    )
+    livekit_public_url: str | None = _env(
+        "LIVEKIT_PUBLIC_URL", "URL handed to clients in credentials (default: `LIVEKIT_URL`)."
+    )
+    livekit_service_url: str | None = _env(
+        "LIVEKIT_SERVICE_URL", "Private URL handed to `sip` and `recorder` participants only (optional)."
+    )
+    livekit_request_timeout_seconds: float = _env(
+        "LIVEKIT_REQUEST_TIMEOUT_SECONDS", "Bound on one LiveKit API attempt.", default=2.0
+    )
+    livekit_retry_attempts: int = _env(
+        "LIVEKIT_RETRY_ATTEMPTS",
+        "Attempts per LiveKit call on transport errors, timeouts and 5xx (never on 4xx).",
+        default=4,
+    )
+    livekit_max_concurrent_requests: int = _env(
+        "LIVEKIT_MAX_CONCURRENT_REQUESTS", "LiveKit calls in flight at once, across all commands.",
+        default=64,
+    )
+    command_deadline_seconds: float = _env(
+        "COMMAND_DEADLINE_SECONDS",
+        "A command's LiveKit work ends by then; the sender gets `livekit_unavailable` if it could not.",
+        default=8.0,
+    )
+    token_ttl_seconds: int = _env(
+        "TOKEN_TTL_SECONDS",
+        "Lifetime of minted access tokens. Short, since LiveKit cannot revoke a token; it refreshes "
+        "connected clients' tokens itself.",
+        default=60,
+    )
+    screen_share_requires_permission: bool = _env(
+        "SCREEN_SHARE_REQUIRES_PERMISSION",
+        "Non-moderators may share their screen only once granted.",
+        default=False,
+    )
+    command_exchange: str = _env(
+        "SIGNALING_COMMAND_EXCHANGE", "Topic exchange commands arrive on (`room.<room>`).",
+        default="livekit.commands",
+    )
+    event_exchange: str = _env(
+        "SIGNALING_EVENT_EXCHANGE",
+        "Topic exchange events go to (`room.<room>.participant.<participant>`).",
+        default="livekit.events",
+    )
+    queue: str = _env(
+        "SIGNALING_QUEUE",
+        "Name of the command queue; with partitions, the prefix of `<queue>.<n>` and of "
+        "`<queue>.partitions` (the consistent-hash exchange).",
+        default="livekit-signaling",
+    )
+    partitions: int = _env(
+        "SIGNALING_PARTITIONS",
+        "Partition queues commands are spread over by room (1 = one queue bound directly; more needs "
+        "the `rabbitmq_consistent_hash_exchange` plugin). Every replica must use the same number.",
+        default=16,
+    )
+    dead_letter_exchange: str = _env(
+        "SIGNALING_DEAD_LETTER_EXCHANGE",
+        "Fanout exchange (and queue of the same name) for commands that cannot be handled.",
+        default="livekit-signaling.dead-letter",
+    )
+    delivery_limit: int = _env(
+        "SIGNALING_DELIVERY_LIMIT", "Deliveries of one command before it is dead-lettered.", default=5
+    )
+    max_body_bytes: int = _env(
+        "SIGNALING_MAX_BODY_BYTES", "Larger command bodies are dead-lettered unparsed.", default=65536
+    )
+    http_host: str = _env(
+        "SIGNALING_HTTP_HOST", "Address of the HTTP endpoints.", default="0.0.0.0"
+    )
+    http_port: int = _env(
+        "SIGNALING_HTTP_PORT", "`/metrics`, `/healthz`, `/readyz`, `/webhook` (0 = pick a free port).",
+        default=8080,
+    )
+    redis_url: str | None = _env(
+        "REDIS_URL", "Shared state for several replicas; unset = process memory (one replica).",
+        secret=True,
+    )
+    redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "Namespace of every Redis key.", default="livekit-signaling")
+    dedup_window_seconds: float = _env(
+        "DEDUP_WINDOW_SECONDS", "A redelivered command (same `message_id`) within this is not run again.",
+        default=600.0,
+    )
+    room_idle_seconds: float = _env(
+        "ROOM_IDLE_SECONDS", "State of a room untouched this long is dropped.", default=86400.0
+    )
+    shutdown_grace_seconds: float = _env(
+        "SHUTDOWN_GRACE_SECONDS",
+        "On SIGTERM, in-flight commands get this long to finish (keep below the pod's grace period).",
+        default=15.0,
+    )
+    rebalance_interval_seconds: float = _env(
+        "REBALANCE_INTERVAL_SECONDS",
+        "How often a replica compares its active partitions with its fair share.",
+        default=5.0,
+    )
+    log_format: str = _env(
+        "LOG_FORMAT", "`json`, `text`, or `auto` (text on a terminal, JSON otherwise).", default="auto"
+    )
+    log_level: str = _env("LOG_LEVEL", "`DEBUG`, `INFO`, `WARNING`, `ERROR`.", default="INFO")
+
+    @property
+    def public_url(self) -> str:
+        return self.livekit_public_url or self.livekit_url
+
+    def __repr__(self) -> str:
+        """Secrets masked, so that a logged ``Settings`` leaks nothing."""
+        shown = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.metadata["secret"] and value is not None:
+                value = "***"
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "livekit_url": _url,
+    "livekit_public_url": _url,
+    "livekit_service_url": _url,
+    "amqp_heartbeat_seconds": _positive_int,
+    "amqp_prefetch": _positive_int,
+    "livekit_request_timeout_seconds": _positive_float,
+    "livekit_retry_attempts": _positive_int,
+    "livekit_max_concurrent_requests": _positive_int,
+    "command_deadline_seconds": _positive_float,
+    "token_ttl_seconds": _positive_int,
+    "screen_share_requires_permission": _bool,
+    "partitions": _positive_int,
+    "delivery_limit": _positive_int,
+    "max_body_bytes": _positive_int,
+    "http_port": int,
+    "dedup_window_seconds": _positive_float,
+    "room_idle_seconds": _positive_float,
+    "shutdown_grace_seconds": _positive_float,
+    "rebalance_interval_seconds": _positive_float,
+    "log_format": _choice("auto", "json", "text"),
+    "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _raw_value(name: str, environ: Mapping[str, str]) -> str | None:
+    """``NAME`` or the content of the file ``NAME_FILE`` names (trailing newline stripped)."""
+    file_name = environ.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise SettingsError(f"{name}_FILE: cannot read {file_name}: {error.strerror}") from None
+    value = environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read every setting; the first missing or invalid one raises ``SettingsError`` naming it."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(Settings):
+        if item.name in overrides:
+            values[item.name] = overrides[item.name]
+            continue
+        name = item.metadata["env"]
+        raw = _raw_value(name, environ)
+        if raw is None:
+            if item.metadata["required"]:
+                raise SettingsError(f"{name} is required (or {name}_FILE)")
+            continue
+        parser = _PARSERS.get(item.name, str)
+        try:
+            values[item.name] = parser(raw)
+        except ValueError as error:
+            shown = "" if item.metadata["secret"] else f" {raw!r}"
+            raise SettingsError(f"{name}:{shown} is invalid: {error}") from None
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """The README's table of settings, generated from the definitions above."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for item in dataclasses.fields(Settings):
+        default = "required" if item.metadata["required"] else item.default
+        shown_default = "" if default is None else f"`{default}`" if default != "required" else "required"
+        rows.append(f"| `{item.metadata['env']}` | {shown_default} | {item.metadata['doc']} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,72 @@
+"""The interfaces the domain needs from the outside world; adapters implement them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.domain.permissions import TokenGrant
+from service.domain.state import RoomState
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedParticipant:
+    """A participant as LiveKit sees it right now."""
+
+    identity: str
+    #: Sources its current permission lets it publish (LiveKit's "empty list means all" resolved).
+    publish_sources: frozenset[str]
+    #: Sids of its microphone tracks that are not muted.
+    unmuted_microphone_tracks: tuple[str, ...]
+    #: The adapter's own copy of the permission, so that an update can keep every field it does not
+    #: mean to change (UpdateParticipant replaces the whole permission).
+    permission: object
+
+
+class LiveKit(Protocol):
+    """The LiveKit server, as the domain uses it. Every method may raise ``LiveKitUnavailable`` or
+    ``LiveKitRejected``; "not found" is success where the method says so."""
+
+    async def ensure_room(self, room: str) -> None: ...
+
+    async def list_participants(self, room: str) -> list[ConnectedParticipant]: ...
+
+    async def set_publish_sources(
+        self, room: str, participant: ConnectedParticipant, sources: frozenset[str]
+    ) -> None: ...
+
+    async def mute_track(self, room: str, identity: str, track_sid: str) -> None: ...
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        """Disconnect; an identity that is not connected is fine."""
+
+    async def delete_room(self, room: str) -> None:
+        """Close the room; a room that does not exist is fine."""
+
+
+class TokenIssuer(Protocol):
+    def issue(self, grant: TokenGrant) -> str: ...
+
+
+class StateStore(Protocol):
+    """Room state and duplicate suppression, in process memory or shared (Redis)."""
+
+    async def load(self, room: str) -> RoomState:
+        """The room's state, or a fresh one (version 0) if it has none."""
+
+    async def save(self, room: str, state: RoomState) -> None:
+        """Store ``state`` if the stored version is still ``state.version``, and bump the version.
+
+        Raises ``StaleState`` when another writer got there first.
+        """
+
+    async def delete(self, room: str) -> None: ...
+
+    async def is_processed(self, message_id: str) -> bool: ...
+
+    async def mark_processed(self, message_id: str) -> None:
+        """Remember a command as answered for the duplicate-suppression window."""
+
+    async def count_restricted_rooms(self) -> int: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,120 @@
+"""State in Redis, shared by every replica (``REDIS_URL``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.domain.errors import StaleState, StoreUnavailable
+from service.domain.state import RoomState
+from service.store.encoding import decode_state, encode_state
+
+T = TypeVar("T")
+
+# Compare-and-set of a room's state on its version, in one atomic step: the fence that keeps two
+# replicas from interleaving writes while a partition changes hands. It also refreshes the idle expiry
+# and the index of restricted rooms (a sorted set scored by expiry, so expired rooms drop out of counts).
+_SAVE_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], 'v')
+if (stored or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+else
+  redis.call('ZREM', KEYS[2], ARGV[7])
+end
+return 1
+"""
+
+
+class RedisStateStore:
+    """Keys: ``<prefix>:room:<room>`` (hash: version ``v``, encoded state ``s``; expires when idle),
+    ``<prefix>:restricted`` (rooms with microphone restrictions), ``<prefix>:msg:<message id>``
+    (processed commands, for the duplicate-suppression window)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        dedup_window_seconds: float,
+        room_idle_seconds: float,
+        timeout_seconds: float = 2.0,
+    ) -> None:
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
+        self._prefix = prefix
+        self._dedup_window = max(1, int(dedup_window_seconds))
+        self._room_idle = max(1, int(room_idle_seconds))
+        self._save_script = self._redis.register_script(_SAVE_SCRIPT)
+        self._restricted_key = f"{prefix}:restricted"
+
+    def _room_key(self, room: str) -> str:
+        return f"{self._prefix}:room:{room}"
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise StoreUnavailable(f"Redis: {type(error).__name__}") from error
+
+    async def load(self, room: str) -> RoomState:
+        data: bytes | None = await self._call(lambda: self._redis.hget(self._room_key(room), "s"))  # type: ignore[arg-type,return-value]
+        return decode_state(data) if data is not None else RoomState()
+
+    async def save(self, room: str, state: RoomState) -> None:
+        expected = state.version
+        state.version += 1
+        restricted = state.microphone_restrictions is not None
+        saved: Any = await self._call(
+            lambda: self._save_script(
+                keys=[self._room_key(room), self._restricted_key],
+                args=[
+                    str(expected),
+                    str(state.version),
+                    encode_state(state),
+                    self._room_idle,
+                    "1" if restricted else "0",
+                    time.time() + self._room_idle,
+                    room,
+                ],
+            )
+        )
+        if saved != 1:
+            state.version = expected
+            raise StaleState(f"room {room}: another writer saved since version {expected}")
+
+    async def delete(self, room: str) -> None:
+        async def delete_both() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._room_key(room))
+                pipe.zrem(self._restricted_key, room)
+                await pipe.execute()
+
+        await self._call(delete_both)
+
+    async def is_processed(self, message_id: str) -> bool:
+        count: int = await self._call(lambda: self._redis.exists(f"{self._prefix}:msg:{message_id}"))
+        return count > 0
+
+    async def mark_processed(self, message_id: str) -> None:
+        await self._call(
+            lambda: self._redis.set(f"{self._prefix}:msg:{message_id}", b"1", ex=self._dedup_window)
+        )
+
+    async def count_restricted_rooms(self) -> int:
+        count: int = await self._call(lambda: self._redis.zcount(self._restricted_key, time.time(), "+inf"))
+        return count
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
