@@ -1,0 +1,619 @@
+"""The LiveKit emulator, driven through the real, unmodified livekit-api client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from livekit.api import (
+    AccessToken,
+    LiveKitAPI,
+    ServerError,
+    TokenVerifier,
+    VideoGrants,
+    WebhookReceiver,
+)
+from livekit.protocol.models import ParticipantInfo, ParticipantPermission, TrackSource, TrackType
+from livekit.protocol.room import (
+    CreateRoomRequest,
+    DeleteRoomRequest,
+    ListParticipantsRequest,
+    ListRoomsRequest,
+    MuteRoomTrackRequest,
+    RoomParticipantIdentity,
+    UpdateParticipantRequest,
+    UpdateRoomMetadataRequest,
+)
+from livekit.protocol.webhook import WebhookEvent
+
+from service.emulator import EmulatorFault, LiveKitEmulator
+
+KEY = "devkey"
+# PyJWT warns about HMAC keys shorter than 32 bytes.
+SECRET = "emulator-test-secret-0123456789abcdef"  # noqa: S105 - a test credential
+MUTE_DELAY = 0.2
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[LiveKitEmulator]:
+    emu = LiveKitEmulator(KEY, SECRET, unknown_participant_mute_delay=MUTE_DELAY)
+    await emu.start()
+    yield emu
+    await emu.stop()
+
+
+@pytest.fixture
+async def lkapi(emulator: LiveKitEmulator) -> AsyncIterator[LiveKitAPI]:
+    api = LiveKitAPI(emulator.url, KEY, SECRET)
+    yield api
+    await api.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+def participant_token(
+    room: str,
+    identity: str,
+    *,
+    sources: list[str] | None = None,
+    hidden: bool | None = None,
+    can_publish: bool = True,
+    secret: str = SECRET,
+) -> str:
+    grants = VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=can_publish,
+        can_subscribe=True,
+        can_publish_data=True,
+        can_publish_sources=sources,
+        hidden=hidden,
+    )
+    return AccessToken(KEY, secret).with_identity(identity).with_name(identity).with_grants(grants).to_jwt()
+
+
+def admin_token(room: str) -> str:
+    return AccessToken(KEY, SECRET).with_grants(VideoGrants(room_admin=True, room=room)).to_jwt()
+
+
+async def twirp_status(
+    http: aiohttp.ClientSession, url: str, method: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, str, str]:
+    async with http.post(f"{url}/twirp/livekit.RoomService/{method}", data=body, headers=headers) as resp:
+        return resp.status, resp.content_type, await resp.text()
+
+
+# -- auth ------------------------------------------------------------------------------------------
+
+
+async def test_missing_or_malformed_authorization_is_401(
+    emulator: LiveKitEmulator, http: aiohttp.ClientSession
+) -> None:
+    body = ListRoomsRequest().SerializeToString()
+    proto = {"Content-Type": "application/protobuf"}
+    # No header: LiveKit's middleware lets it through without grants, the grant check refuses it.
+    status, ctype, text = await twirp_status(http, emulator.url, "ListRooms", body, proto)
+    assert status == 401
+    assert ctype == "application/json"
+    assert '"unauthenticated"' in text
+    # A header that is not "Bearer ...": the middleware answers in plain text.
+    status, ctype, _ = await twirp_status(
+        http, emulator.url, "ListRooms", body, {**proto, "Authorization": "Token abc"}
+    )
+    assert (status, ctype) == (401, "text/plain")
+    status, ctype, _ = await twirp_status(
+        http, emulator.url, "ListRooms", body, {**proto, "Authorization": "Bearer not-a-jwt"}
+    )
+    assert (status, ctype) == (401, "text/plain")
+
+
+async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(emulator: LiveKitEmulator) -> None:
+    now = int(time.time())
+    expired = jwt.encode(
+        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 120, "video": {"roomList": True}},
+        SECRET,
+        algorithm="HS256",
+    )
+    clients = [
+        LiveKitAPI(emulator.url, KEY, "another-secret-0123456789abcdef-xyz"),
+        LiveKitAPI(emulator.url, "otherkey", SECRET),
+        LiveKitAPI.with_token(expired, emulator.url),
+    ]
+    try:
+        for client in clients:
+            with pytest.raises(ServerError) as info:
+                await client.room.list_rooms(ListRoomsRequest())
+            # A plain-text body: the client cannot read a Twirp code from it.
+            assert (info.value.status, info.value.code) == (401, "unknown")
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_expiry_has_one_minute_leeway(emulator: LiveKitEmulator) -> None:
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 20, "video": {"roomList": True}},
+        SECRET,
+        algorithm="HS256",
+    )
+    async with LiveKitAPI.with_token(token, emulator.url) as client:
+        await client.room.list_rooms(ListRoomsRequest())
+
+
+async def test_token_for_another_room_or_without_grant_is_unauthenticated(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+) -> None:
+    await lkapi.room.create_room(CreateRoomRequest(name="room-b"))
+    async with LiveKitAPI.with_token(admin_token("room-a"), emulator.url) as client:
+        with pytest.raises(ServerError) as info:
+            await client.room.list_participants(ListParticipantsRequest(room="room-b"))
+        assert (info.value.status, info.value.code, info.value.message) == (
+            401,
+            "unauthenticated",
+            "permissions denied",
+        )
+        # roomAdmin does not include roomCreate/roomList.
+        with pytest.raises(ServerError) as info:
+            await client.room.create_room(CreateRoomRequest(name="room-a"))
+        assert info.value.code == "unauthenticated"
+        with pytest.raises(ServerError) as info:
+            await client.room.list_rooms(ListRoomsRequest())
+        assert info.value.code == "unauthenticated"
+        # The room the token names is fine.
+        await client.room.list_participants(ListParticipantsRequest(room="room-a"))
+
+
+# -- rooms -----------------------------------------------------------------------------------------
+
+
+async def test_create_room_is_idempotent_and_delete_disconnects(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+) -> None:
+    first = await lkapi.room.create_room(CreateRoomRequest(name="r1", empty_timeout=30, max_participants=5))
+    assert first.sid.startswith("RM_")
+    assert (first.name, first.empty_timeout, first.max_participants) == ("r1", 30, 5)
+    assert first.creation_time > 0
+    again = await lkapi.room.create_room(CreateRoomRequest(name="r1"))
+    assert (again.sid, again.empty_timeout, again.creation_time) == (first.sid, 30, first.creation_time)
+
+    await lkapi.room.create_room(CreateRoomRequest(name="r2"))
+    rooms = await lkapi.room.list_rooms(ListRoomsRequest())
+    assert {r.name for r in rooms.rooms} == {"r1", "r2"}
+    only = await lkapi.room.list_rooms(ListRoomsRequest(names=["r2", "missing"]))
+    assert [r.name for r in only.rooms] == ["r2"]
+
+    emulator.connect(participant_token("r1", "alice"))
+    await lkapi.room.delete_room(DeleteRoomRequest(room="r1"))
+    assert emulator.state.find_participant("r1", "alice") is None
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.delete_room(DeleteRoomRequest(room="r1"))
+    assert (info.value.status, info.value.code) == (404, "not_found")
+
+
+async def test_update_room_metadata(lkapi: LiveKitAPI) -> None:
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.update_room_metadata(UpdateRoomMetadataRequest(room="nope", metadata="x"))
+    assert info.value.code == "not_found"
+    await lkapi.room.create_room(CreateRoomRequest(name="r"))
+    room = await lkapi.room.update_room_metadata(UpdateRoomMetadataRequest(room="r", metadata="m"))
+    assert room.metadata == "m"
+
+
+# -- participants ----------------------------------------------------------------------------------
+
+
+async def test_list_get_remove_participants(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    empty = await lkapi.room.list_participants(ListParticipantsRequest(room="no-such-room"))
+    assert list(empty.participants) == []
+
+    alice = emulator.connect(participant_token("r", "alice"))
+    assert alice.sid.startswith("PA_")
+    assert alice.state == ParticipantInfo.ACTIVE
+    emulator.connect(participant_token("r", "bob"))
+    listed = await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
+    assert {p.identity for p in listed.participants} == {"alice", "bob"}
+
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert (got.sid, got.name) == (alice.sid, "alice")
+
+    await lkapi.room.remove_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    for call in (lkapi.room.get_participant, lkapi.room.remove_participant):
+        with pytest.raises(ServerError) as info:
+            await call(RoomParticipantIdentity(room="r", identity="alice"))
+        assert (info.value.status, info.value.code, info.value.message) == (
+            404,
+            "not_found",
+            "participant does not exist",
+        )
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.get_participant(RoomParticipantIdentity(room="other", identity="bob"))
+    assert info.value.code == "not_found"
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.update_participant(
+            UpdateParticipantRequest(room="r", identity="ghost", metadata="x")
+        )
+    assert info.value.code == "not_found"
+
+
+async def test_reconnect_replaces_participant(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    first = emulator.connect(participant_token("r", "alice"))
+    emulator.publish("r", "alice", "microphone")
+    second = emulator.connect(participant_token("r", "alice"))
+    assert second.sid != first.sid
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert got.sid == second.sid
+    assert list(got.tracks) == []
+
+
+def test_connect_refuses_bad_tokens() -> None:
+    emu = LiveKitEmulator(KEY, SECRET)
+    with pytest.raises(PermissionError):
+        emu.connect(participant_token("r", "alice", secret=SECRET[::-1]))
+    no_join = AccessToken(KEY, SECRET).with_identity("x").with_grants(VideoGrants(room="r")).to_jwt()
+    with pytest.raises(PermissionError):
+        emu.connect(no_join)
+    info = emu.connect(participant_token("r", "alice", sources=["microphone"], hidden=True))
+    assert info.permission.hidden
+    assert list(info.permission.can_publish_sources) == [TrackSource.MICROPHONE]
+    with pytest.raises(PermissionError):
+        emu.publish("r", "alice", "camera")
+    with pytest.raises(LookupError):
+        emu.publish("r", "nobody", "camera")
+
+
+async def test_update_participant_replaces_whole_permission(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+) -> None:
+    emulator.connect(participant_token("r", "rec", sources=["microphone", "camera"], hidden=True))
+    mic = emulator.publish("r", "rec", "microphone")
+    cam = emulator.publish("r", "rec", "camera")
+
+    info = await lkapi.room.update_participant(
+        UpdateParticipantRequest(
+            room="r",
+            identity="rec",
+            metadata="meta",
+            attributes={"a": "1"},
+            permission=ParticipantPermission(
+                can_publish=True, can_subscribe=True, can_publish_sources=[TrackSource.CAMERA]
+            ),
+        )
+    )
+    # Not sent means false: the participant is no longer hidden and may not publish data.
+    assert not info.permission.hidden
+    assert not info.permission.can_publish_data
+    assert list(info.permission.can_publish_sources) == [TrackSource.CAMERA]
+    assert [t.sid for t in info.tracks] == [cam]
+    assert (info.metadata, dict(info.attributes)) == ("meta", {"a": "1"})
+    with pytest.raises(PermissionError):
+        emulator.publish("r", "rec", "microphone")
+    assert mic not in {t.sid for t in emulator.state.participant("r", "rec").tracks}
+
+    # Empty sources with can_publish means every source; can_publish false removes everything.
+    await lkapi.room.update_participant(
+        UpdateParticipantRequest(room="r", identity="rec", permission=ParticipantPermission(can_publish=True))
+    )
+    emulator.publish("r", "rec", "screen_share")
+    emulator.publish("r", "rec", "microphone")
+    info = await lkapi.room.update_participant(
+        UpdateParticipantRequest(room="r", identity="rec", permission=ParticipantPermission())
+    )
+    assert list(info.tracks) == []
+    with pytest.raises(PermissionError):
+        emulator.publish("r", "rec", "camera")
+
+
+async def test_update_without_permission_keeps_it(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    emulator.connect(participant_token("r", "popout", hidden=True))
+    info = await lkapi.room.update_participant(
+        UpdateParticipantRequest(room="r", identity="popout", name="Pop")
+    )
+    assert info.permission.hidden
+    assert info.name == "Pop"
+
+
+# -- tracks ----------------------------------------------------------------------------------------
+
+
+async def test_mute_published_track(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    emulator.connect(participant_token("r", "alice"))
+    mic = emulator.publish("r", "alice", "microphone")
+    cam = emulator.publish("r", "alice", "camera")
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert {(t.sid, t.type, t.source) for t in got.tracks} == {
+        (mic, TrackType.AUDIO, TrackSource.MICROPHONE),
+        (cam, TrackType.VIDEO, TrackSource.CAMERA),
+    }
+
+    res = await lkapi.room.mute_published_track(
+        MuteRoomTrackRequest(room="r", identity="alice", track_sid=mic, muted=True)
+    )
+    assert (res.track.sid, res.track.muted) == (mic, True)
+
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.mute_published_track(
+            MuteRoomTrackRequest(room="r", identity="alice", track_sid=mic, muted=False)
+        )
+    assert (info.value.status, info.value.code) == (412, "failed_precondition")
+
+    # The participant itself may unmute what the server muted.
+    emulator.set_track_muted("r", "alice", mic, False)
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert not next(t for t in got.tracks if t.sid == mic).muted
+
+    res = await lkapi.room.mute_published_track(
+        MuteRoomTrackRequest(room="r", identity="alice", track_sid="TR_unknown", muted=True)
+    )
+    assert not res.HasField("track")
+
+
+async def test_mute_unknown_participant_times_out(lkapi: LiveKitAPI) -> None:
+    started = time.monotonic()
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.mute_published_track(
+            MuteRoomTrackRequest(room="r", identity="ghost", track_sid="TR_x", muted=True)
+        )
+    assert time.monotonic() - started >= MUTE_DELAY
+    assert info.value.code == "deadline_exceeded"
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+
+async def test_fault_unavailable(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    emulator.fault = EmulatorFault.UNAVAILABLE
+    with pytest.raises(ServerError) as info:
+        await lkapi.room.list_rooms(ListRoomsRequest())
+    assert (info.value.status, info.value.code) == (503, "unavailable")
+    emulator.fault = EmulatorFault.NONE
+    await lkapi.room.list_rooms(ListRoomsRequest())
+
+
+async def test_fault_hang_then_recover(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    emulator.fault = EmulatorFault.HANG
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await lkapi.room.list_rooms(ListRoomsRequest())
+    pending = asyncio.create_task(lkapi.room.create_room(CreateRoomRequest(name="late")))
+    await asyncio.sleep(0.1)
+    assert not pending.done()
+    emulator.fault = EmulatorFault.NONE
+    async with asyncio.timeout(2):
+        room = await pending
+    assert room.name == "late"
+
+
+async def test_hung_calls_end_when_server_stops() -> None:
+    emu = LiveKitEmulator(KEY, SECRET)
+    await emu.start()
+    emu.fault = EmulatorFault.HANG
+    async with LiveKitAPI(emu.url, KEY, SECRET) as client:
+        pending = asyncio.create_task(client.room.list_rooms(ListRoomsRequest()))
+        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):
+            await emu.stop()
+            with pytest.raises(aiohttp.ClientError):
+                await pending
+
+
+async def test_fault_reset(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    emulator.fault = EmulatorFault.RESET
+    with pytest.raises(aiohttp.ClientError):
+        await lkapi.room.list_rooms(ListRoomsRequest())
+    emulator.fault = EmulatorFault.NONE
+    await lkapi.room.list_rooms(ListRoomsRequest())
+
+
+async def test_control_routes_ignore_faults(emulator: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
+    base = f"{emulator.url}/_emulator"
+    async with http.post(f"{base}/fault", json={"mode": "unavailable"}) as resp:
+        assert resp.status == 200
+    assert emulator.fault is EmulatorFault.UNAVAILABLE
+    async with http.post(f"{base}/connect", json={"token": participant_token("r", "a")}) as resp:
+        assert resp.status == 200
+    async with http.post(f"{base}/fault", json={"mode": "bogus"}) as resp:
+        assert resp.status == 400
+    async with http.post(f"{base}/fault", json={"mode": "none"}) as resp:
+        assert resp.status == 200
+    assert emulator.fault.value == "none"
+
+
+# -- calls log, routing ----------------------------------------------------------------------------
+
+
+async def test_calls_are_recorded(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+) -> None:
+    await lkapi.room.create_room(CreateRoomRequest(name="r"))
+    await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
+    assert emulator.calls == ["CreateRoom", "ListParticipants"]
+    async with http.get(f"{emulator.url}/_emulator/calls") as resp:
+        assert await resp.json() == {"calls": ["CreateRoom", "ListParticipants"]}
+    async with http.post(f"{emulator.url}/_emulator/calls/clear") as resp:
+        assert resp.status == 200
+    assert emulator.calls == []
+
+
+async def test_bad_route_and_json_body(emulator: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
+    headers = {"Authorization": f"Bearer {admin_token('r')}", "Content-Type": "application/json"}
+    status, _, text = await twirp_status(http, emulator.url, "NoSuchMethod", b"{}", headers)
+    assert status == 404
+    assert '"bad_route"' in text
+    emulator.connect(participant_token("r", "alice"))
+    status, ctype, text = await twirp_status(
+        http, emulator.url, "ListParticipants", b'{"room": "r"}', headers
+    )
+    assert (status, ctype) == (200, "application/json")
+    assert '"alice"' in text
+
+
+# -- control routes --------------------------------------------------------------------------------
+
+
+async def test_control_routes_simulate_clients(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+) -> None:
+    base = f"{emulator.url}/_emulator"
+    async with http.post(f"{base}/connect", json={"token": "garbage"}) as resp:
+        assert resp.status == 401
+        assert "error" in await resp.json()
+    token = participant_token("r", "alice", sources=["microphone"])
+    async with http.post(f"{base}/connect", json={"token": token}) as resp:
+        assert resp.status == 200
+        joined = await resp.json()
+    assert (joined["identity"], joined["room"]) == ("alice", "r")
+    assert joined["sid"].startswith("PA_")
+
+    publish = {"room": "r", "identity": "alice", "source": "microphone", "muted": False}
+    async with http.post(f"{base}/publish", json=publish) as resp:
+        assert resp.status == 200
+        sid = (await resp.json())["sid"]
+    assert sid.startswith("TR_")
+    async with http.post(f"{base}/publish", json={**publish, "source": "camera"}) as resp:
+        assert resp.status == 403
+    async with http.post(f"{base}/publish", json={**publish, "identity": "bob"}) as resp:
+        assert resp.status == 404
+
+    mute = {"room": "r", "identity": "alice", "track_sid": sid, "muted": True}
+    async with http.post(f"{base}/mute", json=mute) as resp:
+        assert resp.status == 200
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert got.tracks[0].muted
+
+    async with http.post(f"{base}/disconnect", json={"room": "r", "identity": "alice"}) as resp:
+        assert resp.status == 200
+    listed = await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
+    assert list(listed.participants) == []
+
+
+async def test_bulk_participants(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "room": "big",
+        "count": 1000,
+        "prefix": "u",
+        "sources": ["microphone", "camera"],
+        "can_publish_sources": ["microphone", "camera"],
+    }
+    async with http.post(f"{emulator.url}/_emulator/participants/bulk", json=body) as resp:
+        assert resp.status == 200
+        identities = (await resp.json())["identities"]
+    assert identities[:2] == ["u0", "u1"]
+    assert len(identities) == 1000
+    listed = await lkapi.room.list_participants(ListParticipantsRequest(room="big"))
+    assert len(listed.participants) == 1000
+    p = next(p for p in listed.participants if p.identity == "u7")
+    assert {t.source for t in p.tracks} == {TrackSource.MICROPHONE, TrackSource.CAMERA}
+    assert not any(t.muted for t in p.tracks)
+    assert p.permission.can_publish
+    assert p.permission.can_subscribe
+    assert p.permission.can_publish_data
+    rooms = await lkapi.room.list_rooms(ListRoomsRequest(names=["big"]))
+    assert rooms.rooms[0].num_participants == 1000
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+async def test_webhooks_are_signed_and_verifiable(http: aiohttp.ClientSession) -> None:
+    receiver = WebhookReceiver(TokenVerifier(KEY, SECRET))
+    events: asyncio.Queue[WebhookEvent] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        assert request.content_type == "application/webhook+json"
+        event = receiver.receive((await request.read()).decode(), request.headers["Authorization"])
+        await events.put(event)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    emu = LiveKitEmulator(KEY, SECRET)
+    await emu.start()
+    try:
+        async with http.post(
+            f"{emu.url}/_emulator/webhook", json={"url": f"http://127.0.0.1:{port}/hook"}
+        ) as resp:
+            assert resp.status == 200
+        joined = emu.connect(participant_token("r", "alice"))
+        sid = emu.publish("r", "alice", "microphone")
+        emu.disconnect("r", "alice")
+        received: list[WebhookEvent] = []
+        async with asyncio.timeout(5):
+            while len(received) < 4:
+                received.append(await events.get())
+    finally:
+        await emu.stop()
+        await runner.cleanup()
+    assert [e.event for e in received] == [
+        "room_started",
+        "participant_joined",
+        "track_published",
+        "participant_left",
+    ]
+    assert all(e.id and e.created_at > 0 and e.room.name == "r" for e in received)
+    assert received[1].participant.sid == joined.sid
+    assert received[2].track.sid == sid
+    assert received[2].participant.identity == "alice"
+
+
+# -- process ---------------------------------------------------------------------------------------
+
+
+async def test_module_runs_as_process() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-key",
+        KEY,
+        "--api-secret",
+        SECRET,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(10):
+            line = (await proc.stdout.readline()).decode()
+        match = re.fullmatch(r"LISTENING (http://127\.0\.0\.1:\d+)\n", line)
+        assert match, line
+        async with LiveKitAPI(match.group(1), KEY, SECRET) as client:
+            room = await client.room.create_room(CreateRoomRequest(name="proc"))
+        assert room.name == "proc"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await proc.wait() == 0
+        assert await proc.stdout.read() == b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
