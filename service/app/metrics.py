@@ -18,7 +18,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.commands = Counter(
-            f"{PREFIX}_commands_total", "Commands handled, by action and outcome.", ["action", "outcome"],
+            f"{PREFIX}_commands_total",
+            "Commands handled, by action and outcome.",
+            ["action", "outcome"],
             registry=r,
         )
         self.command_duration = Histogram(
@@ -43,48 +45,58 @@ class Metrics:
             registry=r,
         )
         self.livekit_retries = Counter(
-            f"{PREFIX}_livekit_retries_total", "LiveKit API attempts that were retried, by method.",
-            ["method"], registry=r,
+            f"{PREFIX}_livekit_retries_total",
+            "LiveKit API attempts that were retried, by method.",
+            ["method"],
+            registry=r,
         )
         self.events_published = Counter(
-            f"{PREFIX}_events_published_total", "Events published and confirmed, by type.", ["type"],
+            f"{PREFIX}_events_published_total",
+            "Events published and confirmed, by type.",
+            ["type"],
             registry=r,
         )
         self.events_unroutable = Counter(
             f"{PREFIX}_events_unroutable_total",
-            "Events the broker could not route to any queue (dead-lettered), by type.", ["type"],
+            "Events the broker could not route to any queue (dead-lettered), by type.",
+            ["type"],
             registry=r,
         )
         self.dead_letters = Counter(
-            f"{PREFIX}_dead_letters_total", "Messages sent to the dead-letter exchange, by reason.",
-            ["reason"], registry=r,
+            f"{PREFIX}_dead_letters_total",
+            "Messages sent to the dead-letter exchange, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.duplicates = Counter(
             f"{PREFIX}_duplicate_commands_total",
-            "Redelivered commands recognised by message id and not run again.", registry=r,
+            "Redelivered commands recognised by message id and not run again.",
+            registry=r,
         )
         self.amqp_reconnects = Counter(
             f"{PREFIX}_amqp_reconnects_total", "Reconnections to RabbitMQ.", registry=r
         )
-        self.amqp_connected = Gauge(
-            f"{PREFIX}_amqp_connected", "1 while connected to RabbitMQ.", registry=r
-        )
+        self.amqp_connected = Gauge(f"{PREFIX}_amqp_connected", "1 while connected to RabbitMQ.", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 while the replica takes commands.", registry=r)
         self.partitions_active = Gauge(
             f"{PREFIX}_partitions_active",
-            "Partition queues on which this replica is the single active consumer.", registry=r,
+            "Partition queues on which this replica is the single active consumer.",
+            registry=r,
         )
         self.partitions_total = Gauge(
             f"{PREFIX}_partitions", "Partition queues the commands are spread over.", registry=r
         )
         self.restricted_rooms = Gauge(
             f"{PREFIX}_rooms_with_microphone_restrictions",
-            "Rooms whose microphone restrictions are enabled (from the state store).", registry=r,
+            "Rooms whose microphone restrictions are enabled (from the state store).",
+            registry=r,
         )
         self.commands_in_flight = Gauge(
             f"{PREFIX}_commands_in_flight", "Commands received and not yet acknowledged.", registry=r
         )
         self.webhooks = Counter(
-            f"{PREFIX}_webhooks_total", "LiveKit webhooks received, by event and outcome.",
-            ["event", "outcome"], registry=r,
+            f"{PREFIX}_webhooks_total",
+            "LiveKit webhooks received, by event and outcome.",
+            ["event", "outcome"],
+            registry=r,
         )

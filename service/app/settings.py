@@ -74,8 +74,12 @@ class Settings:
         secret=True,
     )
     amqp_heartbeat_seconds: int = _env(
-        "AMQP_HEARTBEAT_SECONDS", "AMQP heartbeat; a silent dead connection is noticed after ~2 of them.",
+        "AMQP_HEARTBEAT_SECONDS",
+        "AMQP heartbeat; a silent dead connection is noticed after ~2 of them.",
         default=10,
+    )
+    amqp_reconnect_seconds: float = _env(
+        "AMQP_RECONNECT_SECONDS", "Pause between reconnection attempts to RabbitMQ.", default=2.0
     )
     amqp_prefetch: int = _env(
         "AMQP_PREFETCH", "Unacknowledged commands a replica holds per partition queue.", default=32
@@ -100,7 +104,8 @@ class Settings:
         default=4,
     )
     livekit_max_concurrent_requests: int = _env(
-        "LIVEKIT_MAX_CONCURRENT_REQUESTS", "LiveKit calls in flight at once, across all commands.",
+        "LIVEKIT_MAX_CONCURRENT_REQUESTS",
+        "LiveKit calls in flight at once, across all commands.",
         default=64,
     )
     command_deadline_seconds: float = _env(
@@ -120,7 +125,8 @@ class Settings:
         default=False,
     )
     command_exchange: str = _env(
-        "SIGNALING_COMMAND_EXCHANGE", "Topic exchange commands arrive on (`room.<room>`).",
+        "SIGNALING_COMMAND_EXCHANGE",
+        "Topic exchange commands arrive on (`room.<room>`).",
         default="livekit.commands",
     )
     event_exchange: str = _env(
@@ -151,20 +157,23 @@ class Settings:
     max_body_bytes: int = _env(
         "SIGNALING_MAX_BODY_BYTES", "Larger command bodies are dead-lettered unparsed.", default=65536
     )
-    http_host: str = _env(
-        "SIGNALING_HTTP_HOST", "Address of the HTTP endpoints.", default="0.0.0.0"
-    )
+    http_host: str = _env("SIGNALING_HTTP_HOST", "Address of the HTTP endpoints.", default="0.0.0.0")
     http_port: int = _env(
-        "SIGNALING_HTTP_PORT", "`/metrics`, `/healthz`, `/readyz`, `/webhook` (0 = pick a free port).",
+        "SIGNALING_HTTP_PORT",
+        "`/metrics`, `/healthz`, `/readyz`, `/webhook` (0 = pick a free port).",
         default=8080,
     )
     redis_url: str | None = _env(
-        "REDIS_URL", "Shared state for several replicas; unset = process memory (one replica).",
+        "REDIS_URL",
+        "Shared state for several replicas; unset = process memory (one replica).",
         secret=True,
     )
-    redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "Namespace of every Redis key.", default="livekit-signaling")
+    redis_key_prefix: str = _env(
+        "REDIS_KEY_PREFIX", "Namespace of every Redis key.", default="livekit-signaling"
+    )
     dedup_window_seconds: float = _env(
-        "DEDUP_WINDOW_SECONDS", "A redelivered command (same `message_id`) within this is not run again.",
+        "DEDUP_WINDOW_SECONDS",
+        "A redelivered command (same `message_id`) within this is not run again.",
         default=600.0,
     )
     room_idle_seconds: float = _env(
@@ -206,6 +215,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "livekit_service_url": _url,
     "amqp_heartbeat_seconds": _positive_int,
     "amqp_prefetch": _positive_int,
+    "amqp_reconnect_seconds": _positive_float,
     "livekit_request_timeout_seconds": _positive_float,
     "livekit_retry_attempts": _positive_int,
     "livekit_max_concurrent_requests": _positive_int,

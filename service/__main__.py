@@ -1,0 +1,3 @@
+from service.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The ``livekit-signaling`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from service.app.logging import configure_logging
+from service.app.settings import Settings, SettingsError, load_settings, settings_table
+
+log = logging.getLogger("service")
+
+DEV_API_KEY = "devkey"
+# The same well-known development secret `livekit-server --dev` uses; never for production.
+DEV_API_SECRET = "secret"  # noqa: S105
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _run(settings: Settings) -> None:
+    from service.app.service import SignalingService
+
+    await SignalingService(settings).run(_stop_event())
+
+
+async def _dev(port: int, overrides: dict[str, object]) -> None:
+    """The service plus a LiveKit emulator on a local port, as ``livekit-server --dev`` would be."""
+    from service.app.service import SignalingService
+    from service.emulator import LiveKitEmulator
+
+    http_port = int(str(overrides.get("http_port", 8080)))
+    emulator = LiveKitEmulator(
+        DEV_API_KEY, DEV_API_SECRET, webhook_url=f"http://127.0.0.1:{http_port}/webhook"
+    )
+    url = await emulator.start("127.0.0.1", port)
+    log.info("LiveKit emulator on %s (key %s)", url, DEV_API_KEY)
+    try:
+        settings = load_settings(
+            None, livekit_url=url, livekit_api_key=DEV_API_KEY, livekit_api_secret=DEV_API_SECRET, **overrides
+        )
+        await SignalingService(settings).run(_stop_event())
+    finally:
+        await emulator.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livekit-signaling",
+        description="LiveKit signaling: commands from RabbitMQ in, LiveKit actions and per-participant "
+        "events out. Settings come from the environment (see `livekit-signaling settings`).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the service in the foreground until SIGTERM/SIGINT")
+    dev = commands.add_parser(
+        "dev",
+        help="run the service against a built-in LiveKit emulator (dev key/secret); needs only RabbitMQ",
+    )
+    dev.add_argument("--livekit-port", type=int, default=7880, help="emulator port (default 7880)")
+    dev.add_argument(
+        "--partitions", type=int, default=None, help="partition queues (default: SIGNALING_PARTITIONS)"
+    )
+    commands.add_parser("settings", help="print the table of settings (environment variables)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "settings":
+        sys.stdout.write(settings_table())
+        return 0
+    try:
+        if args.command == "run":
+            settings = load_settings()
+            configure_logging(settings.log_format, settings.log_level)
+            asyncio.run(_run(settings))
+        elif args.command == "dev":
+            # Validate everything but the LiveKit settings, which dev provides itself.
+            probe = load_settings(
+                livekit_url="http://127.0.0.1", livekit_api_key=DEV_API_KEY, livekit_api_secret=DEV_API_SECRET
+            )
+            configure_logging(probe.log_format, probe.log_level)
+            overrides: dict[str, object] = {}
+            if args.partitions is not None:
+                overrides["partitions"] = args.partitions
+            overrides["http_port"] = probe.http_port
+            asyncio.run(_dev(args.livekit_port, overrides))
+    except SettingsError as error:
+        sys.stderr.write(f"livekit-signaling: invalid setting: {error}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

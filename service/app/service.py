@@ -1,0 +1,196 @@
+"""Wiring and lifecycle: start everything, take commands until asked to stop, then drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from livekit.api import TokenVerifier, WebhookReceiver
+from livekit.protocol.webhook import WebhookEvent
+from prometheus_client import CollectorRegistry
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from service.app.http import HttpServer
+from service.app.metrics import Metrics
+from service.app.processor import CommandProcessor
+from service.app.settings import Settings
+from service.domain.deadline import command_deadline
+from service.domain.errors import LiveKitRejected, LiveKitUnavailable
+from service.domain.handler import CommandHandler, ConnectionUrls
+from service.domain.permissions import PublishPolicy
+from service.domain.ports import StateStore
+from service.livekit.adapter import LiveKitAdapter
+from service.livekit.tokens import TokenMinter
+from service.store.memory import MemoryStateStore
+from service.store.redis import RedisStateStore
+from service.transport.amqp import AmqpTransport, Topology
+
+log = logging.getLogger(__name__)
+
+#: Webhooks that may reveal a participant whose permission lags behind the room's state.
+RECHECK_WEBHOOKS = frozenset({"participant_joined", "track_published"})
+
+
+def build_store(settings: Settings) -> StateStore:
+    if settings.redis_url:
+        return RedisStateStore(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            dedup_window_seconds=settings.dedup_window_seconds,
+            room_idle_seconds=settings.room_idle_seconds,
+        )
+    return MemoryStateStore(
+        dedup_window_seconds=settings.dedup_window_seconds, room_idle_seconds=settings.room_idle_seconds
+    )
+
+
+class SignalingService:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.metrics.partitions_total.set(settings.partitions)
+        self.store = build_store(settings)
+        self._ready = False
+        self._stopping = False
+        self.transport = AmqpTransport(
+            url=settings.amqp_url,
+            topology=Topology(
+                command_exchange=settings.command_exchange,
+                event_exchange=settings.event_exchange,
+                queue=settings.queue,
+                partitions=settings.partitions,
+                dead_letter_exchange=settings.dead_letter_exchange,
+                delivery_limit=settings.delivery_limit,
+            ),
+            prefetch=settings.amqp_prefetch,
+            heartbeat_seconds=settings.amqp_heartbeat_seconds,
+            reconnect_interval_seconds=settings.amqp_reconnect_seconds,
+            connection_name=f"livekit-signaling@{socket.gethostname()}:{os.getpid()}",
+        )
+        self.transport.on_connection_change = self._on_connection_change
+        self.http = HttpServer(
+            host=settings.http_host,
+            port=settings.http_port,
+            metrics=self.metrics,
+            is_ready=self.is_ready,
+            webhook_receiver=WebhookReceiver(
+                TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+            ),
+            on_webhook=self._on_webhook,
+        )
+        self.livekit: LiveKitAdapter | None = None
+        self.processor: CommandProcessor | None = None
+
+    def is_ready(self) -> bool:
+        return self._ready and not self._stopping and self.transport.is_connected
+
+    def _on_connection_change(self, connected: bool) -> None:
+        self.metrics.amqp_connected.set(1 if connected else 0)
+        if connected and self._ready:
+            self.metrics.amqp_reconnects.inc()
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully."""
+        settings = self.settings
+        await self.http.start()
+        log.info("HTTP endpoints on port %s", self.http.port)
+        self.livekit = LiveKitAdapter(
+            url=settings.livekit_url,
+            api_key=settings.livekit_api_key,
+            api_secret=settings.livekit_api_secret,
+            request_timeout_seconds=settings.livekit_request_timeout_seconds,
+            attempts=settings.livekit_retry_attempts,
+            max_concurrent_requests=settings.livekit_max_concurrent_requests,
+            metrics=self.metrics,
+        )
+        await self.livekit.start()
+        handler = CommandHandler(
+            livekit=self.livekit,
+            tokens=TokenMinter(
+                settings.livekit_api_key, settings.livekit_api_secret, ttl_seconds=settings.token_ttl_seconds
+            ),
+            store=self.store,
+            policy=PublishPolicy(screen_share_requires_permission=settings.screen_share_requires_permission),
+            urls=ConnectionUrls(public_url=settings.public_url, service_url=settings.livekit_service_url),
+        )
+        self.handler = handler
+        self.processor = CommandProcessor(
+            handler=handler,
+            store=self.store,
+            transport=self.transport,
+            metrics=self.metrics,
+            command_deadline_seconds=settings.command_deadline_seconds,
+            max_body_bytes=settings.max_body_bytes,
+            delivery_limit=settings.delivery_limit,
+        )
+        try:
+            if not await self._connect(stop):
+                return
+            await self.transport.start_consuming(self.processor.on_delivery)
+            self._ready = True
+            self.metrics.ready.set(1)
+            log.info("consuming %d partition(s) of %s", settings.partitions, settings.command_exchange)
+            await stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        """Connect to RabbitMQ, retrying with backoff until it answers or we are told to stop."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.5, max=10.0),
+            retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            if stop.is_set():
+                return False
+            with attempt:
+                try:
+                    await self.transport.connect()
+                except Exception as error:
+                    log.warning("RabbitMQ not reachable (%s); retrying", type(error).__name__)
+                    await self.transport.close()
+                    raise
+        return True
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self.metrics.ready.set(0)
+        log.info("shutting down: consuming stopped, draining in-flight commands")
+        await self.transport.stop_consuming()
+        if self.processor is not None:
+            drained = await self.processor.drain(self.settings.shutdown_grace_seconds)
+            if not drained:
+                log.warning("grace period over with commands in flight; the broker will redeliver them")
+        await self.transport.close()
+        if self.livekit is not None:
+            await self.livekit.close()
+        await self.store.close()
+        await self.http.stop()
+        log.info("stopped")
+
+    async def _on_webhook(self, event: WebhookEvent) -> None:
+        """Re-apply the room's permissions to a participant who joined or published, in the room's
+        command order (a token minted before a restriction still carries the old sources)."""
+        if event.event not in RECHECK_WEBHOOKS or self.processor is None:
+            self.metrics.webhooks.labels(event.event or "unknown", "ignored").inc()
+            return
+        room, identity = event.room.name, event.participant.identity
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def recheck() -> None:
+            try:
+                with command_deadline(self.settings.command_deadline_seconds):
+                    await self.handler.reapply_permissions(room, identity)
+                self.metrics.webhooks.labels(event.event, "ok").inc()
+            except (LiveKitUnavailable, LiveKitRejected) as error:
+                log.warning("webhook re-check failed: %s", type(error).__name__, extra={"room": room})
+                self.metrics.webhooks.labels(event.event, "failed").inc()
+            finally:
+                done.set_result(None)
+
+        self.processor.serializer.submit(room, recheck)
+        await done

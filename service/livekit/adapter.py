@@ -1,0 +1,240 @@
+"""LiveKit's RoomService through the unmodified ``livekit-api`` client, with bounded, retried calls.
+
+``livekit-api`` passes ``timeout=None`` per request (no timeout at all) and retries only for LiveKit Cloud
+hosts, so every attempt is bounded here, transient failures (transport errors, timeouts, 5xx) are retried
+with exponential backoff and jitter, 4xx never, and all of it ends by the command's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+from livekit.api import LiveKitAPI, ServerError
+from livekit.protocol.models import ParticipantInfo, ParticipantPermission, TrackSource
+from livekit.protocol.room import (
+    CreateRoomRequest,
+    DeleteRoomRequest,
+    ListParticipantsRequest,
+    MuteRoomTrackRequest,
+    RoomParticipantIdentity,
+    UpdateParticipantRequest,
+)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from service.app.metrics import Metrics
+from service.domain.deadline import seconds_left
+from service.domain.errors import LiveKitRejected, LiveKitUnavailable
+from service.domain.permissions import ALL_SOURCES
+from service.domain.ports import ConnectedParticipant
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SOURCE_BY_NAME = {
+    "camera": TrackSource.CAMERA,
+    "microphone": TrackSource.MICROPHONE,
+    "screen_share": TrackSource.SCREEN_SHARE,
+    "screen_share_audio": TrackSource.SCREEN_SHARE_AUDIO,
+}
+_NAME_BY_SOURCE = {value: name for name, value in _SOURCE_BY_NAME.items()}
+
+
+class _OutOfTime(stop_base):
+    """Stop retrying when the next back-off would reach past the command's deadline."""
+
+    def __init__(self, default_budget: float) -> None:
+        self._default_budget = default_budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return seconds_left(self._default_budget) - (retry_state.upcoming_sleep or 0.0) <= 0
+
+
+class _NotFound(Exception):
+    """LiveKit answered not_found; each method decides whether that is fine."""
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, ServerError):
+        return error.status >= 500
+    return isinstance(error, aiohttp.ClientError | TimeoutError)
+
+
+def _attempt_outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    if isinstance(error, ServerError):
+        if error.status == 404 or error.code == "not_found":
+            return "not_found"
+        return "unavailable" if error.status >= 500 else "rejected"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "transport_error"
+
+
+def publish_sources_of(permission: ParticipantPermission) -> frozenset[str]:
+    """What a LiveKit permission lets a participant publish (an empty source list means all)."""
+    if not permission.can_publish:
+        return frozenset()
+    if not permission.can_publish_sources:
+        return ALL_SOURCES
+    return frozenset(_NAME_BY_SOURCE[s] for s in permission.can_publish_sources if s in _NAME_BY_SOURCE)
+
+
+def connected_participant(info: ParticipantInfo) -> ConnectedParticipant:
+    return ConnectedParticipant(
+        identity=info.identity,
+        publish_sources=publish_sources_of(info.permission),
+        unmuted_microphone_tracks=tuple(
+            track.sid for track in info.tracks if track.source == TrackSource.MICROPHONE and not track.muted
+        ),
+        permission=info.permission,
+    )
+
+
+class LiveKitAdapter:
+    """Implements the domain's ``LiveKit`` port. Create and close inside the running event loop."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str,
+        api_secret: str,
+        request_timeout_seconds: float,
+        attempts: int,
+        max_concurrent_requests: int,
+        metrics: Metrics,
+    ) -> None:
+        self._url = url
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self._request_timeout = request_timeout_seconds
+        self._attempts = attempts
+        self._metrics = metrics
+        self._concurrency = asyncio.Semaphore(max_concurrent_requests)
+        self._api: LiveKitAPI | None = None
+
+    async def start(self) -> None:
+        # One keep-alive session for every call; the pool is as large as the concurrency bound.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        session = aiohttp.ClientSession(connector=connector)
+        self._api = LiveKitAPI(self._url, self._api_key, self._api_secret, session=session)
+
+    async def close(self) -> None:
+        if self._api is not None:
+            session = self._api._session  # injected by us, so ours to close
+            await self._api.aclose()
+            if session is not None:
+                await session.close()
+            self._api = None
+
+    @property
+    def _room(self) -> LiveKitAPI:
+        if self._api is None:
+            raise RuntimeError("LiveKitAdapter.start() was not awaited")
+        return self._api
+
+    async def _call(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
+        """One LiveKit call: bounded attempts, retried while transient and while time is left."""
+
+        def count_retry(_: RetryCallState) -> None:
+            self._metrics.livekit_retries.labels(method).inc()
+
+        retrying = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(self._attempts), _OutOfTime(self._request_timeout)),
+            wait=wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.1),
+            retry=retry_if_exception(_is_transient),
+            before_sleep=count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, request)
+        except ServerError as error:
+            if error.status == 404 or error.code == "not_found":
+                raise _NotFound(method) from None
+            if error.status >= 500:
+                raise LiveKitUnavailable(f"{method}: HTTP {error.status}") from None
+            raise LiveKitRejected(error.code, error.status) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise LiveKitUnavailable(f"{method}: {type(error).__name__}") from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
+        budget = min(self._request_timeout, seconds_left(self._request_timeout))
+        if budget <= 0:
+            raise TimeoutError("command deadline passed")
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            async with self._concurrency, asyncio.timeout(budget):
+                return await request()
+        except BaseException as caught:
+            error = caught
+            raise
+        finally:
+            if not isinstance(error, asyncio.CancelledError):
+                self._metrics.livekit_requests.labels(method, _attempt_outcome(error)).inc()
+                self._metrics.livekit_request_duration.labels(method).observe(time.perf_counter() - started)
+
+    # -- the domain's LiveKit port --------------------------------------------------------------------
+
+    async def ensure_room(self, room: str) -> None:
+        # CreateRoom is idempotent: it returns the existing room.
+        await self._call("CreateRoom", lambda: self._room.room.create_room(CreateRoomRequest(name=room)))
+
+    async def list_participants(self, room: str) -> list[ConnectedParticipant]:
+        response = await self._call(
+            "ListParticipants",
+            lambda: self._room.room.list_participants(ListParticipantsRequest(room=room)),
+        )
+        return [connected_participant(info) for info in response.participants]
+
+    async def set_publish_sources(
+        self, room: str, participant: ConnectedParticipant, sources: frozenset[str]
+    ) -> None:
+        # UpdateParticipant replaces the whole permission: start from the current one so that hidden,
+        # can_subscribe, can_publish_data and the rest stay as they are.
+        permission = ParticipantPermission()
+        if isinstance(participant.permission, ParticipantPermission):
+            permission.CopyFrom(participant.permission)
+        permission.can_publish = bool(sources)
+        del permission.can_publish_sources[:]
+        permission.can_publish_sources.extend(_SOURCE_BY_NAME[name] for name in sorted(sources))
+        request = UpdateParticipantRequest(room=room, identity=participant.identity, permission=permission)
+        try:
+            await self._call("UpdateParticipant", lambda: self._room.room.update_participant(request))
+        except _NotFound:
+            log.debug("participant left before its permission changed", extra={"room": room})
+
+    async def mute_track(self, room: str, identity: str, track_sid: str) -> None:
+        request = MuteRoomTrackRequest(room=room, identity=identity, track_sid=track_sid, muted=True)
+        try:
+            await self._call("MutePublishedTrack", lambda: self._room.room.mute_published_track(request))
+        except _NotFound:
+            log.debug("participant left before it was muted", extra={"room": room})
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        request = RoomParticipantIdentity(room=room, identity=identity)
+        with contextlib.suppress(_NotFound):
+            await self._call("RemoveParticipant", lambda: self._room.room.remove_participant(request))
+
+    async def delete_room(self, room: str) -> None:
+        with contextlib.suppress(_NotFound):
+            await self._call("DeleteRoom", lambda: self._room.room.delete_room(DeleteRoomRequest(room=room)))

@@ -1,0 +1,1 @@
+"""The AMQP transport: the only code that touches aio-pika."""

@@ -1,0 +1,303 @@
+"""RabbitMQ topology, consumption of the partition queues, and confirmed publishing.
+
+Topology (every replica declares it; declarations are idempotent)::
+
+    <command exchange> (topic)  --room.*-->  <queue>.partitions (x-consistent-hash)  --"1"-->  <queue>.<n>
+    <queue>.<n>: quorum, single-active-consumer, x-delivery-limit, dead-letters to <dead-letter exchange>
+    <dead-letter exchange> (fanout)  -->  <dead-letter exchange> (quorum queue)
+    <event exchange> (topic): events are published with mandatory=True and publisher confirms
+
+With one partition the queue is bound to the command exchange directly and the consistent-hash plugin is
+not needed. Upstream publishers see only the command exchange, whatever the partitioning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+    DeliveryMode,
+    ExchangeType,
+)
+
+log = logging.getLogger(__name__)
+
+#: Header that carries why the service dead-lettered a message.
+REASON_HEADER = "x-signaling-reason"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    command_exchange: str
+    event_exchange: str
+    queue: str
+    partitions: int
+    dead_letter_exchange: str
+    delivery_limit: int
+
+    def partition_queue(self, partition: int) -> str:
+        return self.queue if self.partitions == 1 else f"{self.queue}.{partition}"
+
+    @property
+    def hash_exchange(self) -> str:
+        return f"{self.queue}.partitions"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A command as it came off the queue, without AMQP types; the transport keeps the message."""
+
+    body: bytes
+    routing_key: str
+    message_id: str | None
+    partition: int
+    #: Earlier deliveries of this message (quorum queues count them in ``x-delivery-count``).
+    delivery_count: int
+    headers: dict[str, Any] = field(default_factory=dict)
+    _message: AbstractIncomingMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    body: bytes
+    routing_key: str
+    type: str
+    correlation_id: str | None
+
+
+class UnroutableEvent(Exception):
+    """The broker had no queue for an event's routing key."""
+
+
+DeliveryCallback = Callable[[Delivery], None]
+
+
+class AmqpTransport:
+    """Owns the connection, a consuming channel and a publishing channel (confirms + mandatory)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        topology: Topology,
+        prefetch: int,
+        heartbeat_seconds: int,
+        reconnect_interval_seconds: float,
+        connection_name: str,
+    ) -> None:
+        self._url = url
+        self.topology = topology
+        self._prefetch = prefetch
+        self._heartbeat = heartbeat_seconds
+        self._reconnect_interval = reconnect_interval_seconds
+        self._connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._event_exchange: AbstractExchange | None = None
+        self._dead_letter_exchange: AbstractExchange | None = None
+        # Strong references: aio-pika's robust objects restore only what is still referenced.
+        self._queues: list[AbstractQueue] = []
+        self._consumer_tags: dict[int, ConsumerTag] = {}
+        self._on_delivery: DeliveryCallback | None = None
+        self.on_connection_change: Callable[[bool], None] = lambda _connected: None
+
+    # -- connection -----------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self._url,
+            heartbeat=self._heartbeat,
+            reconnect_interval=self._reconnect_interval,
+            client_properties={"connection_name": self._connection_name},
+        )
+        self._connection.close_callbacks.add(self._on_connection_closed)
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
+        self._consume_channel = await self._connection.channel(publisher_confirms=True)
+        await self._consume_channel.set_qos(prefetch_count=self._prefetch)
+        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        await self._declare()
+        self.on_connection_change(True)
+
+    def _on_connection_closed(self, *_: Any) -> None:
+        self.on_connection_change(False)
+
+    def _on_reconnected(self, *_: Any) -> None:
+        log.warning("reconnected to RabbitMQ; topology and consumers restored")
+        self.on_connection_change(True)
+
+    @property
+    def is_connected(self) -> bool:
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and (self._connection.connected.is_set())
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    # -- topology -------------------------------------------------------------------------------------
+
+    async def _declare(self) -> None:
+        assert self._consume_channel is not None and self._publish_channel is not None
+        t = self.topology
+        channel = self._consume_channel
+        commands = await channel.declare_exchange(t.command_exchange, ExchangeType.TOPIC, durable=True)
+        self._event_exchange = await self._publish_channel.declare_exchange(
+            t.event_exchange, ExchangeType.TOPIC, durable=True
+        )
+        self._dead_letter_exchange = await self._publish_channel.declare_exchange(
+            t.dead_letter_exchange, ExchangeType.FANOUT, durable=True
+        )
+        dead_letters = await channel.declare_queue(
+            t.dead_letter_exchange, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_letters.bind(t.dead_letter_exchange)
+        self._queues = [dead_letters]
+        source: AbstractExchange = commands
+        if t.partitions > 1:
+            source = await channel.declare_exchange(t.hash_exchange, "x-consistent-hash", durable=True)
+            await source.bind(commands, routing_key="room.*")
+        for partition in range(t.partitions):
+            queue = await channel.declare_queue(
+                t.partition_queue(partition),
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-single-active-consumer": True,
+                    "x-delivery-limit": t.delivery_limit,
+                    "x-dead-letter-exchange": t.dead_letter_exchange,
+                },
+            )
+            # On the consistent-hash exchange the binding key is the partition's weight.
+            await queue.bind(source, routing_key="1" if t.partitions > 1 else "room.*")
+            self._queues.append(queue)
+
+    # -- consuming ------------------------------------------------------------------------------------
+
+    def _partition_queue(self, partition: int) -> AbstractQueue:
+        return self._queues[partition + 1]
+
+    async def start_consuming(self, on_delivery: DeliveryCallback) -> None:
+        self._on_delivery = on_delivery
+        for partition in range(self.topology.partitions):
+            await self.subscribe(partition)
+
+    async def subscribe(self, partition: int) -> None:
+        queue = self._partition_queue(partition)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            # Synchronous up to the hand-over, so that delivery order is submission order.
+            assert self._on_delivery is not None
+            headers = dict(message.headers or {})
+            count = headers.get("x-delivery-count", 0)
+            self._on_delivery(
+                Delivery(
+                    body=message.body,
+                    routing_key=message.routing_key or "",
+                    message_id=message.message_id,
+                    partition=partition,
+                    delivery_count=count if isinstance(count, int) else 0,
+                    headers=headers,
+                    _message=message,
+                )
+            )
+
+        self._consumer_tags[partition] = await queue.consume(on_message)
+
+    async def unsubscribe(self, partition: int) -> None:
+        tag = self._consumer_tags.pop(partition, None)
+        if tag is not None:
+            with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
+                await self._partition_queue(partition).cancel(tag)
+
+    async def stop_consuming(self) -> None:
+        for partition in list(self._consumer_tags):
+            await self.unsubscribe(partition)
+
+    @property
+    def subscribed_partitions(self) -> Sequence[int]:
+        return sorted(self._consumer_tags)
+
+    # -- settling deliveries --------------------------------------------------------------------------
+
+    @staticmethod
+    async def _settle(delivery: Delivery, action: str, **kwargs: Any) -> bool:
+        """Ack/nack; on a channel that died meanwhile it fails harmlessly (the broker redelivers, and
+        duplicate suppression recognises the copy)."""
+        message = delivery._message
+        if message is None:
+            return False
+        try:
+            await getattr(message, action)(**kwargs)
+        except (
+            aio_pika.exceptions.ChannelInvalidStateError,
+            aiormq.exceptions.AMQPError,
+            RuntimeError,
+            ConnectionError,
+        ) as error:
+            log.info(
+                "could not %s a command (%s); the broker will redeliver it", action, type(error).__name__
+            )
+            return False
+        return True
+
+    async def ack(self, delivery: Delivery) -> bool:
+        return await self._settle(delivery, "ack")
+
+    async def requeue(self, delivery: Delivery) -> bool:
+        return await self._settle(delivery, "nack", requeue=True)
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    async def publish_event(self, event: OutgoingEvent) -> None:
+        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it."""
+        assert self._event_exchange is not None
+        message = aio_pika.Message(
+            event.body,
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            correlation_id=event.correlation_id,
+            type=event.type,
+            # Returns are matched to their publish by message id, so every event needs its own.
+            message_id=uuid.uuid4().hex,
+        )
+        try:
+            await self._event_exchange.publish(message, event.routing_key, mandatory=True)
+        except aiormq.exceptions.PublishError as error:
+            raise UnroutableEvent(event.routing_key) from error
+
+    async def dead_letter(
+        self, body: bytes, *, reason: str, headers: dict[str, Any], routing_key: str
+    ) -> None:
+        """Publish a copy with the reason (confirmed) to the dead-letter exchange."""
+        assert self._dead_letter_exchange is not None
+        message = aio_pika.Message(
+            body,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            headers={**headers, REASON_HEADER: reason[:1000], "x-original-routing-key": routing_key},
+            message_id=uuid.uuid4().hex,
+        )
+        await self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
+
+    async def wait_connected(self, timeout: float) -> None:
+        assert self._connection is not None
+        async with asyncio.timeout(timeout):
+            await self._connection.connected.wait()
