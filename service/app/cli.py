@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -67,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--livekit-port", type=int, default=7880, help="emulator port (default 7880)")
     dev.add_argument(
-        "--partitions", type=int, default=None, help="partition queues (default: SIGNALING_PARTITIONS)"
+        "--partitions",
+        type=int,
+        default=None,
+        help="partition queues (default: SIGNALING_PARTITIONS, else 1 so that no plugin is needed)",
     )
     commands.add_parser("settings", help="print the table of settings (environment variables)")
     return parser
@@ -92,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides: dict[str, object] = {}
             if args.partitions is not None:
                 overrides["partitions"] = args.partitions
+            elif "SIGNALING_PARTITIONS" not in os.environ:
+                # One queue bound directly: dev needs nothing but a stock RabbitMQ.
+                overrides["partitions"] = 1
             overrides["http_port"] = probe.http_port
             asyncio.run(_dev(args.livekit_port, overrides))
     except SettingsError as error:

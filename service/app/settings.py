@@ -33,6 +33,16 @@ def _url(value: str) -> str:
     return value
 
 
+def _url_with_scheme(*schemes: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL")
+        return value
+
+    return parse
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -210,6 +220,8 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
+    "amqp_url": _url_with_scheme("amqp", "amqps"),
+    "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "livekit_url": _url,
     "livekit_public_url": _url,
     "livekit_service_url": _url,

@@ -155,9 +155,10 @@ class CommandHandler:
         entry = RosterEntry(
             role=envelope.role, kind=envelope.kind, popouts=known.popouts if known is not None else 0
         )
-        if known != entry:
-            room.participants[envelope.participant] = entry
-            await self._store.save(envelope.room, room)
+        if known == entry:
+            return room, known
+        room.participants[envelope.participant] = entry
+        await self._store.save(envelope.room, room)
         return room, entry
 
     def _credentials(self, envelope: Envelope, room: RoomState, entry: RosterEntry) -> Credentials:

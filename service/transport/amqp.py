@@ -13,7 +13,6 @@ not needed. Upstream publishers see only the command exchange, whatever the part
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -156,7 +155,8 @@ class AmqpTransport:
     # -- topology -------------------------------------------------------------------------------------
 
     async def _declare(self) -> None:
-        assert self._consume_channel is not None and self._publish_channel is not None
+        assert self._consume_channel is not None
+        assert self._publish_channel is not None
         t = self.topology
         channel = self._consume_channel
         commands = await channel.declare_exchange(t.command_exchange, ExchangeType.TOPIC, durable=True)
@@ -296,8 +296,3 @@ class AmqpTransport:
             message_id=uuid.uuid4().hex,
         )
         await self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
-
-    async def wait_connected(self, timeout: float) -> None:
-        assert self._connection is not None
-        async with asyncio.timeout(timeout):
-            await self._connection.connected.wait()

@@ -40,7 +40,7 @@ from service.emulator import EmulatorFault, LiveKitEmulator
 
 KEY = "devkey"
 # PyJWT warns about HMAC keys shorter than 32 bytes.
-SECRET = "emulator-test-secret-0123456789abcdef"  # noqa: S105 - a test credential
+SECRET = "emulator-test-secret-0123456789abcdef"
 MUTE_DELAY = 0.2
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

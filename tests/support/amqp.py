@@ -1,0 +1,180 @@
+"""A test's view of the broker: publish commands as a controller does, collect events as clients do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from tests.support.processes import AMQP_URL, Names
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    routing_key: str
+    body: dict[str, Any]
+    correlation_id: str | None
+    type: str | None
+    persistent: bool
+
+    @property
+    def participant(self) -> str:
+        return str(self.body["participant"])
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = self.body["payload"]
+        return payload
+
+    @property
+    def message(self) -> str:
+        return str(self.payload["message"])
+
+
+class SignalingClient:
+    """Publishes to the command exchange and records every event on the event exchange."""
+
+    def __init__(self, names: Names, *, name: str = "test-client") -> None:
+        self.names = names
+        self._name = name
+        self.events: list[ReceivedEvent] = []
+        self.dead_letters: list[AbstractIncomingMessage] = []
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> SignalingClient:
+        self.connection = await aio_pika.connect_robust(
+            AMQP_URL, client_properties={"connection_name": self._name}
+        )
+        self.channel = await self.connection.channel()
+        self.commands = await self.channel.declare_exchange(
+            self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        events = await self.channel.declare_exchange(
+            self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.event_queue = await self.channel.declare_queue(
+            f"{self.names.prefix}.observer.{uuid.uuid4().hex[:6]}", exclusive=True, auto_delete=True
+        )
+        await self.event_queue.bind(events, routing_key="room.#")
+        await self.event_queue.consume(self._on_event, no_ack=True)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.connection.close()
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        event = ReceivedEvent(
+            routing_key=message.routing_key or "",
+            body=json.loads(message.body),
+            correlation_id=message.correlation_id,
+            type=message.type,
+            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+        )
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def send(
+        self,
+        room: str,
+        participant: str,
+        payload: dict[str, Any] | str | bytes,
+        *,
+        role: str = "user",
+        kind: str | None = None,
+        message_id: str | None = "auto",
+        routing_key: str | None = None,
+        raw: bytes | None = None,
+    ) -> str | None:
+        """Publish one command (with publisher confirms); returns its message id."""
+        if raw is None:
+            envelope: dict[str, Any] = {"room": room, "participant": participant, "role": role}
+            if kind is not None:
+                envelope["kind"] = kind
+            envelope["payload"] = payload if isinstance(payload, dict) else json.loads(payload)
+            raw = json.dumps(envelope).encode()
+        if message_id == "auto":
+            message_id = uuid.uuid4().hex
+        await self.commands.publish(
+            aio_pika.Message(
+                raw,
+                content_type="application/json",
+                message_id=message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key or f"room.{room}",
+        )
+        return message_id
+
+    async def wait_for(
+        self, predicate: Callable[[ReceivedEvent], bool], *, count: int = 1, timeout: float = 10.0
+    ) -> list[ReceivedEvent]:
+        """Until ``count`` events match (returns them), or fail with what did arrive."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while True:
+                matched = [event for event in self.events if predicate(event)]
+                if len(matched) >= count:
+                    return matched
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} matching events, got {len(matched)}; all events: "
+                        + json.dumps([e.body for e in self.events[-20:]])[:4000]
+                    )
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    continue
+
+    async def reply(
+        self, room: str, participant: str, payload: dict[str, Any], *, timeout: float = 10.0, **kwargs: Any
+    ) -> ReceivedEvent:
+        """Send a command and wait for the event that answers it (correlated by message id)."""
+        message_id = await self.send(room, participant, payload, **kwargs)
+        events = await self.wait_for(lambda e: e.correlation_id == message_id, timeout=timeout)
+        return events[0]
+
+    def events_for(self, room: str, participant: str | None = None) -> list[ReceivedEvent]:
+        return [
+            event
+            for event in self.events
+            if event.body["room"] == room and (participant is None or event.participant == participant)
+        ]
+
+    async def quiet(self, seconds: float = 0.3) -> None:
+        """Let in-flight events arrive before asserting that something did not happen."""
+        await asyncio.sleep(seconds)
+
+
+async def delete_topology(names: Names, partitions: int) -> None:
+    """Remove every exchange and queue the service declared for ``names``."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        queues = [names.dead_letter]
+        queues += [names.queue] if partitions == 1 else [f"{names.queue}.{n}" for n in range(partitions)]
+        for queue in queues:
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(queue)
+            except Exception:  # noqa: S110 - already gone is fine
+                pass
+        exchanges = [
+            names.command_exchange,
+            names.event_exchange,
+            names.dead_letter,
+            f"{names.queue}.partitions",
+        ]
+        for exchange in exchanges:
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(exchange)
+            except Exception:  # noqa: S110
+                pass

@@ -1,0 +1,91 @@
+"""Drives the LiveKit emulator process: simulated clients through its control routes, inspection through
+the real ``livekit-api`` client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from livekit.api import LiveKitAPI
+from livekit.protocol.models import ParticipantInfo, TrackSource
+from livekit.protocol.room import ListParticipantsRequest, RoomParticipantIdentity
+
+from tests.support.processes import API_KEY, API_SECRET
+
+
+class Emulator:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> Emulator:
+        self._session = aiohttp.ClientSession()
+        self.api = LiveKitAPI(self.url, API_KEY, API_SECRET)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.api.aclose()
+        await self._session.close()
+
+    async def _post(self, path: str, body: dict[str, Any], *, expect: int = 200) -> dict[str, Any]:
+        async with self._session.post(f"{self.url}/_emulator/{path}", json=body) as response:
+            data: dict[str, Any] = await response.json()
+            assert response.status == expect, (response.status, data)
+            return data
+
+    async def connect(self, token: str) -> dict[str, Any]:
+        """A client connects to LiveKit with a token the service minted."""
+        return await self._post("connect", {"token": token})
+
+    async def publish(self, room: str, identity: str, source: str, *, expect: int = 200) -> str | None:
+        data = await self._post(
+            "publish", {"room": room, "identity": identity, "source": source, "muted": False}, expect=expect
+        )
+        return data.get("sid")
+
+    async def set_muted(self, room: str, identity: str, track_sid: str, muted: bool) -> None:
+        await self._post("mute", {"room": room, "identity": identity, "track_sid": track_sid, "muted": muted})
+
+    async def fault(self, mode: str) -> None:
+        await self._post("fault", {"mode": mode})
+
+    async def set_webhook(self, url: str | None) -> None:
+        await self._post("webhook", {"url": url})
+
+    async def bulk(self, room: str, count: int, prefix: str, sources: list[str]) -> list[str]:
+        data = await self._post(
+            "participants/bulk", {"room": room, "count": count, "prefix": prefix, "sources": sources}
+        )
+        return list(data["identities"])
+
+    async def calls(self) -> list[str]:
+        async with self._session.get(f"{self.url}/_emulator/calls") as response:
+            data = await response.json()
+            return list(data["calls"])
+
+    async def participant(self, room: str, identity: str) -> ParticipantInfo:
+        return await self.api.room.get_participant(RoomParticipantIdentity(room=room, identity=identity))
+
+    async def participants(self, room: str) -> dict[str, ParticipantInfo]:
+        response = await self.api.room.list_participants(ListParticipantsRequest(room=room))
+        return {p.identity: p for p in response.participants}
+
+
+SOURCE_NAMES = {
+    TrackSource.CAMERA: "camera",
+    TrackSource.MICROPHONE: "microphone",
+    TrackSource.SCREEN_SHARE: "screen_share",
+    TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+
+
+def allowed_sources(info: ParticipantInfo) -> set[str]:
+    """What a LiveKit participant may publish (an empty list means all, when it can publish)."""
+    if not info.permission.can_publish:
+        return set()
+    if not info.permission.can_publish_sources:
+        return set(SOURCE_NAMES.values())
+    return {SOURCE_NAMES[s] for s in info.permission.can_publish_sources}
+
+
+def microphone_tracks(info: ParticipantInfo) -> list[Any]:
+    return [t for t in info.tracks if t.source == TrackSource.MICROPHONE]

@@ -1,0 +1,196 @@
+"""The service and the LiveKit emulator as real processes, as they run in production."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_KEY = "testkey"
+API_SECRET = "test-secret-" + "x" * 32
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/livekit-signaling-tests"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmulatorProcess:
+    def __init__(self, *, webhook_url: str | None = None, mute_delay: float = 1.0) -> None:
+        args = [
+            sys.executable, "-m", "service.emulator", "--port", "0",
+            "--api-key", API_KEY, "--api-secret", API_SECRET,
+            "--unknown-participant-mute-delay", str(mute_delay),
+        ]  # fmt: skip
+        if webhook_url:
+            args += ["--webhook-url", webhook_url]
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self._log = (LOG_DIR / f"emulator-{uuid.uuid4().hex[:8]}.log").open("wb")
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("LISTENING "):
+            self.process.kill()
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        self.url = line.removeprefix("LISTENING ")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+
+@dataclass
+class Names:
+    """uuid-named topology, so that concurrent runs never see each other's messages."""
+
+    prefix: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:10]}")
+
+    @property
+    def command_exchange(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def event_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}.signaling"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def redis_prefix(self) -> str:
+        return self.prefix
+
+
+class ServiceProcess:
+    """``livekit-signaling run`` with the test's names; ``start`` waits until ``/readyz`` says ready."""
+
+    def __init__(
+        self,
+        names: Names,
+        livekit_url: str,
+        *,
+        partitions: int = 4,
+        env: Mapping[str, str] | None = None,
+        name: str = "service",
+    ) -> None:
+        self.names = names
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "AMQP_URL": AMQP_URL,
+            "LIVEKIT_URL": livekit_url,
+            "LIVEKIT_API_KEY": API_KEY,
+            "LIVEKIT_API_SECRET": API_SECRET,
+            "LIVEKIT_PUBLIC_URL": "wss://livekit.example.test",
+            "LIVEKIT_SERVICE_URL": "http://livekit.internal.test:7880",
+            "SIGNALING_COMMAND_EXCHANGE": names.command_exchange,
+            "SIGNALING_EVENT_EXCHANGE": names.event_exchange,
+            "SIGNALING_QUEUE": names.queue,
+            "SIGNALING_DEAD_LETTER_EXCHANGE": names.dead_letter,
+            "SIGNALING_PARTITIONS": str(partitions),
+            "SIGNALING_HTTP_HOST": "127.0.0.1",
+            "SIGNALING_HTTP_PORT": str(self.port),
+            "REDIS_KEY_PREFIX": names.redis_prefix,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "LIVEKIT_REQUEST_TIMEOUT_SECONDS": "0.5",
+            "COMMAND_DEADLINE_SECONDS": "2",
+            **(env or {}),
+        }
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{names.prefix}-{name}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "run"], env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def is_ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return self.http("/readyz")[0] == 200
+        return False
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+            if self.is_ready():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"service not ready after {timeout}s:\n{self.logs()[-3000:]}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include ``labels``."""
+        _, text = self.http("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric_name, _, label_text = series.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
+                total += float(value)
+        return total
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,158 @@
+"""The wire contract: the seed's examples decode and encode back unchanged; bad input is refused with a
+precise reason; the checked-in JSON Schema files are current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from service.schemas import codec
+from service.schemas.events import (
+    CredentialsEvent,
+    ErrorEvent,
+    Event,
+    ForceMuted,
+    MicrophoneRestrictionsDisabled,
+    MicrophoneRestrictionsEnabled,
+    PopoutStreamAccessToken,
+    ScreenSharePermissionsUpdated,
+)
+from service.schemas.jsonschema import main as jsonschema_main
+
+IDS = [
+    "00000000-0000-0000-0000-000000000001",
+    "00000000-0000-0000-0000-000000000002",
+    "00000000-0000-0000-0000-000000000003",
+]
+
+# The command examples of the seed text, verbatim.
+SEED_COMMANDS = [
+    {"action": "create_new_access_token"},
+    {"action": "force_mute", "participants": IDS},
+    {"action": "grant_screen_share_permission", "participants": IDS},
+    {"action": "revoke_screen_share_permission", "participants": IDS},
+    {"action": "enable_microphone_restrictions", "unrestricted_participants": IDS},
+    {"action": "disable_microphone_restrictions"},
+    {"action": "request_popout_stream_access_token"},
+]
+
+# One event of each kind the seed's field tables describe.
+SEED_EVENTS = [
+    {
+        "message": "credentials",
+        "room": "r",
+        "token": "t",
+        "public_url": "wss://lk",
+        "service_url": "http://lk",
+    },
+    {"message": "credentials", "room": "r", "token": "t", "public_url": "wss://lk"},
+    {"message": "microphone_restrictions_enabled", "unrestricted_participants": IDS},
+    {"message": "microphone_restrictions_disabled"},
+    {"message": "force_muted", "moderator": IDS[0]},
+    {"message": "popout_stream_access_token", "token": "t"},
+    {"message": "screen_share_permissions_updated", "grant": True, "participants": IDS},
+    {"message": "error", "error": "livekit_unavailable"},
+    {"message": "error", "error": "insufficient_permissions"},
+    {
+        "message": "join_success",
+        "credentials": {"room": "r", "token": "t", "public_url": "wss://lk"},
+        "microphone_restriction_state": {"type": "enabled", "unrestricted_participants": IDS},
+    },
+    {
+        "message": "join_success",
+        "credentials": {"room": "r", "token": "t", "public_url": "wss://lk"},
+        "microphone_restriction_state": {"type": "disabled"},
+    },
+]
+
+
+@pytest.mark.parametrize("example", SEED_COMMANDS, ids=lambda e: e["action"])
+def test_seed_command_examples_round_trip(example: dict[str, object]) -> None:
+    raw = json.dumps(example).encode()
+    command = codec.decode_command(msgspec.Raw(raw))
+    assert json.loads(codec.encode(command)) == example
+
+
+@pytest.mark.parametrize("example", SEED_EVENTS, ids=lambda e: str(e["message"]))
+def test_seed_event_shapes_round_trip(example: dict[str, object]) -> None:
+    event = msgspec.json.decode(json.dumps(example).encode(), type=Event)  # type: ignore[arg-type]
+    assert json.loads(codec.encode(event)) == example
+
+
+def test_event_types_carry_the_seed_message_names() -> None:
+    assert (
+        json.loads(codec.encode(CredentialsEvent(room="r", token="t", public_url="u")))["message"]
+        == "credentials"
+    )
+    assert (
+        json.loads(codec.encode(MicrophoneRestrictionsDisabled()))["message"]
+        == "microphone_restrictions_disabled"
+    )
+    assert (
+        json.loads(codec.encode(MicrophoneRestrictionsEnabled(unrestricted_participants=[])))[
+            "unrestricted_participants"
+        ]
+        == []
+    )
+    assert json.loads(codec.encode(ForceMuted(moderator="m"))) == {"message": "force_muted", "moderator": "m"}
+    assert (
+        json.loads(codec.encode(PopoutStreamAccessToken(token="t")))["message"]
+        == "popout_stream_access_token"
+    )
+    updated = ScreenSharePermissionsUpdated(grant=False, participants=["a"])
+    assert json.loads(codec.encode(updated))["message"] == "screen_share_permissions_updated"
+    assert json.loads(codec.encode(ErrorEvent(error="livekit_unavailable"))) == {
+        "message": "error",
+        "error": "livekit_unavailable",
+    }
+
+
+def test_envelope_decodes_with_default_kind() -> None:
+    body = b'{"room":"r:1","participant":"p-1","role":"guest","payload":{"action":"join"}}'
+    envelope = codec.decode_envelope(body)
+    assert (envelope.room, envelope.participant, envelope.role, envelope.kind) == (
+        "r:1",
+        "p-1",
+        "guest",
+        "user",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "malformed"),
+        (b"[]", "Expected `object`"),
+        (b'{"room":"r","participant":"p","payload":{}}', "missing required field `role`"),
+        (b'{"room":"r.x","participant":"p","role":"user","payload":{}}', "$.room"),
+        (b'{"room":"r","participant":"p#","role":"user","payload":{}}', "$.participant"),
+        (b'{"room":"r","participant":"p","role":"admin","payload":{}}', "$.role"),
+        (b'{"room":"r","participant":"p","role":"user","kind":"bot","payload":{}}', "$.kind"),
+        (b'{"room":"","participant":"p","role":"user","payload":{}}', "$.room"),
+        (b'{"room":"' + b"r" * 129 + b'","participant":"p","role":"user","payload":{}}', "$.room"),
+        (b'{"room":"r","participant":"p","role":"user","payload":{},"extra":1}', "extra"),
+    ],
+)
+def test_bad_envelopes_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(codec.MalformedEnvelope, match=None) as refused:
+        codec.decode_envelope(body)
+    assert reason.lower() in str(refused.value).lower()
+
+
+def test_oversize_body_is_refused_before_parsing() -> None:
+    with pytest.raises(codec.MalformedEnvelope, match="exceeds the limit"):
+        codec.decode_envelope(b" " * 70_000, max_bytes=65536)
+
+
+def test_participant_lists_are_bounded() -> None:
+    too_many = json.dumps({"action": "force_mute", "participants": ["p"] * 10_001}).encode()
+    with pytest.raises(codec.InvalidPayload, match="length"):
+        codec.decode_command(msgspec.Raw(too_many))
+
+
+def test_checked_in_json_schemas_are_current() -> None:
+    schemas_dir = Path(__file__).resolve().parents[2] / "schemas"
+    assert jsonschema_main(["--check", "--dir", str(schemas_dir)]) == 0

@@ -1,0 +1,72 @@
+"""Settings: one clear error naming a missing or invalid setting, secrets from files, never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.app.settings import SettingsError, load_settings, settings_table
+
+BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
+
+
+def test_defaults_and_derived_values() -> None:
+    settings = load_settings(BASE)
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.public_url == "http://lk:7880"
+    assert settings.command_exchange == "livekit.commands"
+    assert settings.http_port == 8080
+
+
+@pytest.mark.parametrize("missing", ["LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"])
+def test_missing_required_setting_is_named(missing: str) -> None:
+    environ = {k: v for k, v in BASE.items() if k != missing}
+    with pytest.raises(SettingsError, match=f"^{missing} is required"):
+        load_settings(environ)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SIGNALING_PARTITIONS", "0"),
+        ("AMQP_PREFETCH", "many"),
+        ("LIVEKIT_URL", "lk:7880"),
+        ("SCREEN_SHARE_REQUIRES_PERMISSION", "maybe"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_invalid_setting_is_named(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: '{value}' is invalid"):
+        load_settings({**BASE, name: value})
+
+
+def test_secret_from_file_and_never_shown(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file-secret\n")
+    environ = {
+        **{k: v for k, v in BASE.items() if k != "LIVEKIT_API_SECRET"},
+        "LIVEKIT_API_SECRET_FILE": str(secret_file),
+        "AMQP_URL": "amqps://u:pw@h:5671/",
+    }
+    settings = load_settings(environ)
+    assert settings.livekit_api_secret == "from-file-secret"
+    assert "from-file-secret" not in repr(settings)
+    assert "pw" not in repr(settings)
+
+
+def test_invalid_secret_value_is_not_echoed() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({**BASE, "AMQP_URL": "http://user:hunter2@rabbit/"})
+    assert str(refused.value) == "AMQP_URL: is invalid: expected a amqp:// or amqps:// URL"
+    assert "hunter2" not in str(refused.value)
+
+
+def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^LIVEKIT_API_SECRET_FILE: cannot read"):
+        load_settings({**BASE, "LIVEKIT_API_SECRET_FILE": str(tmp_path / "absent")})
+
+
+def test_readme_carries_the_current_settings_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme
