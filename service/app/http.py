@@ -26,6 +26,7 @@ class HttpServer:
         port: int,
         metrics: Metrics,
         is_ready: Callable[[], bool],
+        describe: Callable[[], str],
         webhook_receiver: WebhookReceiver,
         on_webhook: WebhookCallback,
     ) -> None:
@@ -33,6 +34,7 @@ class HttpServer:
         self._port = port
         self._metrics = metrics
         self._is_ready = is_ready
+        self._describe = describe
         self._receiver = webhook_receiver
         self._on_webhook = on_webhook
         self._runner: web.AppRunner | None = None
@@ -66,8 +68,8 @@ class HttpServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         if self._is_ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text=f"ready\n{self._describe()}")
+        return web.Response(status=503, text=f"not ready\n{self._describe()}")
 
     async def _webhook(self, request: web.Request) -> web.Response:
         body = await request.text()

@@ -83,6 +83,12 @@ class Metrics:
             "Partition queues on which this replica is the single active consumer.",
             registry=r,
         )
+        self.partition_active = Gauge(
+            f"{PREFIX}_partition_active",
+            "1 for each partition on which this replica is the active consumer.",
+            ["partition"],
+            registry=r,
+        )
         self.partitions_total = Gauge(
             f"{PREFIX}_partitions", "Partition queues the commands are spread over.", registry=r
         )

@@ -102,8 +102,9 @@ class CommandProcessor:
             room=envelope.room, participant=envelope.participant, message_id=delivery.message_id
         ):
             try:
-                if self._draining:
-                    # Shutting down: not started, so back to the queue for another replica.
+                if self._draining or not self._transport.is_current(delivery):
+                    # Shutting down, handed over, or its channel died: not started, so back to the queue
+                    # (a dead channel's messages are redelivered by the broker anyway).
                     await self._transport.requeue(delivery)
                     return
                 if delivery.message_id is not None and await self._store.is_processed(delivery.message_id):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import uuid
 
 from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from service.app.balancer import PartitionBalancer
 from service.app.http import HttpServer
 from service.app.metrics import Metrics
 from service.app.processor import CommandProcessor
@@ -24,7 +27,7 @@ from service.domain.ports import StateStore
 from service.livekit.adapter import LiveKitAdapter
 from service.livekit.tokens import TokenMinter
 from service.store.memory import MemoryStateStore
-from service.store.redis import RedisStateStore
+from service.store.redis import RedisReplicaRegistry, RedisStateStore
 from service.transport.amqp import AmqpTransport, Topology
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class SignalingService:
         self.metrics = Metrics(registry)
         self.metrics.partitions_total.set(settings.partitions)
         self.store = build_store(settings)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._ready = False
         self._stopping = False
         self.transport = AmqpTransport(
@@ -67,7 +71,7 @@ class SignalingService:
             prefetch=settings.amqp_prefetch,
             heartbeat_seconds=settings.amqp_heartbeat_seconds,
             reconnect_interval_seconds=settings.amqp_reconnect_seconds,
-            connection_name=f"livekit-signaling@{socket.gethostname()}:{os.getpid()}",
+            connection_name=f"livekit-signaling@{self.replica}",
         )
         self.transport.on_connection_change = self._on_connection_change
         self.http = HttpServer(
@@ -75,6 +79,7 @@ class SignalingService:
             port=settings.http_port,
             metrics=self.metrics,
             is_ready=self.is_ready,
+            describe=self.describe,
             webhook_receiver=WebhookReceiver(
                 TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
             ),
@@ -82,9 +87,20 @@ class SignalingService:
         )
         self.livekit: LiveKitAdapter | None = None
         self.processor: CommandProcessor | None = None
+        self._balancing: asyncio.Task[None] | None = None
 
     def is_ready(self) -> bool:
         return self._ready and not self._stopping and self.transport.is_connected
+
+    def describe(self) -> str:
+        """What ``/readyz`` shows: the connection and the partitions this replica holds."""
+        active = ",".join(str(p) for p in sorted(self.transport.active_partitions)) or "-"
+        return (
+            f"replica: {self.replica}\n"
+            f"amqp_connected: {str(self.transport.is_connected).lower()}\n"
+            f"partitions: {self.settings.partitions}\n"
+            f"active_partitions: {active}\n"
+        )
 
     def _on_connection_change(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
@@ -132,6 +148,19 @@ class SignalingService:
             await self.transport.start_consuming(self.processor.on_delivery)
             self._ready = True
             self.metrics.ready.set(1)
+            self.balancer = PartitionBalancer(
+                transport=self.transport,
+                registry=(
+                    RedisReplicaRegistry(self.store, ttl_seconds=2 * settings.rebalance_interval_seconds)
+                    if isinstance(self.store, RedisStateStore)
+                    else None
+                ),
+                replica=self.replica,
+                partitions=settings.partitions,
+                interval_seconds=settings.rebalance_interval_seconds,
+                metrics=self.metrics,
+            )
+            self._balancing = asyncio.create_task(self.balancer.run(), name="partition-balancer")
             log.info("consuming %d partition(s) of %s", settings.partitions, settings.command_exchange)
             await stop.wait()
         finally:
@@ -159,6 +188,11 @@ class SignalingService:
     async def _shutdown(self) -> None:
         self._stopping = True
         self.metrics.ready.set(0)
+        if self._balancing is not None:
+            self._balancing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._balancing
+            await self.balancer.leave()
         log.info("shutting down: consuming stopped, draining in-flight commands")
         await self.transport.stop_consuming()
         if self.processor is not None:

@@ -118,3 +118,31 @@ class RedisStateStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class RedisReplicaRegistry:
+    """The live replicas, for sharing partitions fairly: a sorted set of replica ids scored by the
+    time their registration expires, refreshed by each replica's heartbeat."""
+
+    def __init__(self, store: RedisStateStore, *, ttl_seconds: float) -> None:
+        self._store = store
+        self._key = f"{store._prefix}:replicas"
+        self._ttl = ttl_seconds
+
+    async def heartbeat(self, replica: str) -> list[str]:
+        """Refresh our registration; the replicas alive now, in a stable order."""
+
+        async def refresh() -> list[bytes]:
+            now = time.time()
+            async with self._store._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._key, {replica: now + self._ttl})
+                pipe.zremrangebyscore(self._key, "-inf", now)
+                pipe.zrange(self._key, 0, -1)
+                results = await pipe.execute()
+            members: list[bytes] = results[-1]
+            return members
+
+        return sorted(member.decode() for member in await self._store._call(refresh))
+
+    async def leave(self, replica: str) -> None:
+        await self._store._call(lambda: self._store._redis.zrem(self._key, replica))

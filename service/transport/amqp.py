@@ -67,6 +67,8 @@ class Delivery:
     #: Earlier deliveries of this message (quorum queues count them in ``x-delivery-count``).
     delivery_count: int
     headers: dict[str, Any] = field(default_factory=dict)
+    #: The subscription that received it; a delivery from an older one is stale (see ``is_current``).
+    subscription: int = 0
     _message: AbstractIncomingMessage | None = None
 
 
@@ -112,6 +114,12 @@ class AmqpTransport:
         # Strong references: aio-pika's robust objects restore only what is still referenced.
         self._queues: list[AbstractQueue] = []
         self._consumer_tags: dict[int, ConsumerTag] = {}
+        #: Bumped on every (re)subscription and reconnection; deliveries remember theirs.
+        self._subscription = 0
+        self._partition_subscription: dict[int, int] = {}
+        #: Partitions that delivered something since we last subscribed to them: on a
+        #: single-active-consumer queue, that means we are its active consumer.
+        self.active_partitions: set[int] = set()
         self._on_delivery: DeliveryCallback | None = None
         self.on_connection_change: Callable[[bool], None] = lambda _connected: None
 
@@ -137,6 +145,12 @@ class AmqpTransport:
 
     def _on_reconnected(self, *_: Any) -> None:
         log.warning("reconnected to RabbitMQ; topology and consumers restored")
+        # Restored consumers join the single-active-consumer election afresh, and deliveries of the
+        # old connection can no longer be settled.
+        self._subscription += 1
+        for partition in self._partition_subscription:
+            self._partition_subscription[partition] = self._subscription
+        self.active_partitions.clear()
         self.on_connection_change(True)
 
     @property
@@ -202,10 +216,13 @@ class AmqpTransport:
 
     async def subscribe(self, partition: int) -> None:
         queue = self._partition_queue(partition)
+        self._subscription += 1
+        self._partition_subscription[partition] = self._subscription
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Synchronous up to the hand-over, so that delivery order is submission order.
             assert self._on_delivery is not None
+            self.active_partitions.add(partition)
             headers = dict(message.headers or {})
             count = headers.get("x-delivery-count", 0)
             self._on_delivery(
@@ -216,6 +233,9 @@ class AmqpTransport:
                     partition=partition,
                     delivery_count=count if isinstance(count, int) else 0,
                     headers=headers,
+                    # Read at delivery time: a consumer restored after a reconnection keeps this
+                    # callback but belongs to the new subscription.
+                    subscription=self._partition_subscription.get(partition, -1),
                     _message=message,
                 )
             )
@@ -224,9 +244,30 @@ class AmqpTransport:
 
     async def unsubscribe(self, partition: int) -> None:
         tag = self._consumer_tags.pop(partition, None)
+        self._partition_subscription.pop(partition, None)
+        self.active_partitions.discard(partition)
         if tag is not None:
             with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
                 await self._partition_queue(partition).cancel(tag)
+
+    async def hand_over(self, partition: int) -> None:
+        """Let the next replica's waiting consumer become the partition's active one: cancel ours and
+        queue up again behind it (single active consumer picks the longest-waiting consumer)."""
+        await self.unsubscribe(partition)
+        await self.subscribe(partition)
+
+    def is_current(self, delivery: Delivery) -> bool:
+        """False for a delivery whose subscription was handed over or whose channel died: the broker
+        gives (or gave) it to a consumer again, so running it here would run it twice."""
+        if self._partition_subscription.get(delivery.partition) != delivery.subscription:
+            return False
+        message = delivery._message
+        if message is None:
+            return False
+        try:
+            return not message.channel.is_closed
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            return False
 
     async def stop_consuming(self) -> None:
         for partition in list(self._consumer_tags):

@@ -394,7 +394,10 @@ async def test_livekit_unavailable_reaches_the_sender_then_service_recovers(
         assert event.message == "join_success"
     assert service.metric("livekit_signaling_livekit_retries_total") > 0
     assert (
-        service.metric("livekit_signaling_commands_total", action="join", outcome="livekit_unavailable") >= 3
+        service.wait_metric(
+            "livekit_signaling_commands_total", 3, action="join", outcome="livekit_unavailable"
+        )
+        >= 3
     )
 
 
@@ -403,7 +406,10 @@ async def test_metrics_count_commands_and_livekit_calls(
 ) -> None:
     before = service.metric("livekit_signaling_commands_total", action="join", outcome="ok")
     await join(client, emulator, room, pid(), connect=False)
-    assert service.metric("livekit_signaling_commands_total", action="join", outcome="ok") == before + 1
+    assert (
+        service.wait_metric("livekit_signaling_commands_total", before + 1, action="join", outcome="ok")
+        == before + 1
+    )
     assert service.metric("livekit_signaling_livekit_requests_total", method="CreateRoom", outcome="ok") > 0
     assert service.metric("livekit_signaling_livekit_request_duration_seconds_count", method="CreateRoom") > 0
     status, text = service.http("/metrics")

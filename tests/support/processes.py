@@ -173,6 +173,16 @@ class ServiceProcess:
                 total += float(value)
         return total
 
+    def wait_metric(self, name: str, minimum: float, *, timeout: float = 5.0, **labels: str) -> float:
+        """Poll until the metric reaches ``minimum`` (metrics are updated just after the ack, so an
+        event can arrive before its command is counted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metric(name, **labels)
+            if value >= minimum or time.monotonic() > deadline:
+                return value
+            time.sleep(0.02)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
