@@ -4,9 +4,10 @@ Every replica subscribes to every partition; single-active-consumer makes one of
 partition (the first to subscribe) and keeps the others waiting, ready to take over at once when the
 active one goes. Left alone, the first replica would stay active everywhere. So each replica regularly
 compares the partitions it is active on (those that delivered to it since it subscribed) with its fair
-share, ``ceil(partitions / live replicas)``, and hands the surplus over: it cancels its consumer and
-subscribes again, so the longest-waiting consumer, another replica's, becomes active. Live replicas are
-known from a registry in Redis (heartbeats); without Redis there is one replica and nothing to balance.
+share (``partitions / live replicas``, the remainder going to the first replicas by id), and hands the
+surplus over: it cancels its consumer and subscribes again, so the longest-waiting consumer, another
+replica's, becomes active. Live replicas are known from a registry in Redis (heartbeats); without Redis
+there is one replica and nothing to balance.
 
 Limits: a partition that carries no traffic is not known to be held, so it is balanced once traffic
 arrives; after a replica dies, its partitions fail over at once, and the shares are recomputed when its
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import Protocol
 
 from service.app.metrics import Metrics
@@ -33,6 +33,15 @@ class ReplicaRegistry(Protocol):
     async def heartbeat(self, replica: str) -> list[str]: ...
 
     async def leave(self, replica: str) -> None: ...
+
+
+def fair_share(partitions: int, replicas: list[str], replica: str) -> int:
+    """This replica's quota: ``partitions // n``, plus one for the first ``partitions % n`` replicas in
+    the registry's order. The quotas add up to exactly ``partitions``, so no partition is passed around
+    for ever while every replica sees the same membership."""
+    count = max(1, len(replicas))
+    rank = replicas.index(replica) if replica in replicas else count - 1
+    return partitions // count + (1 if rank < partitions % count else 0)
 
 
 class PartitionBalancer:
@@ -67,7 +76,7 @@ class PartitionBalancer:
                 log.warning("replica registry unavailable (%s); keeping partitions as they are", error)
                 self._report()
                 return
-        share = math.ceil(self._partitions / max(1, len(self.replicas)))
+        share = fair_share(self._partitions, self.replicas, self._replica)
         active = sorted(self._transport.active_partitions)
         surplus = len(active) - share
         if surplus > 0 and self._transport.is_connected:

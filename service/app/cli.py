@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -74,7 +76,68 @@ def _parser() -> argparse.ArgumentParser:
         help="partition queues (default: SIGNALING_PARTITIONS, else 1 so that no plugin is needed)",
     )
     commands.add_parser("settings", help="print the table of settings (environment variables)")
+    send = commands.add_parser(
+        "send",
+        help="publish one command as a controller would and print the events that answer it",
+        description="Example: livekit-signaling send --room R --participant P --role moderator "
+        '\'{"action": "disable_microphone_restrictions"}\'',
+    )
+    send.add_argument("--room", required=True)
+    send.add_argument("--participant", required=True)
+    send.add_argument("--role", choices=["moderator", "user", "guest"], default="moderator")
+    send.add_argument("--kind", choices=["user", "guest", "sip", "recorder"], default="user")
+    send.add_argument("--timeout", type=float, default=3.0, help="seconds to collect answers (default 3)")
+    send.add_argument("payload", help='the command payload as JSON, e.g. \'{"action": "join"}\'')
+    watch = commands.add_parser("watch", help="print a room's events as they pass, until Ctrl-C")
+    watch.add_argument("--room", required=True)
     return parser
+
+
+def _client_settings() -> Settings:
+    """The AMQP and exchange settings of the service; the LiveKit ones are not needed by a client."""
+    return load_settings(
+        livekit_url=os.environ.get("LIVEKIT_URL") or "http://unused",
+        livekit_api_key="unused",
+        livekit_api_secret="unused",  # noqa: S106 - the client never talks to LiveKit
+    )
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from service.transport.client import send
+
+    settings = _client_settings()
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as error:
+        sys.stderr.write(f"livekit-signaling: the payload is not JSON: {error}\n")
+        return 2
+    envelope = {
+        "room": args.room, "participant": args.participant, "role": args.role, "kind": args.kind,
+        "payload": payload,
+    }  # fmt: skip
+    answers = await send(
+        settings.amqp_url,
+        command_exchange=settings.command_exchange,
+        event_exchange=settings.event_exchange,
+        room=args.room,
+        body=json.dumps(envelope).encode(),
+        timeout=args.timeout,
+    )
+    for answer in answers:
+        sys.stdout.write(f"{answer.routing_key} {answer.body.decode()}\n")
+    if not answers:
+        sys.stderr.write("no answer (leave, close_room and some moderator commands answer nothing)\n")
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from service.transport.client import watch
+
+    settings = _client_settings()
+    async for event in watch(settings.amqp_url, settings.event_exchange, args.room):
+        sys.stdout.write(f"{event.routing_key} {event.body.decode()}\n")
+        sys.stdout.flush()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(settings_table())
         return 0
     try:
+        if args.command == "send":
+            return asyncio.run(_send(args))
+        if args.command == "watch":
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(_watch(args))
+            return 0
         if args.command == "run":
             settings = load_settings()
             configure_logging(settings.log_format, settings.log_level)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from service.app.logging import command_context, update_command_context
@@ -138,14 +139,16 @@ class CommandProcessor:
 
     async def _publish(self, events: list[EventEnvelope], correlation_id: str | None) -> None:
         """All of a command's events at once; their confirms are awaited together."""
+        event_id_prefix = correlation_id or uuid.uuid4().hex
         outgoing = [
             OutgoingEvent(
                 body=encode_event(event),
                 routing_key=participant_routing_key(event.room, event.participant),
                 type=event.payload.__struct_config__.tag,  # type: ignore[arg-type]
                 correlation_id=correlation_id,
+                message_id=f"{event_id_prefix}:{index}",
             )
-            for event in events
+            for index, event in enumerate(events)
         ]
         results = await asyncio.gather(
             *(self._transport.publish_event(event) for event in outgoing), return_exceptions=True

@@ -78,6 +78,10 @@ class OutgoingEvent:
     routing_key: str
     type: str
     correlation_id: str | None
+    #: Deterministic for a command with a message id (``<message id>:<n>``), so that the events of a
+    #: command run twice (a replica killed between publishing and recording it) carry the same ids and
+    #: consumers can drop the copies.
+    message_id: str
 
 
 class UnroutableEvent(Exception):
@@ -318,7 +322,7 @@ class AmqpTransport:
             correlation_id=event.correlation_id,
             type=event.type,
             # Returns are matched to their publish by message id, so every event needs its own.
-            message_id=uuid.uuid4().hex,
+            message_id=event.message_id,
         )
         try:
             await self._event_exchange.publish(message, event.routing_key, mandatory=True)
