@@ -1,0 +1,116 @@
+"""What operators and platform teams rely on: LiveKit webhooks closing the late-connect gap, the operator
+CLI, structured logs without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+
+from tests.support.amqp import SignalingClient
+from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
+from tests.support.processes import API_SECRET, ServiceProcess
+
+
+async def test_stale_token_loses_its_microphone_through_the_webhook(
+    client: SignalingClient, emulator: Emulator, room: str, service: ServiceProcess
+) -> None:
+    await emulator.set_webhook(f"http://127.0.0.1:{service.port}/webhook")
+    try:
+        moderator, late = str(uuid.uuid4()), str(uuid.uuid4())
+        await client.reply(room, moderator, {"action": "join"}, role="moderator")
+        # The token is minted while everybody may speak...
+        joined = await client.reply(room, late, {"action": "join"})
+        await client.reply(
+            room,
+            moderator,
+            {"action": "enable_microphone_restrictions", "unrestricted_participants": []},
+            role="moderator",
+        )
+        # ...and used only after the restriction: LiveKit admits it with a microphone.
+        await emulator.connect(joined.payload["credentials"]["token"])
+        await emulator.publish(room, late, "microphone", expect=200)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            info = await emulator.participant(room, late)
+            if "microphone" not in allowed_sources(info) and not microphone_tracks(info):
+                break
+            await asyncio.sleep(0.05)
+        info = await emulator.participant(room, late)
+        assert "microphone" not in allowed_sources(info)
+        assert microphone_tracks(info) == []
+        assert "camera" in allowed_sources(info)
+        assert (
+            service.wait_metric(
+                "livekit_signaling_webhooks_total", 1, event="participant_joined", outcome="ok"
+            )
+            >= 1
+        )
+    finally:
+        await emulator.set_webhook(None)
+
+
+async def test_forged_webhooks_are_refused(service: ServiceProcess) -> None:
+    body = json.dumps(
+        {"event": "participant_joined", "room": {"name": "r"}, "participant": {"identity": "p"}}
+    )
+    async with aiohttp.ClientSession() as session:
+        for authorization in ("", "not-a-jwt", "Bearer x.y.z"):
+            async with session.post(
+                f"http://127.0.0.1:{service.port}/webhook",
+                data=body,
+                headers={"Authorization": authorization, "Content-Type": "application/webhook+json"},
+            ) as response:
+                assert response.status == 401
+    assert service.metric("livekit_signaling_webhooks_total", outcome="rejected") >= 3
+
+
+async def test_operator_cli_sends_a_command_and_prints_its_answer(service: ServiceProcess, room: str) -> None:
+    env = {**service.env, "SIGNALING_HTTP_PORT": "0"}
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "send", "--room", room, "--participant", "operator",
+         "--role", "moderator", "--timeout", "2", '{"action": "create_new_access_token"}'],
+        env=env, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr.decode()
+    routing_key, _, body = completed.stdout.decode().strip().partition(" ")
+    assert routing_key == f"room.{room}.participant.operator"
+    assert json.loads(body)["payload"]["message"] == "credentials"
+
+
+def test_missing_setting_stops_start_up_with_one_line() -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LIVEKIT_", "SIGNALING_"))}
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "run"], env=env, capture_output=True, timeout=30, check=False
+    )
+    assert completed.returncode == 2
+    assert (
+        completed.stderr.decode()
+        == "livekit-signaling: invalid setting: LIVEKIT_URL is required (or LIVEKIT_URL_FILE)\n"
+    )
+
+
+async def test_logs_are_json_with_command_fields_and_no_secrets(
+    client: SignalingClient, service: ServiceProcess, room: str
+) -> None:
+    participant = str(uuid.uuid4())
+    joined = await client.reply(room, participant, {"action": "join"})
+    message_id = await client.send(room, participant, {"action": "no_such_action"})
+    await client.wait_for(lambda e: e.correlation_id == message_id)
+    await client.send(room, participant, b"", raw=b"{broken")
+    await asyncio.sleep(0.5)
+    lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+    assert lines
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    logs = service.logs()
+    assert API_SECRET not in logs
+    assert joined.payload["credentials"]["token"] not in logs
+    dead_lettered = [line for line in lines if "dead-lettered" in line["message"]]
+    assert dead_lettered and dead_lettered[-1]["level"] == "warning"
