@@ -1,0 +1,180 @@
+"""The load generator: publishes commands as an upstream controller does (persistent, publisher confirms,
+a bounded window of unconfirmed publishes) and receives every event, keeping per command id the time it
+was published and the time its events arrived. It runs in the bench process, on its own connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from tests.support.processes import AMQP_URL, Names
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    message_id: str
+    routing_key: str
+    body: bytes
+
+
+def command(
+    room: str,
+    participant: str,
+    payload: dict[str, Any],
+    *,
+    role: str = "user",
+    extra: dict[str, Any] | None = None,
+) -> Command:
+    """One encoded command envelope (``extra`` adds envelope fields only the baseline reads)."""
+    envelope = {"room": room, "participant": participant, "role": role, "payload": payload, **(extra or {})}
+    return Command(uuid.uuid4().hex, f"room.{room}", json.dumps(envelope).encode())
+
+
+@dataclass
+class Track:
+    """What happened to one command: when it was published, when its events arrived."""
+
+    sent: float = 0.0
+    first: float = 0.0
+    last: float = 0.0
+    events: int = 0
+
+
+@dataclass
+class Collector:
+    """Every event on the event exchange (bound ``room.#``), counted by command id and by type."""
+
+    tracks: dict[str, Track] = field(default_factory=dict)
+    types: Counter[str] = field(default_factory=Counter)
+    received: int = 0
+    last_received: float = 0.0
+    _target: int = 0
+    _reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_event(self, message: AbstractIncomingMessage) -> None:
+        now = time.perf_counter()
+        self.received += 1
+        self.last_received = now
+        self.types[message.type or "?"] += 1
+        cid = message.correlation_id
+        if cid is not None:
+            track = self.tracks.get(cid)
+            if track is None:
+                track = self.tracks[cid] = Track()
+            if not track.events:
+                track.first = now
+            track.last = now
+            track.events += 1
+        if self.received >= self._target:
+            self._reached.set()
+
+    async def wait_total(self, total: int, timeout: float) -> bool:
+        """Until ``total`` events in all arrived (True), or ``timeout`` seconds passed (False)."""
+        self._target = total
+        if self.received >= total:
+            return True
+        self._reached.clear()
+        try:
+            await asyncio.wait_for(self._reached.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def errors(self) -> int:
+        return self.types.get("error", 0)
+
+
+class LoadGenerator:
+    """One connection publishes (confirms on), another consumes the events."""
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+        self.collector = Collector()
+        self._connections: list[AbstractRobustConnection] = []
+        self._exchange: AbstractExchange | None = None
+
+    async def __aenter__(self) -> LoadGenerator:
+        publisher = await aio_pika.connect_robust(
+            AMQP_URL, client_properties={"connection_name": "bench-pub"}
+        )
+        consumer = await aio_pika.connect_robust(AMQP_URL, client_properties={"connection_name": "bench-sub"})
+        self._connections = [publisher, consumer]
+        channel = await publisher.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(
+            self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        events_channel = await consumer.channel()
+        events = await events_channel.declare_exchange(
+            self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await events_channel.declare_queue(
+            f"{self.names.prefix}.bench-events", exclusive=True, auto_delete=True
+        )
+        await queue.bind(events, routing_key="room.#")
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            self.collector.on_event(message)
+
+        await queue.consume(on_message, no_ack=True)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for connection in self._connections:
+            await connection.close()
+
+    async def publish(self, cmd: Command) -> None:
+        """Publish one command and wait for the broker's confirm; its send time is kept."""
+        assert self._exchange is not None
+        track = self.collector.tracks.get(cmd.message_id)
+        if track is None:
+            track = self.collector.tracks[cmd.message_id] = Track()
+        track.sent = time.perf_counter()
+        await self._exchange.publish(
+            aio_pika.Message(
+                cmd.body,
+                content_type="application/json",
+                message_id=cmd.message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=cmd.routing_key,
+        )
+
+    async def publish_all(self, commands: Iterable[Command], *, window: int = 256) -> None:
+        """As fast as the broker confirms, with at most ``window`` publishes unconfirmed."""
+        iterator = iter(commands)
+
+        async def worker() -> None:
+            for cmd in iterator:
+                await self.publish(cmd)
+
+        await asyncio.gather(*(worker() for _ in range(window)))
+
+    async def publish_at_rate(self, commands: Sequence[Command], rate: float) -> float:
+        """Open loop: command i is published at ``start + i / rate`` whatever the answers do; returns the
+        largest lag behind that schedule (how well the generator kept up)."""
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[None]] = set()
+        start = loop.time()
+        worst_lag = 0.0
+        for i, cmd in enumerate(commands):
+            due = start + i / rate
+            now = loop.time()
+            if due > now:
+                await asyncio.sleep(due - now)
+                now = loop.time()
+            worst_lag = max(worst_lag, now - due)
+            task = asyncio.create_task(self.publish(cmd))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        return worst_lag

@@ -1,0 +1,198 @@
+"""The figures as a terminal table with targets, as JSON, and the latency distribution of W2 as a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    figure: str
+    service: float | None
+    baseline: float | None
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.service is None or self.baseline is None or self.baseline == 0:
+            return None
+        return self.service / self.baseline
+
+
+def _get(results: dict[str, Any], workload: str, side: str, key: str) -> float | None:
+    value = results.get(workload, {}).get(side, {}).get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _complete(results: dict[str, Any], workload: str) -> bool:
+    sides = results.get(workload, {})
+    return all(side.get("complete", True) for side in sides.values() if isinstance(side, dict))
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """One row per figure, with the issue's targets evaluated."""
+    out: list[Row] = []
+
+    def add(label: str, figure: str, key: str, unit: str, **kwargs: Any) -> Row:
+        workload = label[:2].lower()  # "W1 ..." -> results["w1"]
+        row = Row(
+            label,
+            figure,
+            _get(results, workload, "service", key),
+            _get(results, workload, "baseline", key),
+            unit,
+            **kwargs,
+        )
+        out.append(row)
+        return row
+
+    if "w1" in results:
+        s = _get(results, "w1", "service", "commands_per_second")
+        b = _get(results, "w1", "baseline", "commands_per_second")
+        ok = s is not None and b is not None and s >= 0.7 * b and _complete(results, "w1")
+        add(
+            "W1 create_new_access_token",
+            "throughput",
+            "commands_per_second",
+            "cmd/s",
+            target=">= 0.7x",
+            passed=ok,
+        )
+        add("W1", "CPU per 1,000 commands", "cpu_seconds_per_1000", "CPU s")
+    if "w2" in results:
+        rate = _get(results, "w2", "service", "offered_rate")
+        label = f"W2 latency @ {rate:.0f} cmd/s" if rate else "W2 latency"
+        add(label, "p50", "p50_ms", "ms")
+        add("W2", "p95", "p95_ms", "ms")
+        s = _get(results, "w2", "service", "p99_ms")
+        b = _get(results, "w2", "baseline", "p99_ms")
+        ok = s is not None and b is not None and s <= 2 * b and s < 25 and _complete(results, "w2")
+        add("W2", "p99", "p99_ms", "ms", target="<= 2x and < 25 ms", passed=ok)
+        add("W2", "max", "max_ms", "ms")
+    if "w3" in results:
+        s = _get(results, "w3", "service", "seconds")
+        b = _get(results, "w3", "baseline", "seconds")
+        ok = s is not None and b is not None and s <= 1.5 * b and _complete(results, "w3")
+        n = int(_get(results, "w3", "service", "joins") or 0)
+        add(f"W3 join storm ({n:,})", "time to last event", "seconds", "s", target="<= 1.5x", passed=ok)
+    if "w4" in results:
+        s = _get(results, "w4", "service", "seconds")
+        ok = (
+            s is not None
+            and s < 1
+            and bool(results["w4"]["service"].get("livekit_verified"))
+            and _complete(results, "w4")
+        )
+        n = int(_get(results, "w4", "service", "participants") or 0)
+        add(f"W4 fan-out ({n:,})", "events + LiveKit verified", "seconds", "s", target="< 1 s", passed=ok)
+        add("W4", "events only", "events_seconds", "s")
+    if "w5" in results:
+        n = int(_get(results, "w5", "service", "participants") or 0)
+        add(f"W5 force_mute ({n})", "events + tracks muted", "seconds", "s")
+    if "w6" in results:
+        s = _get(results, "w6", "service", "bytes_per_participant")
+        ok = s is not None and s < 2 * KIB and _complete(results, "w6")
+        n = int(_get(results, "w6", "service", "participants") or 0)
+        add(f"W6 memory ({n:,} participants)", "RSS per participant", "bytes_per_participant", "B",
+            target="< 2 KiB", passed=ok)  # fmt: skip
+        add("W6", "RSS after start-up", "rss_start_bytes", "B")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1e6:
+        return f"{value / 2**20:,.1f} Mi"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    header = ("Workload", "Figure", "Service", "Baseline", "Ratio", "Unit", "Target", "")
+    body = [
+        (
+            r.workload,
+            r.figure,
+            _fmt(r.service),
+            _fmt(r.baseline),
+            f"{r.ratio:.2f}x" if r.ratio is not None else "-",
+            r.unit,
+            r.target,
+            "" if r.passed is None else ("PASS" if r.passed else "MISS"),
+        )
+        for r in rows(results)
+    ]
+    widths = [max(len(str(line[i])) for line in (header, *body)) for i in range(len(header))]
+    right = {2, 3, 4}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(b) for b in body)])
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def plot_latency(path: Path, samples: dict[str, list[float]], rate: float | None, meta: str) -> None:
+    """CDF (log x) and tail (1 - CDF, log-log) of W2's latencies, service against baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"service": "tab:red", "baseline": "tab:blue"}
+    fig, (cdf, tail) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    for name, values in samples.items():
+        if not values:
+            continue
+        ms = sorted(v * 1000 for v in values)
+        n = len(ms)
+        y = [(i + 1) / n for i in range(n)]
+        p50, p99 = ms[max(0, math.ceil(0.5 * n) - 1)], ms[max(0, math.ceil(0.99 * n) - 1)]
+        label = f"{name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms (n={n:,})"
+        cdf.plot(ms, y, color=colors.get(name), label=label, linewidth=1.6)
+        tail.plot(ms, [max(1 - v, 0.5 / n) for v in y], color=colors.get(name), label=name, linewidth=1.6)
+    for ax in (cdf, tail):
+        ax.set_xscale("log")
+        ax.axvline(25, color="grey", linestyle="--", linewidth=1)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("latency, publish -> event received (ms, log scale)")
+    cdf.text(25, 0.02, " 25 ms target (p99)", color="grey", fontsize=8)
+    cdf.set_ylabel("fraction of commands")
+    cdf.set_ylim(0, 1.0)
+    cdf.legend(loc="upper left", fontsize=8)
+    tail.set_yscale("log")
+    tail.set_ylabel("fraction slower than x (log)")
+    for q in (0.5, 0.05, 0.01):
+        tail.axhline(q, color="lightgrey", linewidth=0.8)
+        tail.text(tail.get_xlim()[0], q, f" p{100 * (1 - q):g}", fontsize=7, va="bottom", color="grey")
+    tail.legend(loc="lower left", fontsize=8)
+    title = "W2 create_new_access_token latency"
+    if rate:
+        title += f" at a fixed {rate:,.0f} cmd/s (half the baseline's max)"
+    fig.suptitle(f"{title}\n{meta}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The benchmark's one command: bash bench/run.sh [--quick] [other options of python -m bench.run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet -e '.[test]'
+fi
+if ! .venv/bin/python -c 'import matplotlib, psutil' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
+    .venv/bin/pip install --quiet -r bench/requirements.txt
+fi
+exec .venv/bin/python -m bench.run "$@"
