@@ -29,6 +29,7 @@ class HttpServer:
         describe: Callable[[], str],
         webhook_receiver: WebhookReceiver,
         on_webhook: WebhookCallback,
+        before_scrape: Callable[[], Awaitable[None]],
     ) -> None:
         self._host = host
         self._port = port
@@ -37,6 +38,7 @@ class HttpServer:
         self._describe = describe
         self._receiver = webhook_receiver
         self._on_webhook = on_webhook
+        self._before_scrape = before_scrape
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -60,6 +62,7 @@ class HttpServer:
             self._runner = None
 
     async def _metrics_page(self, _: web.Request) -> web.Response:
+        await self._before_scrape()
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

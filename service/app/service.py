@@ -20,7 +20,7 @@ from service.app.metrics import Metrics
 from service.app.processor import CommandProcessor
 from service.app.settings import Settings
 from service.domain.deadline import command_deadline
-from service.domain.errors import LiveKitRejected, LiveKitUnavailable
+from service.domain.errors import LiveKitRejected, LiveKitUnavailable, StoreUnavailable
 from service.domain.handler import CommandHandler, ConnectionUrls
 from service.domain.permissions import PublishPolicy
 from service.domain.ports import StateStore
@@ -84,6 +84,7 @@ class SignalingService:
                 TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
             ),
             on_webhook=self._on_webhook,
+            before_scrape=self._refresh_gauges,
         )
         self.livekit: LiveKitAdapter | None = None
         self.processor: CommandProcessor | None = None
@@ -101,6 +102,13 @@ class SignalingService:
             f"partitions: {self.settings.partitions}\n"
             f"active_partitions: {active}\n"
         )
+
+    async def _refresh_gauges(self) -> None:
+        """Gauges read from the shared state at scrape time (the store is the truth, not this replica)."""
+        try:
+            self.metrics.restricted_rooms.set(await self.store.count_restricted_rooms())
+        except StoreUnavailable:
+            log.warning("state store unavailable; rooms_with_microphone_restrictions not refreshed")
 
     def _on_connection_change(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)

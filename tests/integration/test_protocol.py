@@ -321,6 +321,19 @@ async def test_leave_removes_every_issued_identity_from_livekit(
     assert not [e for e in client.events if e.correlation_id == message_id]
 
 
+async def test_restricted_rooms_are_counted(
+    client: SignalingClient, emulator: Emulator, room: str, service: ServiceProcess
+) -> None:
+    before = service.metric("livekit_signaling_rooms_with_microphone_restrictions")
+    moderator = pid()
+    enable = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+    await client.reply(room, moderator, {"action": "join"}, role="moderator")
+    await client.reply(room, moderator, enable, role="moderator")
+    assert service.metric("livekit_signaling_rooms_with_microphone_restrictions") == before + 1
+    await client.reply(room, moderator, {"action": "disable_microphone_restrictions"}, role="moderator")
+    assert service.metric("livekit_signaling_rooms_with_microphone_restrictions") == before
+
+
 async def test_close_room_deletes_the_room_and_its_state(
     client: SignalingClient, emulator: Emulator, room: str
 ) -> None:
