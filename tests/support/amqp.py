@@ -23,6 +23,7 @@ class ReceivedEvent:
     correlation_id: str | None
     type: str | None
     persistent: bool
+    message_id: str | None = None
 
     @property
     def participant(self) -> str:
@@ -76,6 +77,7 @@ class SignalingClient:
             correlation_id=message.correlation_id,
             type=message.type,
             persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
         )
         async with self._changed:
             self.events.append(event)
