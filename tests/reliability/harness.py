@@ -1,0 +1,542 @@
+"""What the fault-injection tests share: a load generator that keeps books on every command it published
+(confirmed or not) and every event the service answered with, a robust observer of the event exchange
+that survives broker restarts, a /readyz poller, and RabbitMQ and Redis helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import redis
+from aio_pika.abc import AbstractIncomingMessage
+
+from tests.support.amqp import delete_topology
+from tests.support.processes import AMQP_URL, REDIS_URL, Names, ServiceProcess
+from tests.support.proxy import TcpProxy
+
+PARTITIONS = 4
+
+
+# -- the books ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Command:
+    message_id: str
+    room: str
+    participant: str
+    number: int  # position in its room's stream (0 = the join)
+    action: str
+    confirmed: bool = False
+    attempts: int = 0
+    confirmed_at: float | None = None
+
+
+@dataclass
+class Event:
+    message_id: str | None  # the event's own AMQP message id (unique per publish by the service)
+    correlation_id: str | None
+    routing_key: str
+    body: dict[str, Any]
+    type: str | None
+    received_at: float
+    redelivered: bool
+
+    @property
+    def room(self) -> str:
+        return str(self.body.get("room"))
+
+    @property
+    def participant(self) -> str:
+        return str(self.body.get("participant"))
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = self.body.get("payload", {})
+        return payload
+
+    @property
+    def message(self) -> str:
+        return str(self.payload.get("message"))
+
+
+@dataclass
+class Books:
+    commands: dict[str, Command] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def confirmed(self) -> list[Command]:
+        return [c for c in self.commands.values() if c.confirmed]
+
+    def answers(self) -> dict[str, list[Event]]:
+        """Per command, its distinct answers (events with distinct AMQP message ids)."""
+        by_command: dict[str, list[Event]] = defaultdict(list)
+        seen: set[str] = set()
+        for event in self.events:
+            if event.correlation_id in self.commands:
+                if event.message_id is not None and event.message_id in seen:
+                    continue
+                if event.message_id is not None:
+                    seen.add(event.message_id)
+                by_command[event.correlation_id].append(event)
+        return by_command
+
+    def copies(self) -> int:
+        """Events the service published more than once (same event id: a command run twice)."""
+        ids = Counter(e.message_id for e in self.events if e.message_id is not None)
+        return sum(count - 1 for count in ids.values())
+
+    def describe(self, message_ids: Iterable[str], *, since: float = 0.0) -> list[str]:
+        """One line per command: room, number, attempts, confirm time and its answers' times."""
+        answers = self.answers()
+        lines = []
+        for message_id in message_ids:
+            c = self.commands[message_id]
+            times = [
+                f"{e.received_at - since:.2f}{'R' if e.redelivered else ''}"
+                for e in answers.get(message_id, [])
+            ]
+            confirmed = f"{c.confirmed_at - since:.2f}" if c.confirmed_at else "-"
+            lines.append(
+                f"{message_id} room={c.room[:8]} n={c.number} attempts={c.attempts} "
+                f"confirmed@{confirmed} answers@{times}"
+            )
+        return lines
+
+    def accounting(self) -> Accounting:
+        answers = self.answers()
+        confirmed = self.confirmed()
+        missing = [c.message_id for c in confirmed if not answers.get(c.message_id)]
+        duplicated = {
+            c.message_id: len(answers[c.message_id]) for c in confirmed if len(answers[c.message_id]) > 1
+        }
+        # Order: per room, the first answers of the confirmed commands, in arrival order, must carry
+        # increasing numbers.
+        out_of_order: list[tuple[str, list[int]]] = []
+        by_room: dict[str, list[int]] = defaultdict(list)
+        seen: set[str] = set()
+        for event in self.events:
+            command = self.commands.get(event.correlation_id or "")
+            if command is None or not command.confirmed or command.message_id in seen:
+                continue
+            seen.add(command.message_id)
+            by_room[command.room].append(command.number)
+        for room, numbers in by_room.items():
+            if numbers != sorted(numbers):
+                out_of_order.append((room, numbers))
+        wrong_room = [
+            e
+            for e in self.events
+            if e.correlation_id in self.commands and e.room != self.commands[e.correlation_id].room
+        ]
+        outcomes = Counter(e.body.get("payload", {}).get("error") or e.message for e in self.events)
+        return Accounting(
+            published=len(self.commands),
+            confirmed=len(confirmed),
+            publish_attempts=sum(c.attempts for c in self.commands.values()),
+            events=len(self.events),
+            missing=missing,
+            duplicated=duplicated,
+            out_of_order=out_of_order,
+            wrong_room=len(wrong_room),
+            outcomes=dict(outcomes),
+            unrelated_events=len([e for e in self.events if e.correlation_id not in self.commands]),
+            copies=self.copies(),
+        )
+
+
+@dataclass
+class Accounting:
+    published: int
+    confirmed: int
+    publish_attempts: int
+    events: int
+    missing: list[str]
+    duplicated: dict[str, int]
+    out_of_order: list[tuple[str, list[int]]]
+    wrong_room: int
+    outcomes: dict[str, int]
+    unrelated_events: int
+    copies: int
+
+    def summary(self) -> str:
+        return (
+            f"commands published={self.published} confirmed={self.confirmed} "
+            f"publish attempts={self.publish_attempts} events={self.events} "
+            f"missing={len(self.missing)} duplicated={len(self.duplicated)} same-id copies={self.copies} "
+            f"out-of-order rooms={len(self.out_of_order)} wrong-room={self.wrong_room} "
+            f"outcomes={self.outcomes}"
+        )
+
+    def assert_exactly_once_in_order(self) -> None:
+        assert self.confirmed == self.published, self.summary()
+        assert not self.missing, f"{len(self.missing)} confirmed commands never answered; {self.summary()}"
+        assert not self.duplicated, f"answered more than once: {self.duplicated}; {self.summary()}"
+        assert not self.out_of_order, f"per-room order broken: {self.out_of_order[:3]}; {self.summary()}"
+        assert self.wrong_room == 0, self.summary()
+
+
+# -- the client --------------------------------------------------------------------------------------
+
+
+class LoadClient:
+    """A controller and an observer in one robust connection.
+
+    The observer queue is durable, classic, uuid-named and not exclusive, so that it and the events in it
+    survive a broker restart; deliveries are acknowledged after they are recorded, and copies the broker
+    redelivers after a reconnect are recognised by the event's own message id (the service gives every
+    event publish a fresh one, so a second answer from the service is still counted as one)."""
+
+    def __init__(self, names: Names, *, name: str = "reliability-client") -> None:
+        self.names = names
+        self.name = name
+        self.books = Books()
+        self.dead_letters: list[AbstractIncomingMessage] = []
+        self._seen_event_ids: set[str] = set()
+        self._changed = asyncio.Event()
+        self.observer_queue_name = f"{names.prefix}.observer.{uuid.uuid4().hex[:8]}"
+        self.reconnects = 0
+
+    async def __aenter__(self) -> LoadClient:
+        self.connection = await aio_pika.connect_robust(
+            AMQP_URL, client_properties={"connection_name": self.name}, reconnect_interval=0.5
+        )
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        self.commands = await self.channel.declare_exchange(
+            self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.observer_channel = await self.connection.channel()
+        await self.observer_channel.set_qos(prefetch_count=500)
+        events = await self.observer_channel.declare_exchange(
+            self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.observer = await self.observer_channel.declare_queue(
+            self.observer_queue_name, durable=True, arguments={"x-queue-type": "classic"}
+        )
+        await self.observer.bind(events, routing_key="room.#")
+        await self.observer.consume(self._on_event)
+        self._events_exchange = events
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.observer_channel.queue_delete(self.observer_queue_name)
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+
+    def _on_reconnect(self, *_: object) -> None:
+        self.reconnects += 1
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        """Record every publish of the service once: a first delivery (``redelivered`` unset) is a
+        publish; a redelivery to this observer (after a reconnect) is recorded only if its first delivery
+        never was. Copies the service published twice (same event message id) are kept: the books count
+        them separately from distinct answers."""
+        event_id = message.message_id
+        if not message.redelivered or event_id is None or event_id not in self._seen_event_ids:
+            if event_id is not None:
+                self._seen_event_ids.add(event_id)
+            self.books.events.append(
+                Event(
+                    message_id=event_id,
+                    correlation_id=message.correlation_id,
+                    routing_key=message.routing_key or "",
+                    body=json.loads(message.body),
+                    type=message.type,
+                    received_at=time.monotonic(),
+                    redelivered=bool(message.redelivered),
+                )
+            )
+            self._changed.set()
+        with contextlib.suppress(Exception):
+            await message.ack()
+
+    # -- publishing ------------------------------------------------------------------------------------
+
+    async def publish_once(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        message_id: str | None,
+        headers: dict[str, Any] | None = None,
+        confirm_timeout: float = 5.0,
+    ) -> None:
+        await asyncio.wait_for(
+            self.commands.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    message_id=message_id,
+                    headers=headers,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=routing_key,
+            ),
+            confirm_timeout,
+        )
+
+    async def send_command(
+        self,
+        room: str,
+        participant: str,
+        number: int,
+        payload: dict[str, Any],
+        *,
+        role: str = "user",
+        retry_for: float = 60.0,
+    ) -> Command:
+        """Publish one command until its confirm arrives (or ``retry_for`` runs out: then unconfirmed).
+
+        A publish whose confirm did not arrive may still have reached the queue; the retry carries the
+        same message id, so the service runs it once."""
+        message_id = f"{uuid.uuid4().hex}"
+        command = Command(message_id, room, participant, number, str(payload.get("action")))
+        self.books.commands[message_id] = command
+        body = json.dumps(
+            {"room": room, "participant": participant, "role": role, "payload": payload}
+        ).encode()
+        deadline = time.monotonic() + retry_for
+        while True:
+            command.attempts += 1
+            try:
+                await self.publish_once(body, f"room.{room}", message_id=message_id)
+            except Exception:
+                if time.monotonic() > deadline:
+                    return command
+                await asyncio.sleep(0.2)
+                continue
+            command.confirmed = True
+            command.confirmed_at = time.monotonic()
+            return command
+
+    async def room_stream(self, room: str, commands: int, *, pace: float) -> None:
+        """``join``, then ``commands`` numbered ``create_new_access_token``s, one at a time."""
+        participant = f"p-{uuid.uuid4().hex[:8]}"
+        await self.send_command(room, participant, 0, {"action": "join"})
+        for number in range(1, commands + 1):
+            await asyncio.sleep(pace)
+            await self.send_command(room, participant, number, {"action": "create_new_access_token"})
+
+    async def load(self, rooms: int, commands: int, *, pace: float) -> list[str]:
+        names = [f"{uuid.uuid4()}" for _ in range(rooms)]
+        await asyncio.gather(*(self.room_stream(room, commands, pace=pace) for room in names))
+        return names
+
+    # -- waiting ---------------------------------------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+        return True
+
+    async def wait_answered(self, *, timeout: float = 45.0, quiet: float = 1.5) -> bool:
+        """Until every confirmed command has an answer; then ``quiet`` seconds more for duplicates."""
+
+        def all_answered() -> bool:
+            answers = self.books.answers()
+            return all(answers.get(c.message_id) for c in self.books.confirmed())
+
+        done = await self.wait_until(all_answered, timeout=timeout)
+        await asyncio.sleep(quiet)
+        return done
+
+    async def answer_to(self, message_id: str, *, timeout: float = 10.0) -> Event:
+        def answered() -> bool:
+            return any(e.correlation_id == message_id for e in self.books.events)
+
+        assert await self.wait_until(answered, timeout=timeout), f"no answer to {message_id} in {timeout}s"
+        return next(e for e in self.books.events if e.correlation_id == message_id)
+
+    async def ask(
+        self,
+        room: str,
+        participant: str,
+        payload: dict[str, Any],
+        *,
+        role: str = "user",
+        timeout: float = 10.0,
+    ) -> tuple[Event, float]:
+        """Send one command and wait for its first answer; returns it and the seconds it took from the
+        confirm."""
+        command = await self.send_command(room, participant, 0, payload, role=role)
+        assert command.confirmed
+        event = await self.answer_to(command.message_id, timeout=timeout)
+        return event, event.received_at - (command.confirmed_at or 0.0)
+
+    # -- dead letters ----------------------------------------------------------------------------------
+
+    async def watch_dead_letters(self) -> None:
+        """Consume the service's dead-letter queue (``names.dead_letter``, declared by the service)."""
+        channel = await self.connection.channel()
+        queue = await channel.declare_queue(
+            self.names.dead_letter, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        self._dead_letter_queue = queue
+
+        async def on_dead_letter(message: AbstractIncomingMessage) -> None:
+            self.dead_letters.append(message)
+            self._changed.set()
+            await message.ack()
+
+        await queue.consume(on_dead_letter)
+
+
+# -- the service under observation ---------------------------------------------------------------------
+
+
+class ReadinessPoller:
+    """Polls a service's /readyz (and the amqp_connected gauge) in a thread, recording transitions."""
+
+    def __init__(self, service: ServiceProcess, *, interval: float = 0.1) -> None:
+        self.service = service
+        self.interval = interval
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic time, status, amqp_connected)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="readyz-poller")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _ = self.service.http("/readyz")
+                connected = self.service.metric("livekit_signaling_amqp_connected")
+            except OSError:
+                status, connected = 0, -1.0
+            self.samples.append((time.monotonic(), status, connected))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ReadinessPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def first(self, predicate: Callable[[int, float], bool], *, after: float) -> float | None:
+        """The time of the first sample after ``after`` for which ``predicate(status, connected)``."""
+        for at, status, connected in list(self.samples):
+            if at >= after and predicate(status, connected):
+                return at
+        return None
+
+    def statuses(self) -> Counter[int]:
+        return Counter(status for _, status, _ in self.samples)
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> float | None:
+    """Poll ``predicate`` (blocking); the seconds it took, or None on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    return None
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# -- RabbitMQ and Redis ----------------------------------------------------------------------------------
+
+
+async def rabbitmq(*args: str, timeout: float = 60.0) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode == 0, f"rabbitmqctl {' '.join(args)}: {stderr.decode()[-500:]}"
+
+
+async def rabbitmq_running() -> bool:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmq-diagnostics", "-q", "check_running", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def wait_rabbitmq_running(timeout: float = 60.0) -> float:
+    started = time.monotonic()
+    while not await rabbitmq_running():
+        assert time.monotonic() - started < timeout, "RabbitMQ did not come back"
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+async def ensure_rabbitmq_running() -> None:
+    """Whatever happened in a test, leave the broker running."""
+    if not await rabbitmq_running():
+        with contextlib.suppress(Exception):
+            await rabbitmq("start_app")
+        await wait_rabbitmq_running()
+
+
+def delete_redis_keys(prefix: str) -> None:
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"{prefix}:*", count=500):
+            client.delete(key)
+        client.close()
+
+
+async def cleanup(
+    names: Names,
+    services: Iterable[ServiceProcess],
+    *,
+    partitions: int = PARTITIONS,
+    queues: Iterable[str] = (),
+) -> None:
+    """Stop the services, delete the topology, the test's own queues and its Redis keys."""
+    for service in services:
+        await asyncio.to_thread(service.stop)
+    with contextlib.suppress(Exception):
+        await delete_topology(names, partitions)
+    with contextlib.suppress(Exception):
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            for queue in queues:
+                channel = await connection.channel()
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(queue)
+    delete_redis_keys(names.redis_prefix)
+
+
+def service_log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
+    lines = []
+    for line in service.logs().splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(line))
+    return lines
+
+
+def with_port(url: str, port: int) -> str:
+    """``url`` with its host set to 127.0.0.1 and its port to ``port`` (for a proxy in front of it)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def proxy_for(url: str, default_port: int) -> TcpProxy:
+    parts = urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()

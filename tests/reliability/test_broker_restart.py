@@ -1,0 +1,86 @@
+"""Issue 3, 1: RabbitMQ restarts (``rabbitmqctl stop_app`` / ``start_app``) under a steady load.
+
+The test's publisher retries what fails during the outage; a command counts as confirmed once its
+publisher confirm arrived. The observer queue is durable, classic and uuid-named (not exclusive), so it
+and the events in it survive the restart; it is deleted at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.reliability.harness import (
+    PARTITIONS,
+    LoadClient,
+    ReadinessPoller,
+    cleanup,
+    ensure_rabbitmq_running,
+    rabbitmq,
+    wait_rabbitmq_running,
+)
+from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+ROOMS = 20
+COMMANDS = 10  # per room, after its join
+
+
+@pytest.mark.xfail(
+    reason="intermittent (about 1 run in 3): after the reconnection aio-pika may restore the consuming "
+    "channel (and its consumers) before the publishing channel; commands delivered meanwhile fail with "
+    "ChannelInvalidStateError, are requeued with no back-off, use up SIGNALING_DELIVERY_LIMIT within "
+    "about a second and are dead-lettered unanswered; the requeues also let later commands of a room "
+    "overtake earlier ones. strict=False because the race does not happen on every run",
+    strict=False,
+)
+async def test_broker_restart_under_load_loses_nothing_and_keeps_room_order(
+    livekit: EmulatorProcess, topology: Names
+) -> None:
+    service = ServiceProcess(topology, livekit.url, partitions=PARTITIONS, env={"LOG_LEVEL": "DEBUG"})
+    await asyncio.to_thread(service.start)
+    client = LoadClient(topology)
+    try:
+        async with client:
+            await client.watch_dead_letters()
+            with ReadinessPoller(service) as poller:
+                load = asyncio.create_task(client.load(ROOMS, COMMANDS, pace=0.25))
+                await asyncio.sleep(1.0)
+                stopping = time.monotonic()
+                await rabbitmq("stop_app")
+                stopped = time.monotonic()
+                await rabbitmq("start_app")
+                await wait_rabbitmq_running()
+                running = time.monotonic()
+                await asyncio.wait_for(load, 90)
+                answered = await client.wait_answered(timeout=30)
+                ready_again = await asyncio.to_thread(service.wait_ready, 30)
+            books = client.books.accounting()
+            not_ready = poller.first(lambda status, _: status == 503, after=stopping)
+            ready = poller.first(lambda status, _: status == 200, after=running)
+            reconnects = await asyncio.to_thread(service.metric, "livekit_signaling_amqp_reconnects_total")
+            reasons = sorted(
+                {str((m.headers or {}).get("x-signaling-reason"))[:70] for m in client.dead_letters}
+            )
+            print(
+                f"\nbroker restart: stop_app {stopped - stopping:.1f}s, start_app until running "
+                f"{running - stopped:.1f}s; readyz 503 {(not_ready or 0) - stopping:.2f}s after stop_app "
+                f"began, "
+                f"200 again {(ready or 0) - running:.2f}s after the broker ran; service reconnects "
+                f"{reconnects:.0f}, client reconnects {client.reconnects}; {books.summary()}; "
+                f"dead-lettered {len(client.dead_letters)} {reasons}"
+            )
+            print("\n".join(client.books.describe([*books.missing, *books.duplicated], since=stopping)))
+            print(f"service log: {service.log_path}")
+            assert ready_again is None
+            assert not_ready is not None and not_ready < running, "readyz never said 503 during the outage"
+            assert ready is not None, "readyz never said 200 again"
+            assert reconnects >= 1
+            assert service.process is not None and service.process.poll() is None
+            assert answered, books.summary()
+            books.assert_exactly_once_in_order()
+    finally:
+        await ensure_rabbitmq_running()
+        await cleanup(topology, [service], queues=[client.observer_queue_name])

@@ -1,0 +1,96 @@
+"""Issue 3, 5: LiveKit answers 503, refuses connections (its port closed, as when its process is gone) or
+hangs; each time the sender hears ``livekit_unavailable`` within the deadline, service resumes when
+LiveKit does, and repeated outages do not leak file descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.reliability.harness import PARTITIONS, LoadClient, cleanup, open_fds, proxy_for, with_port
+from tests.support.emulator import Emulator
+from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+DEADLINE = 2.0
+CYCLES = 5
+ROOMS_PER_OUTAGE = 4
+#: Descriptors the process may gain between the first and the last cycle (keep-alive connections to
+#: LiveKit come and go, the broker connection's are fixed); a leak grows with every cycle.
+FD_TOLERANCE = 8
+
+
+async def test_livekit_outages_answer_livekit_unavailable_and_leak_nothing(
+    livekit: EmulatorProcess, livekit_control: Emulator, topology: Names
+) -> None:
+    # The service reaches the emulator through a proxy: closing the proxy's port is LiveKit's process
+    # gone (connection refused); the emulator's own fault modes give 503 and hanging calls.
+    proxy = proxy_for(livekit.url, 80)
+    service = ServiceProcess(
+        topology,
+        with_port(livekit.url, proxy.port),
+        partitions=PARTITIONS,
+        env={"COMMAND_DEADLINE_SECONDS": str(DEADLINE)},
+    )
+    await asyncio.to_thread(service.start)
+    assert service.process is not None
+    pid = service.process.pid
+    client = LoadClient(topology)
+
+    async def outage(kind: str) -> list[float]:
+        if kind == "refused":
+            proxy.set_mode("closed")
+        else:
+            await livekit_control.fault(kind)
+        answers = await asyncio.gather(
+            *(
+                client.ask(str(uuid.uuid4()), f"p-{n}", {"action": "join"}, timeout=DEADLINE + 8)
+                for n in range(ROOMS_PER_OUTAGE)
+            )
+        )
+        if kind == "refused":
+            proxy.set_mode("forward")
+        else:
+            await livekit_control.fault("none")
+        for event, _ in answers:
+            assert event.payload == {"message": "error", "error": "livekit_unavailable"}, (kind, event.body)
+        event, _ = await client.ask(str(uuid.uuid4()), "p-after", {"action": "join"})
+        assert event.message == "join_success", (kind, event.body)
+        return [latency for _, latency in answers]
+
+    try:
+        async with client:
+            event, _ = await client.ask(str(uuid.uuid4()), "p-0", {"action": "join"})
+            assert event.message == "join_success"
+            fds_start = open_fds(pid)
+            fds: list[int] = []
+            worst: dict[str, float] = {}
+            for _cycle in range(CYCLES):
+                for kind in ("unavailable", "refused", "hang"):
+                    latencies = await outage(kind)
+                    worst[kind] = max(worst.get(kind, 0.0), *latencies)
+                await asyncio.sleep(0.2)
+                fds.append(open_fds(pid))
+            unavailable = await asyncio.to_thread(
+                service.metric,
+                "livekit_signaling_commands_total",
+                action="join",
+                outcome="livekit_unavailable",
+            )
+            worst_rounded = {k: round(v, 2) for k, v in worst.items()}
+            print(
+                f"\nLiveKit outages: {CYCLES} cycles x (503, refused, hang) x {ROOMS_PER_OUTAGE} rooms; "
+                f"worst time to livekit_unavailable {worst_rounded}s (deadline "
+                f"{DEADLINE}s); livekit_unavailable answers {unavailable:.0f}; open fds at start "
+                f"{fds_start}, after each cycle {fds}"
+            )
+            assert unavailable == CYCLES * 3 * ROOMS_PER_OUTAGE
+            assert max(worst.values()) <= DEADLINE + 1.0
+            assert fds[-1] <= fds[0] + FD_TOLERANCE, fds
+            assert service.process.poll() is None
+    finally:
+        await cleanup(topology, [service], queues=[client.observer_queue_name])
+        proxy.stop()
