@@ -29,7 +29,7 @@ COMMANDS = 10  # per room, after its join
 
 
 @pytest.mark.xfail(
-    reason="intermittent (about 1 run in 3): after the reconnection aio-pika may restore the consuming "
+    reason="intermittent (3 of 15 runs here): after the reconnection aio-pika may restore the consuming "
     "channel (and its consumers) before the publishing channel; commands delivered meanwhile fail with "
     "ChannelInvalidStateError, are requeued with no back-off, use up SIGNALING_DELIVERY_LIMIT within "
     "about a second and are dead-lettered unanswered; the requeues also let later commands of a room "

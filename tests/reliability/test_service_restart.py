@@ -24,7 +24,7 @@ def service_env(names: Names) -> dict[str, str]:
 
 
 @pytest.mark.xfail(
-    reason="intermittent (about 1 run in 2): the second process still counts the killed one as a live "
+    reason="intermittent (6 of 9 runs here): the second process still counts the killed one as a live "
     "replica (its registration lives 2 x REBALANCE_INTERVAL_SECONDS), so it hands half its partitions "
     "over (to nobody else: back to itself); the deliveries it already held are requeued only after the "
     "new subscription has received the later commands of their rooms, which then run first: per-room "
