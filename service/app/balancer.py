@@ -11,8 +11,9 @@ there is one replica and nothing to balance.
 
 Limits: a partition that carries no traffic is not known to be held, so it is balanced once traffic
 arrives; after a replica dies, its partitions fail over at once, and the shares are recomputed when its
-registration expires (two intervals). A command already running on the old owner may overlap the first
-commands of the new one; the room-state version fence keeps their writes from interleaving.
+registration expires (two intervals). A hand-over keeps order: the releasing replica holds the
+partition's commands that have not started, lets the started ones finish, then closes the partition's
+channel, so the broker takes everything back in queue order before the next consumer sees any of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from service.app.metrics import Metrics
@@ -49,6 +51,7 @@ class PartitionBalancer:
         self,
         *,
         transport: AmqpTransport,
+        hand_over: Callable[[int], Awaitable[None]],
         registry: ReplicaRegistry | None,
         replica: str,
         partitions: int,
@@ -56,6 +59,7 @@ class PartitionBalancer:
         metrics: Metrics,
     ) -> None:
         self._transport = transport
+        self._hand_over = hand_over
         self._registry = registry
         self._replica = replica
         self._partitions = partitions
@@ -88,7 +92,7 @@ class PartitionBalancer:
                 log.info(
                     "handing partition %d over (active on %d, fair share %d)", partition, len(active), share
                 )
-                await self._transport.hand_over(partition)
+                await self._hand_over(partition)
         self._report()
 
     def _report(self) -> None:

@@ -13,14 +13,19 @@ the events with confirms, then ack. The ack policy is spelled out here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from service.app.logging import command_context, update_command_context
 from service.app.metrics import Metrics
 from service.domain.deadline import command_deadline
+from service.domain.errors import StaleState, StoreUnavailable
 from service.domain.handler import CommandHandler, Result, error_result
 from service.domain.ports import StateStore
 from service.schemas.codec import (
@@ -32,10 +37,23 @@ from service.schemas.codec import (
 )
 from service.schemas.commands import Envelope
 from service.schemas.events import EventEnvelope
-from service.transport.amqp import AmqpTransport, Delivery, OutgoingEvent, UnroutableEvent
+from service.transport.amqp import (
+    CONNECTION_ERRORS,
+    AmqpTransport,
+    Delivery,
+    OutgoingEvent,
+    UnroutableEvent,
+)
 from service.transport.ordering import KeyedSerializer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Abandoned(Exception):
+    """The command's delivery can no longer be acknowledged (its channel closed): stop, the broker
+    hands it out again."""
 
 
 def participant_routing_key(room: str, participant: str) -> str:
@@ -57,6 +75,7 @@ class CommandProcessor:
         command_deadline_seconds: float,
         max_body_bytes: int,
         delivery_limit: int,
+        transient_retry_seconds: float,
     ) -> None:
         self._handler = handler
         self._store = store
@@ -67,15 +86,17 @@ class CommandProcessor:
         self._delivery_limit = delivery_limit
         self.serializer = KeyedSerializer()
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._draining = False
-        #: Partitions that delivered something since the flag was last cleared (balance heuristics).
-        self.partitions_seen: set[int] = set()
+        self._transient_retry_seconds = transient_retry_seconds
+        #: Per partition: commands running now, a waiter for "none running", and a gate that holds
+        #: commands not yet started while the partition is being released.
+        self._running: dict[int, int] = {}
+        self._idle_waiters: dict[int, asyncio.Future[None]] = {}
+        self._paused: dict[int, asyncio.Event] = {}
 
     # -- entry point (synchronous, called by the transport in delivery order) ------------------------
 
     def on_delivery(self, delivery: Delivery) -> None:
         received = time.perf_counter()
-        self.partitions_seen.add(delivery.partition)
         self._metrics.commands_in_flight.inc()
         try:
             envelope = decode_envelope(delivery.body, max_bytes=self._max_body)
@@ -99,33 +120,69 @@ class CommandProcessor:
 
     async def _run(self, delivery: Delivery, envelope: Envelope, received: float) -> None:
         action = "unknown"
+        partition = delivery.partition
         with command_context(
             room=envelope.room, participant=envelope.participant, message_id=delivery.message_id
         ):
             try:
-                if self._draining or not self._transport.is_current(delivery):
-                    # Shutting down, handed over, or its channel died: not started, so back to the queue
-                    # (a dead channel's messages are redelivered by the broker anyway).
-                    await self._transport.requeue(delivery)
+                pause = self._paused.get(partition)
+                if pause is not None:
+                    await pause.wait()  # the partition is being released; see ``release``
+                if not self._transport.is_current(delivery):
+                    # Released (handed over, shutting down) or its channel died: not started, and the
+                    # broker has it back already.
                     return
-                if delivery.message_id is not None and await self._store.is_processed(delivery.message_id):
-                    self._metrics.duplicates.inc()
-                    self._metrics.commands.labels("unknown", "duplicate").inc()
-                    log.info("duplicate command ignored")
-                    await self._transport.ack(delivery)
-                    return
-                result, action = await self._execute(envelope)
-                await self._publish(result.events, delivery.message_id)
-                if delivery.message_id is not None:
-                    await self._store.mark_processed(delivery.message_id)
-                await self._transport.ack(delivery)
-                self._metrics.commands.labels(action, result.outcome).inc()
+                self._running[partition] = self._running.get(partition, 0) + 1
+                try:
+                    action = await self._process(delivery, envelope)
+                finally:
+                    self._running[partition] -= 1
+                    if not self._running[partition]:
+                        self._idle(partition)
                 self._metrics.command_duration.labels(action).observe(time.perf_counter() - received)
-                log.debug("command handled: %s", result.outcome)
-            except Exception as error:  # store down, fenced write, broken publish, or a bug
+            except _Abandoned:
+                log.info("command abandoned: its channel closed; the broker redelivers it")
+            except Exception as error:  # a bug, or a transient failure that outlasted its retries
                 await self._retry_or_dead_letter(delivery, error, action)
             finally:
                 self._metrics.commands_in_flight.dec()
+
+    async def _process(self, delivery: Delivery, envelope: Envelope) -> str:
+        """Run, publish, remember, acknowledge; each step retried on its own, so that a failure after
+        the events went out does not run the command again. Returns the action for metrics."""
+        message_id = delivery.message_id
+        if message_id is not None and await self._transient(
+            delivery, lambda: self._store.is_processed(message_id)
+        ):
+            self._metrics.duplicates.inc()
+            self._metrics.commands.labels("unknown", "duplicate").inc()
+            log.info("duplicate command ignored")
+            await self._transport.ack(delivery)
+            return "unknown"
+        result, action = await self._transient(delivery, lambda: self._execute(envelope))
+        await self._publish(delivery, result.events)
+        if message_id is not None:
+            await self._transient(delivery, lambda: self._store.mark_processed(message_id))
+        await self._transport.ack(delivery)
+        self._metrics.commands.labels(action, result.outcome).inc()
+        log.debug("command handled: %s", result.outcome)
+        return action
+
+    async def _transient(self, delivery: Delivery, step: Callable[[], Awaitable[T]]) -> T:
+        """Retry a step in place while the state store is down or a write was fenced: the room's later
+        commands wait behind it, so order holds (a requeue would put it behind them)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((StoreUnavailable, StaleState)),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            stop=stop_after_delay(self._transient_retry_seconds),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if not self._transport.is_current(delivery):
+                    raise _Abandoned
+                return await step()
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _execute(self, envelope: Envelope) -> tuple[Result, str]:
         try:
@@ -137,34 +194,93 @@ class CommandProcessor:
         with command_deadline(self._deadline):
             return await self._handler.handle(envelope, command), action
 
-    async def _publish(self, events: list[EventEnvelope], correlation_id: str | None) -> None:
-        """All of a command's events at once; their confirms are awaited together."""
-        event_id_prefix = correlation_id or uuid.uuid4().hex
-        outgoing = [
+    async def _publish(self, delivery: Delivery, events: list[EventEnvelope]) -> None:
+        """All of a command's events at once, their confirms awaited together. While the connection is
+        down (or its publishing channel not yet restored) the unconfirmed ones are retried, as long as
+        the command's own delivery can still be acknowledged."""
+        event_id_prefix = delivery.message_id or uuid.uuid4().hex
+        pending = [
             OutgoingEvent(
                 body=encode_event(event),
                 routing_key=participant_routing_key(event.room, event.participant),
                 type=event.payload.__struct_config__.tag,  # type: ignore[arg-type]
-                correlation_id=correlation_id,
+                correlation_id=delivery.message_id,
                 message_id=f"{event_id_prefix}:{index}",
             )
             for index, event in enumerate(events)
         ]
-        results = await asyncio.gather(
-            *(self._transport.publish_event(event) for event in outgoing), return_exceptions=True
-        )
-        for event, outcome in zip(outgoing, results, strict=True):
-            if isinstance(outcome, UnroutableEvent):
-                # Nobody listens on that participant's key: keep the event, with the reason.
-                self._metrics.events_unroutable.labels(event.type).inc()
+        delay = 0.05
+        while pending:
+            results = await asyncio.gather(*(self._send(event) for event in pending), return_exceptions=True)
+            failed = [
+                (event, error) for event, error in zip(pending, results, strict=True) if error is not None
+            ]
+            for _, error in failed:
+                if not isinstance(error, CONNECTION_ERRORS):
+                    raise error  # a nack from the broker: requeue the command
+            pending = [event for event, _ in failed]
+            if pending:
+                if not self._transport.is_current(delivery):
+                    raise _Abandoned
+                log.info("publishing %d event(s) failed on a lost connection; retrying", len(pending))
+                await self._transport.wait_connected(delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _send(self, event: OutgoingEvent) -> BaseException | None:
+        try:
+            await self._transport.publish_event(event)
+        except UnroutableEvent:
+            # Nobody listens on that participant's key: keep the event, with the reason.
+            try:
                 await self._transport.dead_letter(
                     event.body, reason="unroutable_event", headers={}, routing_key=event.routing_key
                 )
-                self._metrics.dead_letters.labels("unroutable_event").inc()
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                self._metrics.events_published.labels(event.type).inc()
+            except Exception as error:
+                return error
+            self._metrics.events_unroutable.labels(event.type).inc()
+            self._metrics.dead_letters.labels("unroutable_event").inc()
+        except Exception as error:
+            return error
+        else:
+            self._metrics.events_published.labels(event.type).inc()
+        return None
+
+    # -- releasing partitions (hand-over, shutdown) --------------------------------------------------
+
+    def _idle(self, partition: int) -> None:
+        waiter = self._idle_waiters.pop(partition, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def release(self, partitions: list[int], grace_seconds: float) -> None:
+        """Give partitions back without reordering them: hold their commands that have not started,
+        let the started ones finish (up to ``grace_seconds``), then close the partitions' channels, so
+        the broker takes back everything unacknowledged in queue order; the held commands then see that
+        they are no longer ours and end without running."""
+        for partition in partitions:
+            self._paused.setdefault(partition, asyncio.Event())
+        try:
+            async with asyncio.timeout(grace_seconds):
+                for partition in partitions:
+                    while self._running.get(partition):
+                        waiter = self._idle_waiters.setdefault(
+                            partition, asyncio.get_running_loop().create_future()
+                        )
+                        await asyncio.shield(waiter)
+        except TimeoutError:
+            log.warning("grace period over with commands running; the broker will redeliver them")
+        for partition in partitions:
+            await self._transport.release(partition)
+        for partition in partitions:
+            gate = self._paused.pop(partition, None)
+            if gate is not None:
+                gate.set()
+
+    async def hand_over(self, partition: int) -> None:
+        """Let another replica's waiting consumer take the partition, then queue up behind it."""
+        await self.release([partition], self._deadline)
+        await self._transport.subscribe(partition)
 
     # -- failures ------------------------------------------------------------------------------------
 
@@ -208,14 +324,12 @@ class CommandProcessor:
 
     # -- shutdown ------------------------------------------------------------------------------------
 
-    async def drain(self, grace_seconds: float) -> bool:
-        """Stop starting commands (they go back to the queue) and wait for those in flight."""
-        self._draining = True
-        try:
+    async def drain(self, grace_seconds: float) -> None:
+        """Shutdown: release every partition (commands not started go back to the queue in order,
+        started ones finish within the grace period), then wait for the side tasks."""
+        await self.release(list(self._transport.subscribed_partitions), grace_seconds)
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_seconds):
                 await self.serializer.wait_idle()
                 while self._side_tasks:
                     await asyncio.gather(*self._side_tasks, return_exceptions=True)
-        except TimeoutError:
-            return False
-        return True

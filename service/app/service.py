@@ -149,6 +149,7 @@ class SignalingService:
             command_deadline_seconds=settings.command_deadline_seconds,
             max_body_bytes=settings.max_body_bytes,
             delivery_limit=settings.delivery_limit,
+            transient_retry_seconds=settings.transient_retry_seconds,
         )
         try:
             if not await self._connect(stop):
@@ -158,6 +159,7 @@ class SignalingService:
             self.metrics.ready.set(1)
             self.balancer = PartitionBalancer(
                 transport=self.transport,
+                hand_over=self.processor.hand_over,
                 registry=(
                     RedisReplicaRegistry(self.store, ttl_seconds=2 * settings.rebalance_interval_seconds)
                     if isinstance(self.store, RedisStateStore)
@@ -201,12 +203,9 @@ class SignalingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._balancing
             await self.balancer.leave()
-        log.info("shutting down: consuming stopped, draining in-flight commands")
-        await self.transport.stop_consuming()
+        log.info("shutting down: releasing partitions, finishing commands in flight")
         if self.processor is not None:
-            drained = await self.processor.drain(self.settings.shutdown_grace_seconds)
-            if not drained:
-                log.warning("grace period over with commands in flight; the broker will redeliver them")
+            await self.processor.drain(self.settings.shutdown_grace_seconds)
         await self.transport.close()
         if self.livekit is not None:
             await self.livekit.close()

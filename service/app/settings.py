@@ -85,8 +85,9 @@ class Settings:
     )
     amqp_heartbeat_seconds: int = _env(
         "AMQP_HEARTBEAT_SECONDS",
-        "AMQP heartbeat; a silent dead connection is noticed after ~2 of them.",
-        default=10,
+        "AMQP heartbeat; a dead connection that sends nothing is noticed within 3 x (heartbeat + 1) s "
+        "(aiormq's rule).",
+        default=5,
     )
     amqp_reconnect_seconds: float = _env(
         "AMQP_RECONNECT_SECONDS", "Pause between reconnection attempts to RabbitMQ.", default=2.0
@@ -189,6 +190,12 @@ class Settings:
     room_idle_seconds: float = _env(
         "ROOM_IDLE_SECONDS", "State of a room untouched this long is dropped.", default=86400.0
     )
+    transient_retry_seconds: float = _env(
+        "TRANSIENT_RETRY_SECONDS",
+        "How long a command retries in place while the state store is down (its room waits behind it) "
+        "before it is requeued.",
+        default=30.0,
+    )
     shutdown_grace_seconds: float = _env(
         "SHUTDOWN_GRACE_SECONDS",
         "On SIGTERM, in-flight commands get this long to finish (keep below the pod's grace period).",
@@ -241,6 +248,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dedup_window_seconds": _positive_float,
     "room_idle_seconds": _positive_float,
     "shutdown_grace_seconds": _positive_float,
+    "transient_retry_seconds": _positive_float,
     "rebalance_interval_seconds": _positive_float,
     "log_format": _choice("auto", "json", "text"),
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),

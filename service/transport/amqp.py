@@ -13,6 +13,7 @@ not needed. Upstream publishers see only the command exchange, whatever the part
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -28,7 +29,6 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
-    ConsumerTag,
     DeliveryMode,
     ExchangeType,
 )
@@ -84,6 +84,17 @@ class OutgoingEvent:
     message_id: str
 
 
+#: What publishing raises while the connection is down or a channel is not yet restored.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ConnectionClosed,
+    ConnectionError,
+    RuntimeError,
+)
+
+
 class UnroutableEvent(Exception):
     """The broker had no queue for an event's routing key."""
 
@@ -92,7 +103,9 @@ DeliveryCallback = Callable[[Delivery], None]
 
 
 class AmqpTransport:
-    """Owns the connection, a consuming channel and a publishing channel (confirms + mandatory)."""
+    """Owns the connection, a publishing channel (confirms + mandatory), and one consuming channel per
+    partition: closing a partition's channel hands all its unacknowledged messages back to the broker at
+    once and in order, which is what a hand-over to another replica and a shutdown need."""
 
     def __init__(
         self,
@@ -111,13 +124,13 @@ class AmqpTransport:
         self._reconnect_interval = reconnect_interval_seconds
         self._connection_name = connection_name
         self._connection: AbstractRobustConnection | None = None
-        self._consume_channel: AbstractChannel | None = None
         self._publish_channel: AbstractChannel | None = None
         self._event_exchange: AbstractExchange | None = None
         self._dead_letter_exchange: AbstractExchange | None = None
         # Strong references: aio-pika's robust objects restore only what is still referenced.
-        self._queues: list[AbstractQueue] = []
-        self._consumer_tags: dict[int, ConsumerTag] = {}
+        self._topology_objects: list[object] = []
+        self._partition_channels: dict[int, AbstractChannel] = {}
+        self._partition_queues: dict[int, AbstractQueue] = {}
         #: Bumped on every (re)subscription and reconnection; deliveries remember theirs.
         self._subscription = 0
         self._partition_subscription: dict[int, int] = {}
@@ -138,8 +151,6 @@ class AmqpTransport:
         )
         self._connection.close_callbacks.add(self._on_connection_closed)
         self._connection.reconnect_callbacks.add(self._on_reconnected)
-        self._consume_channel = await self._connection.channel(publisher_confirms=True)
-        await self._consume_channel.set_qos(prefetch_count=self._prefetch)
         self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         await self._declare()
         self.on_connection_change(True)
@@ -165,53 +176,65 @@ class AmqpTransport:
             and (self._connection.connected.is_set())
         )
 
-    async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+    async def wait_connected(self, seconds: float) -> bool:
+        """Until connected (True) or ``seconds`` passed (False)."""
+        if self._connection is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._connection.connected.wait()
+        return self.is_connected
+
+    async def close(self, *, timeout_seconds: float = 5.0) -> None:
+        """Close the connection; bounded, since a close waits for a broker that may be gone."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                async with asyncio.timeout(timeout_seconds):
+                    await connection.close()
+            except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+                log.warning("RabbitMQ connection not closed cleanly (%s)", type(error).__name__)
 
     # -- topology -------------------------------------------------------------------------------------
 
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            "x-delivery-limit": self.topology.delivery_limit,
+            "x-dead-letter-exchange": self.topology.dead_letter_exchange,
+        }
+
     async def _declare(self) -> None:
-        assert self._consume_channel is not None
         assert self._publish_channel is not None
         t = self.topology
-        channel = self._consume_channel
+        channel = self._publish_channel
         commands = await channel.declare_exchange(t.command_exchange, ExchangeType.TOPIC, durable=True)
-        self._event_exchange = await self._publish_channel.declare_exchange(
+        self._event_exchange = await channel.declare_exchange(
             t.event_exchange, ExchangeType.TOPIC, durable=True
         )
-        self._dead_letter_exchange = await self._publish_channel.declare_exchange(
+        self._dead_letter_exchange = await channel.declare_exchange(
             t.dead_letter_exchange, ExchangeType.FANOUT, durable=True
         )
         dead_letters = await channel.declare_queue(
             t.dead_letter_exchange, durable=True, arguments={"x-queue-type": "quorum"}
         )
         await dead_letters.bind(t.dead_letter_exchange)
-        self._queues = [dead_letters]
+        self._topology_objects = [commands, dead_letters]
         source: AbstractExchange = commands
         if t.partitions > 1:
             source = await channel.declare_exchange(t.hash_exchange, "x-consistent-hash", durable=True)
             await source.bind(commands, routing_key="room.*")
+            self._topology_objects.append(source)
         for partition in range(t.partitions):
             queue = await channel.declare_queue(
-                t.partition_queue(partition),
-                durable=True,
-                arguments={
-                    "x-queue-type": "quorum",
-                    "x-single-active-consumer": True,
-                    "x-delivery-limit": t.delivery_limit,
-                    "x-dead-letter-exchange": t.dead_letter_exchange,
-                },
+                t.partition_queue(partition), durable=True, arguments=self._queue_arguments()
             )
             # On the consistent-hash exchange the binding key is the partition's weight.
             await queue.bind(source, routing_key="1" if t.partitions > 1 else "room.*")
-            self._queues.append(queue)
+            self._topology_objects.append(queue)
 
     # -- consuming ------------------------------------------------------------------------------------
-
-    def _partition_queue(self, partition: int) -> AbstractQueue:
-        return self._queues[partition + 1]
 
     async def start_consuming(self, on_delivery: DeliveryCallback) -> None:
         self._on_delivery = on_delivery
@@ -219,7 +242,13 @@ class AmqpTransport:
             await self.subscribe(partition)
 
     async def subscribe(self, partition: int) -> None:
-        queue = self._partition_queue(partition)
+        """Open the partition's own channel and join its consumers (active, or waiting behind others)."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await channel.declare_queue(
+            self.topology.partition_queue(partition), durable=True, arguments=self._queue_arguments()
+        )
         self._subscription += 1
         self._partition_subscription[partition] = self._subscription
 
@@ -244,25 +273,36 @@ class AmqpTransport:
                 )
             )
 
-        self._consumer_tags[partition] = await queue.consume(on_message)
+        await queue.consume(on_message)
+        self._partition_channels[partition] = channel
+        self._partition_queues[partition] = queue
 
-    async def unsubscribe(self, partition: int) -> None:
-        tag = self._consumer_tags.pop(partition, None)
+    async def release(self, partition: int, *, timeout_seconds: float = 5.0) -> None:
+        """Close the partition's channel: the broker takes back every message it delivered to us and
+        not yet acknowledged, in queue order, and the next waiting consumer becomes active."""
         self._partition_subscription.pop(partition, None)
         self.active_partitions.discard(partition)
-        if tag is not None:
-            with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
-                await self._partition_queue(partition).cancel(tag)
+        self._partition_queues.pop(partition, None)
+        channel = self._partition_channels.pop(partition, None)
+        if channel is None or not self.is_connected:
+            return  # a dead connection has released everything already
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await channel.close()
+        except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+            log.warning("partition %d channel not closed cleanly (%s)", partition, type(error).__name__)
 
-    async def hand_over(self, partition: int) -> None:
-        """Let the next replica's waiting consumer become the partition's active one: cancel ours and
-        queue up again behind it (single active consumer picks the longest-waiting consumer)."""
-        await self.unsubscribe(partition)
-        await self.subscribe(partition)
+    async def release_all(self, *, timeout_seconds: float = 5.0) -> None:
+        for partition in list(self._partition_channels):
+            await self.release(partition, timeout_seconds=timeout_seconds)
+
+    @property
+    def subscribed_partitions(self) -> Sequence[int]:
+        return sorted(self._partition_channels)
 
     def is_current(self, delivery: Delivery) -> bool:
-        """False for a delivery whose subscription was handed over or whose channel died: the broker
-        gives (or gave) it to a consumer again, so running it here would run it twice."""
+        """False for a delivery whose partition was released or whose channel died: the broker gives
+        (or gave) it to a consumer again, so running it here would run it twice."""
         if self._partition_subscription.get(delivery.partition) != delivery.subscription:
             return False
         message = delivery._message
@@ -272,14 +312,6 @@ class AmqpTransport:
             return not message.channel.is_closed
         except aio_pika.exceptions.ChannelInvalidStateError:
             return False
-
-    async def stop_consuming(self) -> None:
-        for partition in list(self._consumer_tags):
-            await self.unsubscribe(partition)
-
-    @property
-    def subscribed_partitions(self) -> Sequence[int]:
-        return sorted(self._consumer_tags)
 
     # -- settling deliveries --------------------------------------------------------------------------
 
