@@ -67,8 +67,6 @@ class Delivery:
     #: Earlier deliveries of this message (quorum queues count them in ``x-delivery-count``).
     delivery_count: int
     headers: dict[str, Any] = field(default_factory=dict)
-    #: The subscription that received it; a delivery from an older one is stale (see ``is_current``).
-    subscription: int = 0
     _message: AbstractIncomingMessage | None = None
 
 
@@ -131,9 +129,6 @@ class AmqpTransport:
         self._topology_objects: list[object] = []
         self._partition_channels: dict[int, AbstractChannel] = {}
         self._partition_queues: dict[int, AbstractQueue] = {}
-        #: Bumped on every (re)subscription and reconnection; deliveries remember theirs.
-        self._subscription = 0
-        self._partition_subscription: dict[int, int] = {}
         #: Partitions that delivered something since we last subscribed to them: on a
         #: single-active-consumer queue, that means we are its active consumer.
         self.active_partitions: set[int] = set()
@@ -160,11 +155,7 @@ class AmqpTransport:
 
     def _on_reconnected(self, *_: Any) -> None:
         log.warning("reconnected to RabbitMQ; topology and consumers restored")
-        # Restored consumers join the single-active-consumer election afresh, and deliveries of the
-        # old connection can no longer be settled.
-        self._subscription += 1
-        for partition in self._partition_subscription:
-            self._partition_subscription[partition] = self._subscription
+        # Restored consumers join the single-active-consumer election afresh.
         self.active_partitions.clear()
         self.on_connection_change(True)
 
@@ -249,9 +240,6 @@ class AmqpTransport:
         queue = await channel.declare_queue(
             self.topology.partition_queue(partition), durable=True, arguments=self._queue_arguments()
         )
-        self._subscription += 1
-        self._partition_subscription[partition] = self._subscription
-
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Synchronous up to the hand-over, so that delivery order is submission order.
             assert self._on_delivery is not None
@@ -266,9 +254,6 @@ class AmqpTransport:
                     partition=partition,
                     delivery_count=count if isinstance(count, int) else 0,
                     headers=headers,
-                    # Read at delivery time: a consumer restored after a reconnection keeps this
-                    # callback but belongs to the new subscription.
-                    subscription=self._partition_subscription.get(partition, -1),
                     _message=message,
                 )
             )
@@ -280,7 +265,6 @@ class AmqpTransport:
     async def release(self, partition: int, *, timeout_seconds: float = 5.0) -> None:
         """Close the partition's channel: the broker takes back every message it delivered to us and
         not yet acknowledged, in queue order, and the next waiting consumer becomes active."""
-        self._partition_subscription.pop(partition, None)
         self.active_partitions.discard(partition)
         self._partition_queues.pop(partition, None)
         channel = self._partition_channels.pop(partition, None)
@@ -301,10 +285,9 @@ class AmqpTransport:
         return sorted(self._partition_channels)
 
     def is_current(self, delivery: Delivery) -> bool:
-        """False for a delivery whose partition was released or whose channel died: the broker gives
-        (or gave) it to a consumer again, so running it here would run it twice."""
-        if self._partition_subscription.get(delivery.partition) != delivery.subscription:
-            return False
+        """False for a delivery whose channel was closed (its partition released) or died (a lost
+        connection; aio-pika still hands over what that channel had prefetched): the broker gives it to
+        a consumer again, so running it here would run it twice, and it cannot be settled anyway."""
         message = delivery._message
         if message is None:
             return False

@@ -28,14 +28,6 @@ ROOMS = 20
 COMMANDS = 10  # per room, after its join
 
 
-@pytest.mark.xfail(
-    reason="intermittent (3 of 15 runs here): after the reconnection aio-pika may restore the consuming "
-    "channel (and its consumers) before the publishing channel; commands delivered meanwhile fail with "
-    "ChannelInvalidStateError, are requeued with no back-off, use up SIGNALING_DELIVERY_LIMIT within "
-    "about a second and are dead-lettered unanswered; the requeues also let later commands of a room "
-    "overtake earlier ones. strict=False because the race does not happen on every run",
-    strict=False,
-)
 async def test_broker_restart_under_load_loses_nothing_and_keeps_room_order(
     livekit: EmulatorProcess, topology: Names
 ) -> None:

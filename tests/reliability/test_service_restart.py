@@ -23,14 +23,6 @@ def service_env(names: Names) -> dict[str, str]:
     return {"REDIS_URL": REDIS_URL, "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "LOG_LEVEL": "DEBUG"}
 
 
-@pytest.mark.xfail(
-    reason="intermittent (6 of 9 runs here): the second process still counts the killed one as a live "
-    "replica (its registration lives 2 x REBALANCE_INTERVAL_SECONDS), so it hands half its partitions "
-    "over (to nobody else: back to itself); the deliveries it already held are requeued only after the "
-    "new subscription has received the later commands of their rooms, which then run first: per-room "
-    "order broken. strict=False because it depends on what is prefetched when the hand-over happens",
-    strict=False,
-)
 async def test_sigkill_under_load_then_restart_answers_every_command_once_in_order(
     livekit: EmulatorProcess, topology: Names
 ) -> None:

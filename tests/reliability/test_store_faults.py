@@ -17,11 +17,6 @@ pytestmark = pytest.mark.slow
 COMMANDS = 10
 
 
-@pytest.mark.xfail(
-    reason="a requeued command is redelivered behind the later commands of its room that the replica "
-    "already holds (prefetched, queued in its KeyedSerializer), so they run first: per-room order broken",
-    strict=True,
-)
 async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
     livekit: EmulatorProcess, topology: Names
 ) -> None:
@@ -58,11 +53,6 @@ async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
         proxy.stop()
 
 
-@pytest.mark.xfail(
-    reason="requeues have no back-off: a command delivered during a store outage of one second uses up "
-    "its SIGNALING_DELIVERY_LIMIT deliveries within milliseconds and is dead-lettered, never answered",
-    strict=True,
-)
 async def test_a_one_second_store_outage_loses_no_command(livekit: EmulatorProcess, topology: Names) -> None:
     proxy = proxy_for(REDIS_URL, 6379)
     service = ServiceProcess(
