@@ -240,6 +240,7 @@ class AmqpTransport:
         queue = await channel.declare_queue(
             self.topology.partition_queue(partition), durable=True, arguments=self._queue_arguments()
         )
+
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Synchronous up to the hand-over, so that delivery order is submission order.
             assert self._on_delivery is not None

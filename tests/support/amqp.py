@@ -24,6 +24,8 @@ class ReceivedEvent:
     type: str | None
     persistent: bool
     message_id: str | None = None
+    #: ``time.monotonic()`` when the test received it.
+    received_at: float = 0.0
 
     @property
     def participant(self) -> str:
@@ -78,6 +80,7 @@ class SignalingClient:
             type=message.type,
             persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
+            received_at=time.monotonic(),
         )
         async with self._changed:
             self.events.append(event)
