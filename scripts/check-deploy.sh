@@ -10,7 +10,7 @@
 #      default build/deploy-check-venv, made with $PYTHON), again only when that file changes. Set
 #      DEPLOY_CHECK_VENV=.venv to install into the project's venv instead (checkov pins many packages).
 #   2. render: `kubectl kustomize` of deploy/base and of every overlay under deploy/overlays/.
-#   3. schemas: `kubernetes-validate --strict` against Kubernetes $K8S_VERSIONS (default 1.33.0). It has
+#   3. schemas: `kubernetes-validate --strict` against Kubernetes $K8S_VERSIONS (default 1.33.0 and 1.36.0: an older supported release and the current one). It has
 #      no schemas for custom resources and only warns about them, so: a "no schema" warning fails the
 #      run for any kind except ServiceMonitor and PrometheusRule (a typo in a core apiVersion would
 #      otherwise pass), and those two are checked by step 4 instead.
@@ -29,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-.venv/bin/python}"
 DEPLOY_CHECK_VENV="${DEPLOY_CHECK_VENV:-build/deploy-check-venv}"
-K8S_VERSIONS="${K8S_VERSIONS:-1.33.0}"
+K8S_VERSIONS="${K8S_VERSIONS:-1.33.0 1.36.0}"
 REQUIREMENTS=deploy/requirements-check.txt
 
 fail() { echo "check-deploy: $*" >&2; exit 1; }
