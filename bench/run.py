@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from bench.harness import (
     EmulatorProcess,
     ServiceTarget,
     Target,
+    cpu_seconds,
+    rabbitmq_pid,
     wait_for_broker,
 )
 from bench.profile import Profiler
-from bench.report import plot_latency, table, write_json
+from bench.report import DISTURBED, plot_latency, table, write_json
 from bench.workloads import (
     Env,
     Figures,
@@ -45,6 +48,7 @@ from bench.workloads import (
     w4_fanout_service,
     w5_force_mute_service,
     w6_memory,
+    w6_start_up_rss,
 )
 
 ALL = ("w1", "w2", "w3", "w4", "w5", "w6")
@@ -88,6 +92,36 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _machine_busy() -> float:
+    """CPU seconds all processes spent so far (everything but idle and iowait)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its children that were waited for (service, baseline, ...)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class _Disturbance:
+    """How busy processes outside this run (other people's tests) kept the machine during a workload: all
+    CPU time minus the bench's, the target's, the emulator's and the broker's, per wall second."""
+
+    def __init__(self, *pids: int) -> None:
+        self._pids = [*pids, rabbitmq_pid()]
+        self._start = time.perf_counter()
+        self._before = self._sample()
+
+    def _sample(self) -> float:
+        me = os.times()
+        ours = me.user + me.system + sum(cpu_seconds(pid) for pid in self._pids)
+        return _machine_busy() - ours
+
+    def others_cores(self) -> float:
+        return round((self._sample() - self._before) / (time.perf_counter() - self._start), 2)
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace, env: Env) -> None:
         self.args = args
@@ -112,9 +146,11 @@ class Runner:
             target = make()
             started = time.perf_counter()
             try:
-                target.start()
                 try:
+                    target.start()
+                    probe = _Disturbance(target.pid, self.env.emulator_pid)
                     figures: Figures = asyncio.run(workload(target))
+                    figures["other_processes_cores"] = probe.others_cores()
                 finally:
                     target.stop()
             except (ConnectionError, aiormq.exceptions.AMQPError, RuntimeError, TimeoutError) as error:
@@ -130,6 +166,9 @@ class Runner:
         figures["attempts"] = attempt
         figures["wall_seconds_incl_start_stop"] = round(time.perf_counter() - started, 1)
         state = "" if figures.get("complete", True) else "  INCOMPLETE"
+        others = figures["other_processes_cores"]
+        if others > DISTURBED:
+            state += f"  DISTURBED: other processes used {others:.2f} cores meanwhile"
         print(
             f"  {target.label:<8} done in {figures['wall_seconds_incl_start_stop']:.1f}s{state}", flush=True
         )
@@ -147,29 +186,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runner = Runner(args, env)
     sizes = runner.sizes
     results: dict[str, Any] = {}
-    samples: dict[str, list[float]] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
     try:
         baseline_rate: float | None = None
+        service_rate: float | None = None
         if "w1" in args.only or "w2" in args.only:
             print(f"W1 throughput: {sizes.w1_commands:,} create_new_access_token over {sizes.w1_rooms} rooms")
             base = runner.on(runner.baseline, lambda t: w1_throughput(t, env, sizes))
             baseline_rate = float(base["commands_per_second"])
             if "w1" in args.only:
                 svc = runner.on(runner.service, lambda t: w1_throughput(t, env, sizes, profile_name="w1"))
+                service_rate = float(svc["commands_per_second"])
                 results["w1"] = {"service": svc, "baseline": base}
         if "w2" in args.only:
             assert baseline_rate is not None
-            rate = baseline_rate / 2
-            print(f"W2 latency at {rate:,.0f} cmd/s for {sizes.w2_seconds:g}s")
-            base = runner.on(runner.baseline, lambda t: w2_latency(t, env, sizes, rate))
-            svc = runner.on(runner.service, lambda t: w2_latency(t, env, sizes, rate))
-            samples = {"service": svc.pop("samples_s"), "baseline": base.pop("samples_s")}
-            for side, values in (("service", svc), ("baseline", base)):
-                values["percentiles_ms"] = {
-                    f"p{q:g}": round(percentile(samples[side], q) * 1000, 3)
-                    for q in (1, 10, 25, 50, 75, 90, 95, 99, 99.9)
-                }
-            results["w2"] = {"service": svc, "baseline": base}
+            for key, rate in (("w2", baseline_rate / 2), ("w2b", (service_rate or 0) / 2)):
+                if not rate:
+                    continue
+                print(f"{key.upper()} latency at {rate:,.0f} cmd/s for {sizes.w2_seconds:g}s")
+                base = runner.on(runner.baseline, partial(w2_latency, env=env, sizes=sizes, rate=rate))
+                svc = runner.on(runner.service, partial(w2_latency, env=env, sizes=sizes, rate=rate))
+                samples[key] = {"service": svc.pop("samples_s"), "baseline": base.pop("samples_s")}
+                for side, values in (("service", svc), ("baseline", base)):
+                    values["percentiles_ms"] = {
+                        f"p{q:g}": round(percentile(samples[key][side], q) * 1000, 3)
+                        for q in (1, 10, 25, 50, 75, 90, 95, 99, 99.9)
+                    }
+                results[key] = {"service": svc, "baseline": base}
         if "w3" in args.only:
             print(f"W3 join storm: {sizes.w3_joins:,} joins over {sizes.w3_rooms} rooms")
             base = runner.on(runner.baseline, lambda t: w3_join_storm(t, env, sizes))
@@ -194,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "w6" in args.only:
             total = sizes.w6_rooms * sizes.w6_per_room
             print(f"W6 memory: {total:,} joins over {sizes.w6_rooms:,} rooms")
-            base = runner.on(runner.baseline, lambda t: w6_memory(t, env, sizes))
+            base = runner.on(runner.baseline, lambda t: w6_start_up_rss(t, env, sizes))
             svc = runner.on(runner.service, lambda t: w6_memory(t, env, sizes))
             results["w6"] = {"service": svc, "baseline": base}
     finally:
@@ -232,9 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         + (", PROFILED (py-spy slows it)" if args.profile else "")
     )
     started = time.perf_counter()
+    broker = rabbitmq_pid()
+    machine_before, ours_before, broker_before = _machine_busy(), _own_cpu(), cpu_seconds(broker)
     outcome = run(args)
     results = outcome["results"]
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
+    broker_cpu = cpu_seconds(broker) - broker_before
+    others = (_machine_busy() - machine_before) - (_own_cpu() - ours_before) - broker_cpu
+    # CPU of everything but this run's processes and the broker: other people's tests, mostly.
+    meta["other_processes_cores"] = round(others / meta["total_seconds"], 2)
+    meta["rabbitmq_cores"] = round(broker_cpu / meta["total_seconds"], 2)
     print()
     print(table(results))
     for side, figures in results.get("w1", {}).items():
@@ -248,6 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for problem in incomplete:
         print(f"WARNING incomplete or error events: {problem}")
+    print(
+        f"Other processes kept {meta['other_processes_cores']:.2f} cores busy on average during the run "
+        f"(RabbitMQ {meta['rabbitmq_cores']:.2f})"
+    )
+    disturbed_keys = {
+        f"{name}/{side}": figures["other_processes_cores"]
+        for name, sides in results.items()
+        for side, figures in sides.items()
+        if figures.get("other_processes_cores", 0) > DISTURBED
+    }
+    disturbed = [f"{key} ({cores:.2f} cores)" for key, cores in disturbed_keys.items()]
+    if disturbed:
+        print("WARNING other processes were busy during: " + ", ".join(disturbed) + "; run again when quiet")
     output = os.path.abspath(args.output)
     write_json(Path(output), {"meta": meta, **results})
     print(f"\nJSON: {output}")
@@ -256,9 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         caption = (
             f"{meta['logical_cores']} shared cores, partitions={args.partitions}, prefetch={args.prefetch}, "
             f"store={meta['store']}, commit {meta['commit']}"
+            + (" - DISTURBED by other processes" if any(k.startswith("w2") for k in disturbed_keys) else "")
         )
-        rate = results["w2"]["service"].get("offered_rate")
-        plot_latency(png, outcome["samples"], rate, caption)
+        what = {"w2": "half the baseline's max (W2)", "w2b": "half the service's max (W2b)"}
+        panels = [
+            (f"{results[key]['service']['offered_rate']:,.0f} cmd/s = {what[key]}", samples)
+            for key, samples in outcome["samples"].items()
+        ]
+        plot_latency(png, panels, caption)
         write_json(RESULTS / "latency-samples.json", {"unit": "seconds", **outcome["samples"]})
         print(f"PNG:  {png}")
     for name, path in outcome["profiles"].items():

@@ -376,3 +376,12 @@ async def w6_memory(target: Target, env: Env, sizes: Sizes) -> Figures:
         "bytes_per_participant_after_warm_up": round((rss_end - rss_warm) / total, 1),
         **outcome,
     }
+
+
+async def w6_start_up_rss(target: Target, env: Env, sizes: Sizes) -> Figures:
+    """The baseline's share of W6: it keeps no state, so only its RSS after start-up and warm-up."""
+    del env
+    rss_start = await settled_rss(target.pid)
+    async with LoadGenerator(target.names) as gen:
+        await _warm_up(gen, sizes)
+    return {"rss_start_bytes": rss_start, "rss_after_warm_up_bytes": await settled_rss(target.pid)}
