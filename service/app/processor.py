@@ -171,6 +171,12 @@ class CommandProcessor:
     async def _transient(self, delivery: Delivery, step: Callable[[], Awaitable[T]]) -> T:
         """Retry a step in place while the state store is down or a write was fenced: the room's later
         commands wait behind it, so order holds (a requeue would put it behind them)."""
+        try:  # the common case costs no retry machinery
+            if not self._transport.is_current(delivery):
+                raise _Abandoned
+            return await step()
+        except (StoreUnavailable, StaleState) as error:
+            log.warning("state store step failed (%s); retrying in place", type(error).__name__)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((StoreUnavailable, StaleState)),
             wait=wait_exponential_jitter(initial=0.05, max=2.0),

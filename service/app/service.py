@@ -129,6 +129,7 @@ class SignalingService:
             attempts=settings.livekit_retry_attempts,
             max_concurrent_requests=settings.livekit_max_concurrent_requests,
             metrics=self.metrics,
+            room_cache_seconds=settings.livekit_room_cache_seconds,
         )
         await self.livekit.start()
         handler = CommandHandler(

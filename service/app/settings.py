@@ -119,6 +119,12 @@ class Settings:
         "LiveKit calls in flight at once, across all commands.",
         default=64,
     )
+    livekit_room_cache_seconds: float = _env(
+        "LIVEKIT_ROOM_CACHE_SECONDS",
+        "How long a room this replica created is trusted to exist, sparing CreateRoom on every join and "
+        "token refresh (0 = call it every time).",
+        default=60.0,
+    )
     command_deadline_seconds: float = _env(
         "COMMAND_DEADLINE_SECONDS",
         "A command's LiveKit work ends by then; the sender gets `livekit_unavailable` if it could not.",
@@ -239,6 +245,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "livekit_retry_attempts": _positive_int,
     "livekit_max_concurrent_requests": _positive_int,
     "command_deadline_seconds": _positive_float,
+    "livekit_room_cache_seconds": float,
     "token_ttl_seconds": _positive_int,
     "screen_share_requires_permission": _bool,
     "partitions": _positive_int,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -52,6 +53,10 @@ _SOURCE_BY_NAME = {
     "screen_share_audio": TrackSource.SCREEN_SHARE_AUDIO,
 }
 _NAME_BY_SOURCE = {value: name for name, value in _SOURCE_BY_NAME.items()}
+
+
+#: Bound on the room cache: memory stays flat however many rooms pass through.
+_MAX_KNOWN_ROOMS = 100_000
 
 
 class _OutOfTime(stop_base):
@@ -119,6 +124,7 @@ class LiveKitAdapter:
         attempts: int,
         max_concurrent_requests: int,
         metrics: Metrics,
+        room_cache_seconds: float = 0.0,
     ) -> None:
         self._url = url
         self._api_key = api_key
@@ -128,6 +134,9 @@ class LiveKitAdapter:
         self._metrics = metrics
         self._concurrency = asyncio.Semaphore(max_concurrent_requests)
         self._api: LiveKitAPI | None = None
+        #: Rooms created (or found) recently, with when that stops being trusted; see ensure_room.
+        self._room_cache_seconds = room_cache_seconds
+        self._known_rooms: OrderedDict[str, float] = OrderedDict()
 
     async def start(self) -> None:
         # One keep-alive session for every call; the pool is as large as the concurrency bound.
@@ -196,8 +205,20 @@ class LiveKitAdapter:
     # -- the domain's LiveKit port --------------------------------------------------------------------
 
     async def ensure_room(self, room: str) -> None:
-        # CreateRoom is idempotent: it returns the existing room.
+        """CreateRoom (idempotent: it returns the existing room), skipped while the room is known to
+        exist. A room closed through this service is forgotten at once; one LiveKit closed by itself
+        (empty timeout) is re-created by LiveKit when a client joins (auto-create), and the cache
+        entry expires after ``room_cache_seconds`` anyway."""
+        now = time.monotonic()
+        known_until = self._known_rooms.get(room)
+        if known_until is not None and known_until > now:
+            return
         await self._call("CreateRoom", lambda: self._room.room.create_room(CreateRoomRequest(name=room)))
+        if self._room_cache_seconds > 0:
+            self._known_rooms[room] = now + self._room_cache_seconds
+            self._known_rooms.move_to_end(room)
+            while len(self._known_rooms) > _MAX_KNOWN_ROOMS:
+                self._known_rooms.popitem(last=False)
 
     async def list_participants(self, room: str) -> list[ConnectedParticipant]:
         response = await self._call(
@@ -236,5 +257,6 @@ class LiveKitAdapter:
             await self._call("RemoveParticipant", lambda: self._room.room.remove_participant(request))
 
     async def delete_room(self, room: str) -> None:
+        self._known_rooms.pop(room, None)
         with contextlib.suppress(_NotFound):
             await self._call("DeleteRoom", lambda: self._room.room.delete_room(DeleteRoomRequest(room=room)))
