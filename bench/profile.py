@@ -99,6 +99,51 @@ def _short(frame: str) -> str:
     return f"{match.group('function')} ({file})"
 
 
+#: Service-level buckets: a sample goes to the first bucket with a frame on its stack containing one of
+#: the patterns (so order matters: the admin token is part of a LiveKit call, a LiveKit call part of a
+#: command).
+BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("LiveKit admin JWT per API call (livekit-api _auth_header)", ("Service._auth_header",)),
+    (
+        "LiveKit API calls (livekit-api, aiohttp, protobuf)",
+        ("LiveKitAdapter.", "aiohttp/", "api/room_service"),
+    ),
+    ("participant token minting (JWT)", ("TokenMinter.", "AccessToken.to_jwt", "jwt/")),
+    (
+        "event publishing (aio-pika publish + confirm)",
+        ("publish_event", "Exchange.publish", "dead_letter (service"),
+    ),
+    ("acks", ("AmqpTransport.ack", "AmqpTransport._settle", "IncomingMessage.ack")),
+    ("AMQP frame writing (aiormq writer)", ("Connection.__writer",)),
+    (
+        "AMQP frame reading (aiormq reader, channel dispatch)",
+        ("Connection.__reader", "Channel._reader", "FrameReceiver"),
+    ),
+    (
+        "delivery hand-over (aio-pika consumer, on_delivery)",
+        ("aio_pika/queue.py", "on_message", "on_delivery"),
+    ),
+    ("state store", ("service/store/",)),
+    ("Prometheus metrics", ("prometheus_client/",)),
+    ("logging", ("logging/", "service/app/logging.py")),
+    ("command decoding", ("schemas/codec.py",)),
+    ("handler and processor (rest)", ("service/domain/", "service/app/processor.py", "ordering.py")),
+)
+
+
+def buckets(stacks: list[tuple[list[str], int]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for frames, count in stacks:
+        joined = ";".join(frames)
+        for name, patterns in BUCKETS:
+            if any(p in joined for p in patterns):
+                counts[name] += count
+                break
+        else:
+            counts["event loop and everything else"] += count
+    return counts
+
+
 def summarize(path: Path, *, top: int = 40) -> str:
     """Own time (leaf frame), inclusive time (anywhere on the stack) and own time by package."""
     stacks = _parse(path)
@@ -122,6 +167,7 @@ def summarize(path: Path, *, top: int = 40) -> str:
         return rows
 
     lines = [f"{path.name}: {total} samples (CPU-busy only; idle waits are not sampled)"]
+    lines += table("where the time goes (first matching bucket per sample)", buckets(stacks))
     lines += table("own time by package", packages)
     lines += table("own time by function", own)
     # Frames on (nearly) every stack (the event loop, main) say nothing.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -73,12 +74,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _git_commit() -> str:
-    command = ["git", "rev-parse", "--short", "HEAD"]
+    """HEAD, with ``+dirty`` and a digest of service/ when the service's files differ from it (the
+    service runs from the working tree, so that is what was measured)."""
     try:
-        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=5)
-        return out.stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+            capture_output=True, text=True, check=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service"],  # noqa: S607
+            capture_output=True, text=True, check=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    if not dirty:
+        return head
+    digest = hashlib.sha1(usedforsecurity=False)
+    for path in sorted(Path("service").rglob("*.py")):
+        digest.update(path.as_posix().encode() + path.read_bytes())
+    return f"{head}+dirty:{digest.hexdigest()[:8]}"
 
 
 def _cpu_model() -> str:
