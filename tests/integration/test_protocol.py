@@ -399,12 +399,19 @@ async def test_livekit_unavailable_reaches_the_sender_then_service_recovers(
 ) -> None:
     participant = pid()
     for mode in ("unavailable", "hang", "reset"):
+        # A fresh room each time: a room the service created recently is not created again.
+        fresh_room = f"{room}-{mode}"
         await emulator.fault(mode)
-        event = await client.reply(room, participant, {"action": "join"}, timeout=10)
+        event = await client.reply(fresh_room, participant, {"action": "join"}, timeout=10)
         assert event.payload == {"message": "error", "error": "livekit_unavailable"}, mode
         await emulator.fault("none")
-        event = await client.reply(room, participant, {"action": "join"})
+        event = await client.reply(fresh_room, participant, {"action": "join"})
         assert event.message == "join_success"
+    # Once created, a room needs LiveKit no more for a join: the cache spares CreateRoom.
+    await emulator.fault("unavailable")
+    event = await client.reply(f"{room}-reset", participant, {"action": "join"})
+    assert event.message == "join_success"
+    await emulator.fault("none")
     assert service.metric("livekit_signaling_livekit_retries_total") > 0
     assert (
         service.wait_metric(

@@ -1,0 +1,67 @@
+"""Our minter writes exactly the claims livekit-api's AccessToken writes for the same grant."""
+
+from __future__ import annotations
+
+import datetime
+
+import jwt
+import pytest
+from livekit.api import AccessToken, TokenVerifier, VideoGrants
+
+from service.domain.permissions import ALL_SOURCES, TokenGrant
+from service.livekit.tokens import TokenMinter
+
+KEY, SECRET = "key", "secret-" + "s" * 32
+
+GRANTS = [
+    TokenGrant(room="r:1", identity="p", publish_sources=ALL_SOURCES, can_publish_data=True, hidden=False),
+    TokenGrant(
+        room="r", identity="p", publish_sources=frozenset({"camera"}), can_publish_data=True, hidden=False
+    ),
+    TokenGrant(
+        room="r", identity="p.popout1", publish_sources=frozenset(), can_publish_data=False, hidden=True
+    ),
+    TokenGrant(room="r", identity="rec", publish_sources=frozenset(), can_publish_data=False, hidden=True),
+]
+
+
+def reference_token(grant: TokenGrant, ttl: int) -> str:
+    sources = sorted(grant.publish_sources)
+    video = VideoGrants(
+        room_join=True,
+        room=grant.room,
+        can_subscribe=True,
+        can_publish=bool(sources),
+        can_publish_sources=sources,
+        can_publish_data=grant.can_publish_data,
+        hidden=grant.hidden,
+    )
+    return (
+        AccessToken(KEY, SECRET)
+        .with_identity(grant.identity)
+        .with_grants(video)
+        .with_ttl(datetime.timedelta(seconds=ttl))
+        .to_jwt()
+    )
+
+
+@pytest.mark.parametrize("grant", GRANTS, ids=lambda g: g.identity)
+def test_claims_match_livekit_api(grant: TokenGrant) -> None:
+    ours = jwt.decode(TokenMinter(KEY, SECRET, ttl_seconds=60).issue(grant), SECRET, algorithms=["HS256"])
+    theirs = jwt.decode(reference_token(grant, 60), SECRET, algorithms=["HS256"])
+    for claims in (ours, theirs):
+        assert claims.pop("exp") - claims.pop("nbf") == 60
+    assert ours == theirs
+
+
+def test_livekit_verifier_reads_our_grants() -> None:
+    token = TokenMinter(KEY, SECRET, ttl_seconds=60).issue(GRANTS[1])
+    claims = TokenVerifier(KEY, SECRET).verify(token)
+    assert claims.identity == "p"
+    assert claims.video is not None
+    assert (claims.video.room, claims.video.room_join, claims.video.can_publish_sources) == (
+        "r",
+        True,
+        ["camera"],
+    )
+    assert not claims.video.room_admin
