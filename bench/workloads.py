@@ -12,15 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from livekit.api import LiveKitAPI
-from livekit.protocol.room import ListParticipantsRequest
-
 from bench.harness import Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
-from tests.support.emulator import allowed_sources, microphone_tracks
-from tests.support.processes import API_KEY, API_SECRET
+from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
 
 TOKEN = {"action": "create_new_access_token"}
 JOIN = {"action": "join"}
@@ -209,37 +204,7 @@ async def w3_join_storm(target: Target, env: Env, sizes: Sizes) -> Figures:
 # -- W4 and W5: one moderator command acting on many participants --------------------------------------
 
 
-class LiveKitView:
-    """The emulator as a test sees it: control routes, and LiveKit's own API for inspection."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def __aenter__(self) -> LiveKitView:
-        self._session = aiohttp.ClientSession()
-        self.api = LiveKitAPI(self.url, API_KEY, API_SECRET)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.api.aclose()
-        await self._session.close()
-
-    async def bulk(self, room: str, count: int, prefix: str, sources: list[str]) -> list[str]:
-        body = {"room": room, "count": count, "prefix": prefix, "sources": sources}
-        async with self._session.post(f"{self.url}/_emulator/participants/bulk", json=body) as response:
-            data = await response.json()
-            if response.status != 200:
-                raise RuntimeError(f"bulk participants: {response.status} {data}")
-            return list(data["identities"])
-
-    async def all_participants(self, room: str, check: Callable[[Any], bool]) -> bool:
-        response = await self.api.room.list_participants(ListParticipantsRequest(room=room))
-        return bool(response.participants) and all(check(p) for p in response.participants)
-
-
-async def _fanout_room(
-    gen: LoadGenerator, view: LiveKitView, size: int, sources: list[str]
-) -> tuple[str, str]:
+async def _fanout_room(gen: LoadGenerator, view: Emulator, size: int, sources: list[str]) -> tuple[str, str]:
     """A room whose roster has ``size`` joined participants ``<prefix><i>``, each also connected to LiveKit
     (the emulator's bulk route names them ``<prefix><i>`` too) with a track per source."""
     tag = _tag()
@@ -255,7 +220,7 @@ async def _fanout_room(
 
 async def _timed_moderation(
     gen: LoadGenerator,
-    view: LiveKitView,
+    view: Emulator,
     room: str,
     payload: dict[str, Any],
     *,
@@ -272,7 +237,8 @@ async def _timed_moderation(
     events_at = gen.collector.last_received
     verified = False
     for _ in range(50):
-        if await view.all_participants(room, done):
+        participants = await view.participants(room)
+        if participants and all(done(p) for p in participants.values()):
             verified = True
             break
         await asyncio.sleep(0.02)
@@ -302,7 +268,7 @@ async def w4_fanout_service(
     target: Target, env: Env, sizes: Sizes, *, profile_name: str | None = None, profile_rounds: int = 0
 ) -> Figures:
     size = sizes.w4_participants
-    async with LoadGenerator(target.names) as gen, LiveKitView(env.emulator_url) as view:
+    async with LoadGenerator(target.names) as gen, Emulator(env.emulator_url) as view:
         await _warm_up(gen, sizes)
         setup_start = time.perf_counter()
         room, _ = await _fanout_room(gen, view, size, ["microphone"])
@@ -323,7 +289,7 @@ async def w4_fanout_service(
 
 async def w5_force_mute_service(target: Target, env: Env, sizes: Sizes) -> Figures:
     size = sizes.w5_participants
-    async with LoadGenerator(target.names) as gen, LiveKitView(env.emulator_url) as view:
+    async with LoadGenerator(target.names) as gen, Emulator(env.emulator_url) as view:
         await _warm_up(gen, sizes)
         room, prefix = await _fanout_room(gen, view, size, ["microphone"])
         mute = {"action": "force_mute", "participants": [f"{prefix}{i}" for i in range(size)]}

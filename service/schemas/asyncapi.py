@@ -99,48 +99,37 @@ def build(
     envelope = components["CommandEnvelope"]
     event_message = components["EventMessage"]
 
-    def command_payload(kind: Any) -> dict[str, Any]:
-        schema: dict[str, Any] = json.loads(json.dumps(envelope))
-        schema["properties"]["payload"] = {"$ref": _REF.format(name=kind.__name__)}
-        schema["title"] = f"{kind.__name__}Command"
-        return schema
-
-    def event_payload(kind: Any) -> dict[str, Any]:
-        schema: dict[str, Any] = json.loads(json.dumps(event_message))
-        schema["properties"]["payload"] = {"$ref": _REF.format(name=kind.__name__)}
-        schema["title"] = f"{kind.__name__}Message"
-        return schema
+    def message(
+        kind: Any, envelope_schema: dict[str, Any], suffix: str, example: dict[str, Any], correlation: str
+    ) -> dict[str, Any]:
+        """One message: its envelope schema with this variant's payload, and the seed's example."""
+        payload: dict[str, Any] = json.loads(json.dumps(envelope_schema))
+        payload["properties"]["payload"] = {"$ref": _REF.format(name=kind.__name__)}
+        payload["title"] = f"{kind.__name__}{suffix}"
+        return {
+            "name": _tag(kind),
+            "title": kind.__name__,
+            "summary": (kind.__doc__ or "").strip(),
+            "contentType": "application/json",
+            "payload": payload,
+            "correlationId": {"location": f"$message.header#/{correlation}"},
+            "examples": [{"name": _tag(kind), "payload": example}],
+        }
 
     messages: dict[str, Any] = {}
     for kind in command_types:
-        tag = _tag(kind)
-        messages[f"command.{tag}"] = {
-            "name": tag,
-            "title": kind.__name__,
-            "summary": (kind.__doc__ or "").strip(),
-            "contentType": "application/json",
-            "payload": command_payload(kind),
-            "correlationId": {"location": "$message.header#/message_id"},
-            "examples": [{"name": tag, "payload": {
-                "room": _ROOM, "participant": _IDS[0], "role": "moderator", "payload": COMMAND_EXAMPLES[tag],
-            }}],
-        }  # fmt: skip
+        example = {
+            "room": _ROOM,
+            "participant": _IDS[0],
+            "role": "moderator",
+            "payload": COMMAND_EXAMPLES[_tag(kind)],
+        }
+        messages[f"command.{_tag(kind)}"] = message(kind, envelope, "Command", example, "message_id")
     for kind in event_types:
-        tag = _tag(kind)
-        messages[f"event.{tag}"] = {
-            "name": tag,
-            "title": kind.__name__,
-            "summary": (kind.__doc__ or "").strip(),
-            "contentType": "application/json",
-            "payload": event_payload(kind),
-            "correlationId": {"location": "$message.header#/correlation_id"},
-            "bindings": {"amqp": {"messageType": tag, "bindingVersion": "0.3.0"}},
-            "examples": [
-                {
-                    "name": tag,
-                    "payload": {"room": _ROOM, "participant": _IDS[0], "payload": EVENT_EXAMPLES[tag]},
-                }
-            ],
+        example = {"room": _ROOM, "participant": _IDS[0], "payload": EVENT_EXAMPLES[_tag(kind)]}
+        messages[f"event.{_tag(kind)}"] = {
+            **message(kind, event_message, "Message", example, "correlation_id"),
+            "bindings": {"amqp": {"messageType": _tag(kind), "bindingVersion": "0.3.0"}},
         }
     # Component schemas that messages reference (the envelopes are inlined per message above).
     schemas = {
