@@ -160,9 +160,15 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def plot_latency(path: Path, panels: list[tuple[str, dict[str, list[float]]]], caption: str) -> None:
-    """Per panel (title, samples by side): CDF (log x) and tail (1 - CDF, log-log), service against
-    baseline. W2 on the first row; W2b, when run, on the second."""
+Timeline = dict[str, list[tuple[float, float]]]
+
+
+def plot_latency(
+    path: Path, panels: list[tuple[str, dict[str, list[float]], Timeline]], caption: str
+) -> None:
+    """Per row (title, sorted samples by side, (send offset, latency) by side): CDF (log x), tail
+    (1 - CDF, log-log) and latency over the run, service against baseline. W2 on the first row; W2b,
+    when run, on the second."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,9 +176,9 @@ def plot_latency(path: Path, panels: list[tuple[str, dict[str, list[float]]]], c
 
     colors = {"service": "tab:red", "baseline": "tab:blue"}
     fig, axes = plt.subplots(
-        len(panels), 2, figsize=(12, 4.4 * len(panels)), squeeze=False, layout="constrained"
+        len(panels), 3, figsize=(17, 4.4 * len(panels)), squeeze=False, layout="constrained"
     )
-    for (title, samples), (cdf, tail) in zip(panels, axes, strict=True):
+    for (title, samples, timeline), (cdf, tail, over_time) in zip(panels, axes, strict=True):
         for name, values in samples.items():
             if not values:
                 continue
@@ -200,6 +206,18 @@ def plot_latency(path: Path, panels: list[tuple[str, dict[str, list[float]]]], c
             tail.text(tail.get_xlim()[0], q, f" p{100 * (1 - q):g}", fontsize=7, va="bottom", color="grey")
         tail.legend(loc="lower left", fontsize=8)
         tail.set_title("tail of the same", fontsize=10)
+        for name, points in timeline.items():
+            over_time.scatter(
+                [x for x, _ in points], [y * 1000 for _, y in points], s=3, alpha=0.5,
+                color=colors.get(name), label=name,
+            )  # fmt: skip
+        over_time.set_yscale("log")
+        over_time.axhline(25, color="grey", linestyle="--", linewidth=1)
+        over_time.set_xlabel("seconds into the run (publish time)")
+        over_time.set_ylabel("latency (ms, log scale)")
+        over_time.grid(True, which="both", alpha=0.3)
+        over_time.legend(loc="upper left", fontsize=8, markerscale=3)
+        over_time.set_title("each command over the run", fontsize=10)
     fig.suptitle(f"create_new_access_token latency at a fixed offered rate\n{caption}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

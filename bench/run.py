@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = runner.sizes
     results: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}
+    timelines: dict[str, dict[str, list[tuple[float, float]]]] = {}
     try:
         baseline_rate: float | None = None
         service_rate: float | None = None
@@ -221,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = runner.on(runner.baseline, partial(w2_latency, env=env, sizes=sizes, rate=rate))
                 svc = runner.on(runner.service, partial(w2_latency, env=env, sizes=sizes, rate=rate))
                 samples[key] = {"service": svc.pop("samples_s"), "baseline": base.pop("samples_s")}
+                timelines[key] = {"service": svc.pop("timeline_s"), "baseline": base.pop("timeline_s")}
                 for side, values in (("service", svc), ("baseline", base)):
                     values["percentiles_ms"] = {
                         f"p{q:g}": round(percentile(samples[key][side], q) * 1000, 3)
@@ -258,7 +260,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if profiler is not None:
             profiler.stop()
         emulator.stop()
-    return {"results": results, "samples": samples, "profiles": profiler.outputs if profiler else {}}
+    return {
+        "results": results,
+        "samples": samples,
+        "timelines": timelines,
+        "profiles": profiler.outputs if profiler else {},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,11 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         what = {"w2": "half the baseline's max (W2)", "w2b": "half the service's max (W2b)"}
         panels = [
-            (f"{results[key]['service']['offered_rate']:,.0f} cmd/s = {what[key]}", samples)
+            (
+                f"{results[key]['service']['offered_rate']:,.0f} cmd/s = {what[key]}",
+                samples,
+                outcome["timelines"][key],
+            )
             for key, samples in outcome["samples"].items()
         ]
         plot_latency(png, panels, caption)
-        write_json(RESULTS / "latency-samples.json", {"unit": "seconds", **outcome["samples"]})
+        write_json(
+            RESULTS / "latency-samples.json",
+            {"unit": "seconds", "sorted": outcome["samples"], "in_publish_order": outcome["timelines"]},
+        )
         print(f"PNG:  {png}")
     for name, path in outcome["profiles"].items():
         print(f"profile {name}: {path} (summary: {path.with_name(path.stem + '-summary.txt')})")

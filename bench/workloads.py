@@ -77,10 +77,13 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-async def _warm_up(gen: LoadGenerator, sizes: Sizes) -> None:
-    """Connections, LiveKit keep-alive sessions and code paths warm before anything is measured."""
+async def _warm_up(gen: LoadGenerator, sizes: Sizes, rooms: list[str] | None = None) -> None:
+    """Connections, LiveKit keep-alive sessions and code paths warm before anything is measured; with
+    ``rooms``, also one command in each of them, as a participant's token refresh comes after the join
+    that created the room (first use of a room costs a LiveKit CreateRoom; W3 measures that)."""
     tag = _tag()
     warm = [command(f"warm-{tag}-{i % 20}", f"w{i % 50}", TOKEN) for i in range(sizes.warm_up)]
+    warm += [command(room, "p0", TOKEN) for room in rooms or ()]
     target = gen.collector.received + len(warm)
     await gen.publish_all(warm, window=WINDOW)
     await gen.collector.wait_total(target, _timeout(len(warm)))
@@ -113,9 +116,9 @@ async def w1_throughput(
     target: Target, env: Env, sizes: Sizes, *, profile_name: str | None = None
 ) -> Figures:
     async with LoadGenerator(target.names) as gen:
-        await _warm_up(gen, sizes)
         tag = _tag()
         rooms = sizes.w1_rooms
+        await _warm_up(gen, sizes, [f"w1-{tag}-{r}" for r in range(rooms)])
         commands = [
             command(f"w1-{tag}-{i % rooms}", f"p{(i // rooms) % 10}", TOKEN) for i in range(sizes.w1_commands)
         ]
@@ -153,19 +156,18 @@ async def w1_throughput(
 async def w2_latency(target: Target, env: Env, sizes: Sizes, rate: float) -> Figures:
     del env
     async with LoadGenerator(target.names) as gen:
-        await _warm_up(gen, sizes)
         tag = _tag()
+        await _warm_up(gen, sizes, [f"w2-{tag}-{r}" for r in range(500)])
         count = max(100, round(rate * sizes.w2_seconds))
         commands = [command(f"w2-{tag}-{i % 500}", f"p{(i // 500) % 10}", TOKEN) for i in range(count)]
         base = gen.collector.received
         worst_lag = await gen.publish_at_rate(commands, rate)
         complete = await gen.collector.wait_total(base + count, _timeout(count))
-        tracks = gen.collector.tracks
-        latencies = sorted(
-            tracks[c.message_id].last - tracks[c.message_id].sent
-            for c in commands
-            if tracks[c.message_id].events
-        )
+        tracks = [gen.collector.tracks[c.message_id] for c in commands]
+        first_sent = tracks[0].sent
+        # In publish order: (seconds into the run, latency), to see whether slow ones come in bursts.
+        timeline = [(t.sent - first_sent, t.last - t.sent) for t in tracks if t.events]
+        latencies = sorted(latency for _, latency in timeline)
         return {
             "offered_rate": round(rate, 1),
             "commands": count,
@@ -176,6 +178,7 @@ async def w2_latency(target: Target, env: Env, sizes: Sizes, rate: float) -> Fig
             "mean_ms": _ms(sum(latencies) / len(latencies)) if latencies else math.nan,
             "generator_worst_lag_ms": _ms(worst_lag),
             "samples_s": latencies,
+            "timeline_s": timeline,
             **_outcome(gen, complete, count, base),
         }
 
