@@ -173,6 +173,9 @@ def plot_latency(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
 
     colors = {"service": "tab:red", "baseline": "tab:blue"}
     fig, axes = plt.subplots(
@@ -191,6 +194,9 @@ def plot_latency(
             tail.plot(ms, [max(1 - v, 0.5 / n) for v in y], color=colors.get(name), label=name, linewidth=1.6)
         for ax in (cdf, tail):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.axvline(25, color="grey", linestyle="--", linewidth=1)
             ax.grid(True, which="both", alpha=0.3)
             ax.set_xlabel("latency, publish -> event received (ms, log scale)")
@@ -212,6 +218,9 @@ def plot_latency(
                 color=colors.get(name), label=name,
             )  # fmt: skip
         over_time.set_yscale("log")
+        over_time.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        over_time.yaxis.set_major_formatter(plain)
+        over_time.yaxis.set_minor_formatter(NullFormatter())
         over_time.axhline(25, color="grey", linestyle="--", linewidth=1)
         over_time.set_xlabel("seconds into the run (publish time)")
         over_time.set_ylabel("latency (ms, log scale)")
