@@ -120,16 +120,19 @@ def _own_cpu() -> float:
 
 class _Disturbance:
     """How busy processes outside this run (other people's tests) kept the machine during a workload: all
-    CPU time minus the bench's, the target's, the emulator's and the broker's, per wall second."""
+    CPU time minus this process's, its children's (target, emulator, py-spy) and the broker's, per wall
+    second."""
 
-    def __init__(self, *pids: int) -> None:
-        self._pids = [*pids, rabbitmq_pid()]
+    def __init__(self) -> None:
+        self._broker = rabbitmq_pid()
         self._start = time.perf_counter()
         self._before = self._sample()
 
     def _sample(self) -> float:
-        me = os.times()
-        ours = me.user + me.system + sum(cpu_seconds(pid) for pid in self._pids)
+        me = os.times()  # children_* holds the children already waited for
+        ours = me.user + me.system + me.children_user + me.children_system + cpu_seconds(self._broker)
+        for child in psutil.Process().children(recursive=True):
+            ours += cpu_seconds(child.pid)
         return _machine_busy() - ours
 
     def others_cores(self) -> float:
@@ -162,7 +165,7 @@ class Runner:
             try:
                 try:
                     target.start()
-                    probe = _Disturbance(target.pid, self.env.emulator_pid)
+                    probe = _Disturbance()
                     figures: Figures = asyncio.run(workload(target))
                     figures["other_processes_cores"] = probe.others_cores()
                 finally:
@@ -207,7 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         service_rate: float | None = None
         if "w1" in args.only or "w2" in args.only:
             print(f"W1 throughput: {sizes.w1_commands:,} create_new_access_token over {sizes.w1_rooms} rooms")
-            base = runner.on(runner.baseline, lambda t: w1_throughput(t, env, sizes))
+            base = runner.on(
+                runner.baseline, lambda t: w1_throughput(t, env, sizes, profile_name="w1-baseline")
+            )
             baseline_rate = float(base["commands_per_second"])
             if "w1" in args.only:
                 svc = runner.on(runner.service, lambda t: w1_throughput(t, env, sizes, profile_name="w1"))
