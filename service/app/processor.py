@@ -290,8 +290,11 @@ class CommandProcessor:
 
     # -- failures ------------------------------------------------------------------------------------
 
-    async def _reject(self, delivery: Delivery, reason: str, label: str) -> None:
-        log.warning("command dead-lettered: %s", reason)
+    async def _dead_letter(
+        self, delivery: Delivery, reason: str, *, label: str, action: str, outcome: str
+    ) -> None:
+        """A copy with the reason to the dead-letter exchange (confirmed), then the ack; if even that
+        publish fails, the command goes back to the queue instead."""
         try:
             await self._transport.dead_letter(
                 delivery.body, reason=reason, headers=delivery.headers, routing_key=delivery.routing_key
@@ -299,10 +302,15 @@ class CommandProcessor:
         except Exception as error:
             log.warning("could not dead-letter (%s); requeueing", type(error).__name__)
             await self._transport.requeue(delivery)
-        else:
-            self._metrics.dead_letters.labels(label).inc()
-            self._metrics.commands.labels("unknown", label).inc()
-            await self._transport.ack(delivery)
+            return
+        self._metrics.dead_letters.labels(label).inc()
+        self._metrics.commands.labels(action, outcome).inc()
+        await self._transport.ack(delivery)
+
+    async def _reject(self, delivery: Delivery, reason: str, label: str) -> None:
+        log.warning("command dead-lettered: %s", reason)
+        try:
+            await self._dead_letter(delivery, reason, label=label, action="unknown", outcome=label)
         finally:
             self._metrics.commands_in_flight.dec()
 
@@ -310,19 +318,9 @@ class CommandProcessor:
         reason = f"{type(error).__name__}: {error}"
         if delivery.delivery_count + 1 >= self._delivery_limit:
             log.error("command failed on its last allowed delivery; dead-lettered: %s", reason)
-            try:
-                await self._transport.dead_letter(
-                    delivery.body,
-                    reason=f"failed: {reason}",
-                    headers=delivery.headers,
-                    routing_key=delivery.routing_key,
-                )
-            except Exception:
-                await self._transport.requeue(delivery)
-                return
-            self._metrics.dead_letters.labels("failed").inc()
-            self._metrics.commands.labels(action, "dead_lettered").inc()
-            await self._transport.ack(delivery)
+            await self._dead_letter(
+                delivery, f"failed: {reason}", label="failed", action=action, outcome="dead_lettered"
+            )
             return
         log.warning("command failed, requeued: %s", reason)
         self._metrics.commands.labels(action, "requeued").inc()
