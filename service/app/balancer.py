@@ -37,13 +37,17 @@ class ReplicaRegistry(Protocol):
     async def leave(self, replica: str) -> None: ...
 
 
+def replica_rank(replicas: list[str], replica: str) -> int:
+    """This replica's place in the registry's order (last if the registry does not list it yet)."""
+    return replicas.index(replica) if replica in replicas else max(0, len(replicas) - 1)
+
+
 def fair_share(partitions: int, replicas: list[str], replica: str) -> int:
     """This replica's quota: ``partitions // n``, plus one for the first ``partitions % n`` replicas in
     the registry's order. The quotas add up to exactly ``partitions``, so no partition is passed around
     for ever while every replica sees the same membership."""
     count = max(1, len(replicas))
-    rank = replicas.index(replica) if replica in replicas else count - 1
-    return partitions // count + (1 if rank < partitions % count else 0)
+    return partitions // count + (1 if replica_rank(replicas, replica) < partitions % count else 0)
 
 
 class PartitionBalancer:
@@ -86,7 +90,7 @@ class PartitionBalancer:
         if surplus > 0 and self._transport.is_connected:
             # Prefer giving away partitions that a round-robin layout would give to others, so that
             # replicas tend to settle on disjoint sets instead of passing the same ones around.
-            rank = self.replicas.index(self._replica) if self._replica in self.replicas else 0
+            rank = replica_rank(self.replicas, self._replica)
             ordered = sorted(active, key=lambda p: p % len(self.replicas) == rank)
             for partition in ordered[:surplus]:
                 log.info(

@@ -147,14 +147,16 @@ class CommandHandler:
 
     # -- tokens -------------------------------------------------------------------------------------
 
-    async def _sender_in_roster(self, envelope: Envelope) -> tuple[RoomState, RosterEntry]:
+    async def _sender_in_roster(
+        self, envelope: Envelope, *, new_popouts: int = 0
+    ) -> tuple[RoomState, RosterEntry]:
         """The sender's roster entry, added or updated from the envelope (the controller is the
-        authority on role and kind) and saved only when it changed."""
+        authority on role and kind) and with ``new_popouts`` more popout identities; saved once, and
+        only when it changed."""
         room = await self._store.load(envelope.room)
         known = room.participants.get(envelope.participant)
-        entry = RosterEntry(
-            role=envelope.role, kind=envelope.kind, popouts=known.popouts if known is not None else 0
-        )
+        popouts = (known.popouts if known is not None else 0) + new_popouts
+        entry = RosterEntry(role=envelope.role, kind=envelope.kind, popouts=popouts)
         if known == entry:
             return room, known
         room.participants[envelope.participant] = entry
@@ -192,9 +194,7 @@ class CommandHandler:
         return Result([event_for(envelope, envelope.participant, event)])
 
     async def _popout(self, envelope: Envelope) -> Result:
-        room, entry = await self._sender_in_roster(envelope)
-        entry.popouts += 1
-        await self._store.save(envelope.room, room)
+        _, entry = await self._sender_in_roster(envelope, new_popouts=1)
         identity = popout_identity(envelope.participant, entry.popouts)
         token = self._tokens.issue(popout_grant(envelope.room, identity))
         return Result([event_for(envelope, envelope.participant, PopoutStreamAccessToken(token=token))])
