@@ -32,11 +32,13 @@ from aio_pika.abc import (
     DeliveryMode,
     ExchangeType,
 )
+from aiormq import spec
 
 log = logging.getLogger(__name__)
 
 #: Header that carries why the service dead-lettered a message.
 REASON_HEADER = "x-signaling-reason"
+PERSISTENT = int(DeliveryMode.PERSISTENT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,19 +331,30 @@ class AmqpTransport:
     # -- publishing -----------------------------------------------------------------------------------
 
     async def publish_event(self, event: OutgoingEvent) -> None:
-        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it."""
-        assert self._event_exchange is not None
-        message = aio_pika.Message(
-            event.body,
-            content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            correlation_id=event.correlation_id,
-            type=event.type,
-            # Returns are matched to their publish by message id, so every event needs its own.
-            message_id=event.message_id,
-        )
+        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it.
+
+        Goes to aiormq's ``basic_publish`` on the robust channel's current underlying channel, which is
+        exactly what ``aio_pika.Exchange.publish`` does, minus building an ``aio_pika.Message`` first:
+        that object validates every attribute on assignment and cost 20 µs of the ~1 ms of CPU a command
+        takes, against 1 µs for the frame's properties written directly (issue 6).
+        """
+        assert self._publish_channel is not None
+        channel = await self._publish_channel.get_underlay_channel()
         try:
-            await self._event_exchange.publish(message, event.routing_key, mandatory=True)
+            await channel.basic_publish(
+                event.body,
+                exchange=self.topology.event_exchange,
+                routing_key=event.routing_key,
+                properties=spec.Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=PERSISTENT,
+                    correlation_id=event.correlation_id,
+                    message_type=event.type,
+                    # Returns are matched to their publish by message id, so every event needs its own.
+                    message_id=event.message_id,
+                ),
+                mandatory=True,
+            )
         except aiormq.exceptions.PublishError as error:
             raise UnroutableEvent(event.routing_key) from error
 

@@ -65,3 +65,25 @@ def test_livekit_verifier_reads_our_grants() -> None:
         ["camera"],
     )
     assert not claims.video.room_admin
+
+
+def test_header_is_what_pyjwt_writes() -> None:
+    ours = TokenMinter(KEY, SECRET, ttl_seconds=60).issue(GRANTS[0])
+    assert jwt.get_unverified_header(ours) == jwt.get_unverified_header(reference_token(GRANTS[0], 60))
+
+
+def test_signature_is_bound_to_the_secret_and_the_claims() -> None:
+    token = TokenMinter(KEY, SECRET, ttl_seconds=60).issue(GRANTS[0])
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, SECRET + "x", algorithms=["HS256"])
+    header, _claims, signature = token.split(".")
+    other = TokenMinter(KEY, SECRET, ttl_seconds=60).issue(GRANTS[1]).split(".")[1]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(f"{header}.{other}.{signature}", SECRET, algorithms=["HS256"])
+
+
+def test_minter_is_reusable() -> None:
+    """The keyed HMAC is copied per token: a second token must not carry the first one's state."""
+    minter = TokenMinter(KEY, SECRET, ttl_seconds=60)
+    for grant in GRANTS:
+        jwt.decode(minter.issue(grant), SECRET, algorithms=["HS256"])
