@@ -101,6 +101,8 @@ class LoadGenerator:
         self.collector = Collector()
         self._connections: list[AbstractRobustConnection] = []
         self._exchange: AbstractExchange | None = None
+        #: When the measured part of a workload began (after its warm-up); ``bench/trace`` reads it.
+        self.measured_from = 0.0
 
     async def __aenter__(self) -> LoadGenerator:
         publisher = await aio_pika.connect_robust(
@@ -163,6 +165,7 @@ class LoadGenerator:
         largest lag behind that schedule (how well the generator kept up)."""
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()
+        self.measured_from = time.perf_counter()
         start = loop.time()
         worst_lag = 0.0
         for i, cmd in enumerate(commands):

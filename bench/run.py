@@ -65,6 +65,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated workloads (default: all)")
     parser.add_argument("--profile", action="store_true", help="py-spy the service during W1 and W4")
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time each W2 command's parts in every process (bench/trace, set up by run.sh)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=None,
@@ -387,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "store": "redis" if args.redis else "memory",
         "profiled": args.profile,
+        "traced": args.trace,
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -480,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PNG:  {png}")
     for name, path in outcome["profiles"].items():
         print(f"profile {name}: {path} (summary: {path.with_name(path.stem + '-summary.txt')})")
+    if args.trace:
+        from bench.trace.report import DEFAULT, report
+
+        print(f"\nWhere W2's time went (bench/trace, files in {DEFAULT}):\n{report(DEFAULT)}")
     print(f"total {meta['total_seconds']:.0f}s")
     return 0
 

@@ -9,4 +9,11 @@ fi
 if ! .venv/bin/python -c 'import matplotlib, psutil' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
     .venv/bin/pip install --quiet -r bench/requirements.txt
 fi
+for arg in "$@"; do
+    if [ "$arg" = "--trace" ]; then
+        # sitecustomize.py in bench/trace is imported by every Python process started from here on.
+        export BENCH_TRACE_DIR="$PWD/bench/results/trace" PYTHONPATH="$PWD/bench/trace${PYTHONPATH:+:$PYTHONPATH}"
+        rm -rf "$BENCH_TRACE_DIR" && mkdir -p "$BENCH_TRACE_DIR"
+    fi
+done
 exec .venv/bin/python -m bench.run "$@"

@@ -217,7 +217,12 @@ class CommandProcessor:
         ]
         delay = 0.05
         while pending:
-            results = await asyncio.gather(*(self._send(event) for event in pending), return_exceptions=True)
+            if len(pending) == 1:  # most commands answer one participant: no gather task needed
+                results = [await self._send(pending[0])]
+            else:
+                results = list(
+                    await asyncio.gather(*(self._send(event) for event in pending), return_exceptions=True)
+                )
             failed = [
                 (event, error) for event, error in zip(pending, results, strict=True) if error is not None
             ]

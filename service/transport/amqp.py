@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -345,7 +345,8 @@ class AmqpTransport:
           awaited, and what can be outstanding is bounded by the prefetch (commands) times their events.
         """
         assert self._publish_channel is not None
-        channel = await self._publish_channel.get_underlay_channel()
+        # aiormq's abstract channel does not declare ``wait``; the channel it hands out does.
+        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         try:
             await channel.basic_publish(
                 event.body,
