@@ -2,6 +2,10 @@
 # The benchmark's one command: bash bench/run.sh [--quick] [other options of python -m bench.run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The partitioned topology needs the consistent-hash exchange (as .ci/run enables it for the tests).
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 || true
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet -e '.[test]'
