@@ -11,13 +11,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
-import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq import spec
 
+from service.transport.amqp import PERSISTENT, publish_confirmed
 from tests.support.processes import AMQP_URL, Names
 
 
@@ -102,7 +102,6 @@ class LoadGenerator:
         self.names = names
         self.collector = Collector()
         self._connections: list[AbstractRobustConnection] = []
-        self._exchange: AbstractExchange | None = None
         self._channel: AbstractChannel | None = None
         #: When the measured part of a workload began (after its warm-up); ``bench/trace`` reads it.
         self.measured_from = 0.0
@@ -114,9 +113,7 @@ class LoadGenerator:
         consumer = await aio_pika.connect_robust(AMQP_URL, client_properties={"connection_name": "bench-sub"})
         self._connections = [publisher, consumer]
         channel = self._channel = await publisher.channel(publisher_confirms=True)
-        self._exchange = await channel.declare_exchange(
-            self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        await channel.declare_exchange(self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         events_channel = await consumer.channel()
         events = await events_channel.declare_exchange(
             self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -139,24 +136,24 @@ class LoadGenerator:
     async def publish(self, cmd: Command) -> None:
         """Publish one command and wait for the broker's confirm; its send time is kept.
 
-        Through aiormq's ``basic_publish`` with ``wait=False``, as the service publishes its events:
-        aio-pika's ``Exchange.publish`` holds the channel's lock until each frame is flushed, so at a
-        fixed rate the generator's own publishes queued behind each other and that wait was counted as
-        the target's latency (for the baseline and the service alike)."""
+        Through the service's own ``publish_confirmed``: aio-pika's ``Exchange.publish`` holds the
+        channel's lock until each frame is flushed, so at a fixed rate the generator's own publishes
+        queued behind each other and that wait was counted as the target's latency (for the baseline
+        and the service alike)."""
         assert self._channel is not None
         track = self.collector.tracks.get(cmd.message_id)
         if track is None:
             track = self.collector.tracks[cmd.message_id] = Track()
         track.sent = time.perf_counter()
-        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-        await channel.basic_publish(
+        await publish_confirmed(
+            self._channel,
             cmd.body,
             exchange=self.names.command_exchange,
             routing_key=cmd.routing_key,
             properties=spec.Basic.Properties(
-                content_type="application/json", message_id=cmd.message_id, delivery_mode=2
+                content_type="application/json", message_id=cmd.message_id, delivery_mode=PERSISTENT
             ),
-            wait=False,
+            mandatory=False,
         )
 
     async def publish_all(self, commands: Iterable[Command], *, window: int = 256) -> None:

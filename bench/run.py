@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from bench.workloads import (
     Figures,
     Sizes,
     fanout_baseline,
+    latency_figures,
     percentile,
     w1_throughput,
     w2_latency,
@@ -88,18 +90,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def combine_throughput(rounds: list[Figures]) -> Figures:
     """W1 over several rounds: the round with the median throughput stands for all (its CPU and core
     shares with it), the median CPU per 1,000 commands is given beside it, and every round is kept."""
     by_rate = sorted(rounds, key=lambda figures: float(figures["commands_per_second"]))
     combined = dict(by_rate[(len(by_rate) - 1) // 2])
-    combined["cpu_seconds_per_1000"] = round(_median([float(f["cpu_seconds_per_1000"]) for f in rounds]), 4)
+    combined["cpu_seconds_per_1000"] = round(
+        statistics.median(float(f["cpu_seconds_per_1000"]) for f in rounds), 4
+    )
     combined["complete"] = all(f.get("complete", True) for f in rounds)
     combined["other_processes_cores"] = max(float(f.get("other_processes_cores", 0)) for f in rounds)
     combined["rounds"] = [
@@ -121,13 +119,9 @@ def combine_latency(rounds: list[Figures]) -> Figures:
         timeline += [(offset + at, latency) for at, latency in points]
         offset += (max((at for at, _ in points), default=0.0)) + 1.0
     combined = dict(rounds[0])
+    combined.update(latency_figures(samples))
     combined.update(
         commands=sum(int(f["commands"]) for f in rounds),
-        p50_ms=round(percentile(samples, 50) * 1000, 3),
-        p95_ms=round(percentile(samples, 95) * 1000, 3),
-        p99_ms=round(percentile(samples, 99) * 1000, 3),
-        max_ms=round(samples[-1] * 1000, 3) if samples else float("nan"),
-        mean_ms=round(sum(samples) / len(samples) * 1000, 3) if samples else float("nan"),
         generator_worst_lag_ms=max(float(f["generator_worst_lag_ms"]) for f in rounds),
         complete=all(f.get("complete", True) for f in rounds),
         events_expected=sum(int(f["events_expected"]) for f in rounds),
@@ -339,8 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {}
     timelines: dict[str, dict[str, list[tuple[float, float]]]] = {}
     try:
-        if "w1" in args.only or "w2" in args.only:
-            throughput_and_latency(runner, results, samples, timelines)
+        throughput_and_latency(runner, results, samples, timelines)
         if "w3" in args.only:
             print(f"W3 join storm: {sizes.w3_joins:,} joins over {sizes.w3_rooms} rooms")
             base = runner.on(runner.baseline, lambda t: w3_join_storm(t, env, sizes))

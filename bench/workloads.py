@@ -153,6 +153,17 @@ async def w1_throughput(
 # -- W2: latency at a fixed offered rate --------------------------------------------------------------
 
 
+def latency_figures(values: Sequence[float]) -> Figures:
+    """p50/p95/p99/max/mean in ms of ascending latencies in seconds (one W2 round, or rounds pooled)."""
+    return {
+        "p50_ms": _ms(percentile(values, 50)),
+        "p95_ms": _ms(percentile(values, 95)),
+        "p99_ms": _ms(percentile(values, 99)),
+        "max_ms": _ms(values[-1]) if values else math.nan,
+        "mean_ms": _ms(sum(values) / len(values)) if values else math.nan,
+    }
+
+
 async def w2_latency(target: Target, env: Env, sizes: Sizes, rate: float) -> Figures:
     del env
     async with LoadGenerator(target.names) as gen:
@@ -171,11 +182,7 @@ async def w2_latency(target: Target, env: Env, sizes: Sizes, rate: float) -> Fig
         return {
             "offered_rate": round(rate, 1),
             "commands": count,
-            "p50_ms": _ms(percentile(latencies, 50)),
-            "p95_ms": _ms(percentile(latencies, 95)),
-            "p99_ms": _ms(percentile(latencies, 99)),
-            "max_ms": _ms(latencies[-1]) if latencies else math.nan,
-            "mean_ms": _ms(sum(latencies) / len(latencies)) if latencies else math.nan,
+            **latency_figures(latencies),
             "generator_worst_lag_ms": _ms(worst_lag),
             "samples_s": latencies,
             "timeline_s": timeline,

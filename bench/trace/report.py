@@ -17,11 +17,12 @@ publish is traced, so "broker in" there is publish -> the baseline's event publi
 from __future__ import annotations
 
 import bisect
-import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.workloads import percentile
 
 DEFAULT = Path(__file__).resolve().parents[1] / "results" / "trace"
 
@@ -67,8 +68,7 @@ def _read_generator(path: Path) -> tuple[float, dict[str, tuple[float, float]]]:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else math.nan
+    return percentile(sorted(values), q)
 
 
 def _worst_within(marks: list[tuple[float, float]], start: float, end: float) -> float:

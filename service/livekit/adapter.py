@@ -220,10 +220,10 @@ class LiveKitAdapter:
             ):
                 raise
 
-        def count_retry(_: RetryCallState) -> None:
+        def count_retry(_: RetryCallState | None = None) -> None:
             self._metrics.livekit_retries.labels(method).inc()
 
-        self._metrics.livekit_retries.labels(method).inc()
+        count_retry()
         await asyncio.sleep(first_wait)
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(self._attempts - 1), _OutOfTime(self._request_timeout)),

@@ -26,13 +26,14 @@ import msgspec
 
 from service.domain.permissions import TokenGrant
 
-#: RFC 7515 header of every token; PyJWT writes the same two members.
-_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
-
 
 def _b64url(data: bytes) -> bytes:
     """RFC 7515 base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+#: RFC 7515 header of every token; PyJWT writes the same two members.
+_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
 
 
 def video_claims(grant: TokenGrant) -> dict[str, Any]:
