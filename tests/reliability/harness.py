@@ -537,6 +537,15 @@ def with_port(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def started_service(
+    topology: Names, livekit_url: str, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A service process on the test's topology with the suite's partitions, started and ready."""
+    service = ServiceProcess(topology, livekit_url, partitions=PARTITIONS, env=env)
+    await asyncio.to_thread(service.start)
+    return service
+
+
 def proxy_for(url: str, default_port: int) -> TcpProxy:
     parts = urlsplit(url)
     return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()

@@ -12,15 +12,15 @@ import time
 import pytest
 
 from tests.reliability.harness import (
-    PARTITIONS,
     LoadClient,
     ReadinessPoller,
     cleanup,
     ensure_rabbitmq_running,
     rabbitmq,
+    started_service,
     wait_rabbitmq_running,
 )
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from tests.support.processes import EmulatorProcess, Names
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,7 @@ COMMANDS = 10  # per room, after its join
 async def test_broker_restart_under_load_loses_nothing_and_keeps_room_order(
     livekit: EmulatorProcess, topology: Names
 ) -> None:
-    service = ServiceProcess(topology, livekit.url, partitions=PARTITIONS, env={"LOG_LEVEL": "DEBUG"})
-    await asyncio.to_thread(service.start)
+    service = await started_service(topology, livekit.url, {"LOG_LEVEL": "DEBUG"})
     client = LoadClient(topology)
     try:
         async with client:

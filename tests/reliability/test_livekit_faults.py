@@ -9,9 +9,16 @@ import uuid
 
 import pytest
 
-from tests.reliability.harness import PARTITIONS, LoadClient, cleanup, open_fds, proxy_for, with_port
+from tests.reliability.harness import (
+    LoadClient,
+    cleanup,
+    open_fds,
+    proxy_for,
+    started_service,
+    with_port,
+)
 from tests.support.emulator import Emulator
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from tests.support.processes import EmulatorProcess, Names
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +36,11 @@ async def test_livekit_outages_answer_livekit_unavailable_and_leak_nothing(
     # The service reaches the emulator through a proxy: closing the proxy's port is LiveKit's process
     # gone (connection refused); the emulator's own fault modes give 503 and hanging calls.
     proxy = proxy_for(livekit.url, 80)
-    service = ServiceProcess(
+    service = await started_service(
         topology,
         with_port(livekit.url, proxy.port),
-        partitions=PARTITIONS,
-        env={"COMMAND_DEADLINE_SECONDS": str(DEADLINE)},
+        {"COMMAND_DEADLINE_SECONDS": str(DEADLINE)},
     )
-    await asyncio.to_thread(service.start)
     assert service.process is not None
     pid = service.process.pid
     client = LoadClient(topology)

@@ -11,7 +11,14 @@ import uuid
 
 import pytest
 
-from tests.reliability.harness import PARTITIONS, LoadClient, cleanup, proxy_for, wait_for, with_port
+from tests.reliability.harness import (
+    LoadClient,
+    cleanup,
+    proxy_for,
+    started_service,
+    wait_for,
+    with_port,
+)
 from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -31,17 +38,15 @@ async def test_blackholed_broker_connection_is_noticed_by_the_heartbeat_then_rec
     livekit: EmulatorProcess, topology: Names
 ) -> None:
     proxy = proxy_for(AMQP_URL, 5672)
-    service = ServiceProcess(
+    service = await started_service(
         topology,
         livekit.url,
-        partitions=PARTITIONS,
-        env={
+        {
             "AMQP_URL": with_port(AMQP_URL, proxy.port),
             "AMQP_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "AMQP_RECONNECT_SECONDS": "0.5",
         },
     )
-    await asyncio.to_thread(service.start)
     client = LoadClient(topology)
     try:
         async with client:
@@ -93,13 +98,11 @@ async def test_livekit_behind_a_broken_network_gives_livekit_unavailable_within_
     livekit: EmulatorProcess, topology: Names, mode: str
 ) -> None:
     proxy = proxy_for(livekit.url, 80)
-    service = ServiceProcess(
+    service = await started_service(
         topology,
         with_port(livekit.url, proxy.port),
-        partitions=PARTITIONS,
-        env={"COMMAND_DEADLINE_SECONDS": str(DEADLINE)},
+        {"COMMAND_DEADLINE_SECONDS": str(DEADLINE)},
     )
-    await asyncio.to_thread(service.start)
     client = LoadClient(topology)
     try:
         async with client:
@@ -142,17 +145,15 @@ async def test_sigterm_while_the_broker_is_unreachable_still_exits_within_the_gr
 ) -> None:
     grace = 3.0
     proxy = proxy_for(AMQP_URL, 5672)
-    service = ServiceProcess(
+    service = await started_service(
         topology,
         livekit.url,
-        partitions=PARTITIONS,
-        env={
+        {
             "AMQP_URL": with_port(AMQP_URL, proxy.port),
             "AMQP_RECONNECT_SECONDS": "0.5",
             "SHUTDOWN_GRACE_SECONDS": str(grace),
         },
     )
-    await asyncio.to_thread(service.start)
     try:
         proxy.set_mode("closed")  # the broker's port is gone: connections reset, new ones refused
         gone = await asyncio.to_thread(wait_for, lambda: not service.is_ready(), timeout=10)

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from tests.reliability.harness import PARTITIONS, LoadClient, cleanup, service_log_lines
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess, free_port
+from tests.reliability.harness import LoadClient, cleanup, service_log_lines, started_service
+from tests.support.processes import EmulatorProcess, Names, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +26,10 @@ async def test_a_command_that_keeps_failing_is_dead_lettered_after_the_delivery_
     livekit: EmulatorProcess, topology: Names
 ) -> None:
     nowhere = free_port()  # nothing listens there: every Redis call is refused
-    service = ServiceProcess(
+    service = await started_service(
         topology,
         livekit.url,
-        partitions=PARTITIONS,
-        env={
+        {
             "REDIS_URL": f"redis://127.0.0.1:{nowhere}/0",
             "SIGNALING_DELIVERY_LIMIT": str(DELIVERY_LIMIT),
             # Each delivery first retries in place (a store outage is usually short); keep that short
@@ -38,7 +37,6 @@ async def test_a_command_that_keeps_failing_is_dead_lettered_after_the_delivery_
             "TRANSIENT_RETRY_SECONDS": "0.5",
         },
     )
-    await asyncio.to_thread(service.start)
     client = LoadClient(topology)
     try:
         async with client:

@@ -19,19 +19,20 @@ COMMANDS = 10
 GRACE_SECONDS = 5.0
 
 
-def service_env(names: Names) -> dict[str, str]:
-    return {"REDIS_URL": REDIS_URL, "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "LOG_LEVEL": "DEBUG"}
+def first_and_second(topology: Names, livekit: EmulatorProcess) -> tuple[ServiceProcess, ServiceProcess]:
+    """The replica that is stopped under load and the one started after it, sharing state in Redis."""
+    env = {"REDIS_URL": REDIS_URL, "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "LOG_LEVEL": "DEBUG"}
+    first, second = (
+        ServiceProcess(topology, livekit.url, partitions=PARTITIONS, env=env, name=name)
+        for name in ("first", "second")
+    )
+    return first, second
 
 
 async def test_sigkill_under_load_then_restart_answers_every_command_once_in_order(
     livekit: EmulatorProcess, topology: Names
 ) -> None:
-    first = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env=service_env(topology), name="first"
-    )
-    second = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env=service_env(topology), name="second"
-    )
+    first, second = first_and_second(topology, livekit)
     await asyncio.to_thread(first.start)
     client = LoadClient(topology)
     try:
@@ -67,12 +68,7 @@ async def test_sigkill_under_load_then_restart_answers_every_command_once_in_ord
 async def test_sigterm_under_load_exits_cleanly_within_grace_and_loses_nothing(
     livekit: EmulatorProcess, topology: Names
 ) -> None:
-    first = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env=service_env(topology), name="first"
-    )
-    second = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env=service_env(topology), name="second"
-    )
+    first, second = first_and_second(topology, livekit)
     await asyncio.to_thread(first.start)
     client = LoadClient(topology)
     try:

@@ -9,8 +9,15 @@ import uuid
 
 import pytest
 
-from tests.reliability.harness import PARTITIONS, LoadClient, cleanup, proxy_for, service_log_lines, with_port
-from tests.support.processes import REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from tests.reliability.harness import (
+    LoadClient,
+    cleanup,
+    proxy_for,
+    service_log_lines,
+    started_service,
+    with_port,
+)
+from tests.support.processes import REDIS_URL, EmulatorProcess, Names
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +28,7 @@ async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
     livekit: EmulatorProcess, topology: Names
 ) -> None:
     proxy = proxy_for(REDIS_URL, 6379)
-    service = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env={"REDIS_URL": with_port(REDIS_URL, proxy.port)}
-    )
-    await asyncio.to_thread(service.start)
+    service = await started_service(topology, livekit.url, {"REDIS_URL": with_port(REDIS_URL, proxy.port)})
     client = LoadClient(topology)
     try:
         async with client:
@@ -55,10 +59,7 @@ async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
 
 async def test_a_one_second_store_outage_loses_no_command(livekit: EmulatorProcess, topology: Names) -> None:
     proxy = proxy_for(REDIS_URL, 6379)
-    service = ServiceProcess(
-        topology, livekit.url, partitions=PARTITIONS, env={"REDIS_URL": with_port(REDIS_URL, proxy.port)}
-    )
-    await asyncio.to_thread(service.start)
+    service = await started_service(topology, livekit.url, {"REDIS_URL": with_port(REDIS_URL, proxy.port)})
     client = LoadClient(topology)
     try:
         async with client:
