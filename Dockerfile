@@ -11,12 +11,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-# A wheel of the project is built, then installed with its dependencies (all of which ship wheels, so
-# no compiler is needed); pip and setuptools are removed from the venv, and the entry point is smoke-tested.
+# The locked dependencies are installed first (exact versions, hashes checked; all ship wheels, so no
+# compiler is needed; setuptools, the build backend, is locked too), then a wheel of the project on top
+# without resolving anything again; pip and setuptools are removed from the venv, and the entry point is
+# smoke-tested.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN /opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/*.whl \
+RUN /opt/venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install --no-deps /wheels/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && /opt/venv/bin/livekit-signaling --help > /dev/null
 

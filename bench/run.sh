@@ -6,13 +6,8 @@ cd "$(dirname "$0")/.."
 if command -v rabbitmq-plugins >/dev/null 2>&1; then
     rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 || true
 fi
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet -e '.[test]'
-fi
-if ! .venv/bin/python -c 'import matplotlib, psutil' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
-    .venv/bin/pip install --quiet -r bench/requirements.txt
-fi
+# The locked test and bench dependencies (requirements/bench.txt includes requirements/test.txt's pins).
+bash scripts/install-venv requirements/bench.txt
 for arg in "$@"; do
     if [ "$arg" = "--trace" ]; then
         # sitecustomize.py in bench/trace is imported by every Python process started from here on.

@@ -6,7 +6,7 @@
 #   PYTHON=/path/to/python scripts/check-deploy.sh
 #
 # Steps, each failing the script on any finding:
-#   1. tools: deploy/requirements-check.txt is installed into a venv of its own ($DEPLOY_CHECK_VENV,
+#   1. tools: requirements/deploy-check.txt (locked from deploy/requirements-check.in) is installed into a venv of its own ($DEPLOY_CHECK_VENV,
 #      default build/deploy-check-venv, made with $PYTHON), again only when that file changes. Set
 #      DEPLOY_CHECK_VENV=.venv to install into the project's venv instead (checkov pins many packages).
 #   2. render: `kubectl kustomize` of deploy/base and of every overlay under deploy/overlays/.
@@ -30,7 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 DEPLOY_CHECK_VENV="${DEPLOY_CHECK_VENV:-build/deploy-check-venv}"
 K8S_VERSIONS="${K8S_VERSIONS:-1.33.0 1.36.0}"
-REQUIREMENTS=deploy/requirements-check.txt
+REQUIREMENTS=requirements/deploy-check.txt  # locked from deploy/requirements-check.in
 
 fail() { echo "check-deploy: $*" >&2; exit 1; }
 
@@ -45,7 +45,7 @@ if [[ ! -x "$tools_bin/checkov" || ! -x "$tools_bin/kubernetes-validate" \
       || "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]]; then
   echo "check-deploy: installing $REQUIREMENTS into $DEPLOY_CHECK_VENV (once)"
   [[ -x "$tools_bin/python" ]] || "$PYTHON" -m venv "$DEPLOY_CHECK_VENV"
-  "$tools_bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  "$tools_bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$REQUIREMENTS"
   echo "$wanted" > "$stamp"
 fi
 TOOLS_PY="$tools_bin/python"

@@ -84,7 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--room", required=True)
     send.add_argument("--participant", required=True)
-    send.add_argument("--role", choices=["moderator", "user", "guest"], default="moderator")
+    send.add_argument(
+        "--role",
+        choices=["moderator", "user", "guest"],
+        default="user",
+        help="the sender's role (default user, the least privileged; moderator commands need moderator)",
+    )
     send.add_argument("--kind", choices=["user", "guest", "sip", "recorder"], default="user")
     send.add_argument("--timeout", type=float, default=3.0, help="seconds to collect answers (default 3)")
     send.add_argument("payload", help='the command payload as JSON, e.g. \'{"action": "join"}\'')
@@ -126,7 +131,10 @@ async def _send(args: argparse.Namespace) -> int:
     for answer in answers:
         sys.stdout.write(f"{answer.routing_key} {answer.body.decode()}\n")
     if not answers:
-        sys.stderr.write("no answer (leave, close_room and some moderator commands answer nothing)\n")
+        sys.stderr.write(
+            "no answer (leave, close_room and some moderator commands answer nothing; "
+            "a moderator command sent without --role moderator answers insufficient_permissions)\n"
+        )
     return 0
 
 

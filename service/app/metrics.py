@@ -77,6 +77,11 @@ class Metrics:
             f"{PREFIX}_amqp_reconnects_total", "Reconnections to RabbitMQ.", registry=r
         )
         self.amqp_connected = Gauge(f"{PREFIX}_amqp_connected", "1 while connected to RabbitMQ.", registry=r)
+        self.amqp_refused = Gauge(
+            f"{PREFIX}_amqp_refused",
+            "1 while RabbitMQ answers but refuses the login, vhost, permissions or topology (see the log).",
+            registry=r,
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 while the replica takes commands.", registry=r)
         self.partitions_active = Gauge(
             f"{PREFIX}_partitions_active",

@@ -30,6 +30,7 @@ from service.livekit.tokens import TokenMinter
 from service.store.memory import MemoryStateStore
 from service.store.redis import RedisReplicaRegistry, RedisStateStore
 from service.transport.amqp import AmqpTransport, Topology
+from service.transport.refusals import BrokerRefusal
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class SignalingService:
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._ready = False
         self._stopping = False
+        #: What RabbitMQ refused at start-up and how to fix it, while it does (``/readyz`` shows it).
+        self.broker_refusal: BrokerRefusal | None = None
         self.transport = AmqpTransport(
             url=settings.amqp_url,
             topology=Topology(
@@ -97,9 +100,15 @@ class SignalingService:
     def describe(self) -> str:
         """What ``/readyz`` shows: the connection and the partitions this replica holds."""
         active = ",".join(str(p) for p in sorted(self.transport.active_partitions)) or "-"
+        refused = (
+            f"amqp_refused: {self.broker_refusal.cause}\nfix: {self.broker_refusal.fix}\n"
+            if self.broker_refusal is not None
+            else ""
+        )
         return (
             f"replica: {self.replica}\n"
             f"amqp_connected: {str(self.transport.is_connected).lower()}\n"
+            f"{refused}"
             f"partitions: {self.settings.partitions}\n"
             f"active_partitions: {active}\n"
         )
@@ -180,10 +189,13 @@ class SignalingService:
             await self._shutdown()
 
     async def _connect(self, stop: asyncio.Event) -> bool:
-        """Connect to RabbitMQ, retrying with backoff until it answers or we are told to stop."""
+        """Connect to RabbitMQ, retrying with backoff until it answers and accepts the topology, or we
+        are told to stop. A refusal (a configuration error) is logged once as an error naming the fix,
+        shown on ``/readyz`` and retried like an outage: a fix on the broker (the plugin, a permission, a
+        drained queue deleted) then takes effect without restarting the replica (README, First run)."""
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(initial=0.5, max=10.0),
-            retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError)),
+            retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError, BrokerRefusal)),
             reraise=True,
         )
         async for attempt in retrying:
@@ -192,10 +204,21 @@ class SignalingService:
             with attempt:
                 try:
                     await self.transport.connect()
+                except BrokerRefusal as refusal:
+                    if self.broker_refusal is None or str(self.broker_refusal) != str(refusal):
+                        log.error("RabbitMQ refused the service: %s", refusal)
+                    self.broker_refusal = refusal
+                    self.metrics.amqp_refused.set(1)
+                    await self.transport.close()
+                    raise
                 except Exception as error:
                     log.warning("RabbitMQ not reachable (%s); retrying", type(error).__name__)
                     await self.transport.close()
                     raise
+        if self.broker_refusal is not None:
+            log.info("RabbitMQ accepts the service now")
+        self.broker_refusal = None
+        self.metrics.amqp_refused.set(0)
         return True
 
     async def _shutdown(self) -> None:

@@ -7,6 +7,7 @@ when a checked-in file differs from what the types say (CI runs that).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -39,10 +40,31 @@ class EventMessage(msgspec.Struct):
     payload: Event
 
 
+#: Schema keys whose text comes from docstrings.
+_PROSE_KEYS = frozenset({"description", "summary"})
+
+
+def normalise_prose(node: Any) -> Any:
+    """The same types give the same files whatever formats their docstrings: every description is
+    ``inspect.cleandoc``-ed. msgspec 0.22 kept a docstring's indentation and 0.23 strips it, and Python
+    3.13 dedents docstrings itself, so the raw text depends on versions that have nothing to do with the
+    contract."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key in _PROSE_KEYS and isinstance(value, str)
+            else normalise_prose(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalise_prose(item) for item in node]
+    return node
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     return {
-        "command.schema.json": msgspec.json.schema(CommandEnvelope),
-        "event.schema.json": msgspec.json.schema(EventMessage),
+        "command.schema.json": normalise_prose(msgspec.json.schema(CommandEnvelope)),
+        "event.schema.json": normalise_prose(msgspec.json.schema(EventMessage)),
     }
 
 

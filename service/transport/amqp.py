@@ -34,6 +34,8 @@ from aio_pika.abc import (
 )
 from aiormq import spec
 
+from service.transport.refusals import explain_refusal
+
 log = logging.getLogger(__name__)
 
 #: Header that carries why the service dead-lettered a message.
@@ -176,16 +178,26 @@ class AmqpTransport:
     # -- connection -----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self._url,
-            heartbeat=self._heartbeat,
-            reconnect_interval=self._reconnect_interval,
-            client_properties={"connection_name": self._connection_name},
-        )
-        self._connection.close_callbacks.add(self._on_connection_closed)
-        self._connection.reconnect_callbacks.add(self._on_reconnected)
-        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self._declare()
+        """Connect and declare the topology. Raises ``BrokerRefusal`` when the broker answers but refuses
+        (login, vhost, permissions, arguments, exchange type): a configuration error, not an outage."""
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self._url,
+                heartbeat=self._heartbeat,
+                reconnect_interval=self._reconnect_interval,
+                client_properties={"connection_name": self._connection_name},
+            )
+            self._connection.close_callbacks.add(self._on_connection_closed)
+            self._connection.reconnect_callbacks.add(self._on_reconnected)
+            self._publish_channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            await self._declare()
+        except aiormq.exceptions.AMQPError as error:
+            refusal = explain_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from error
         self.on_connection_change(True)
 
     def _on_connection_closed(self, *_: Any) -> None:

@@ -85,6 +85,21 @@ async def test_operator_cli_sends_a_command_and_prints_its_answer(service: Servi
     assert json.loads(body)["payload"]["message"] == "credentials"
 
 
+async def test_operator_cli_acts_as_a_user_unless_told_otherwise(service: ServiceProcess, room: str) -> None:
+    # The least privileged role is the default: a moderator command without --role moderator is refused.
+    env = {**service.env, "SIGNALING_HTTP_PORT": "0"}
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "send", "--room", room, "--participant", "operator",
+         "--timeout", "2", '{"action": "force_mute", "participants": ["someone"]}'],
+        env=env, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr.decode()
+    routing_key, _, body = completed.stdout.decode().strip().partition(" ")
+    assert routing_key == f"room.{room}.participant.operator"
+    assert json.loads(body)["payload"] == {"message": "error", "error": "insufficient_permissions"}
+
+
 def test_missing_setting_stops_start_up_with_one_line() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LIVEKIT_", "SIGNALING_"))}
     completed = subprocess.run(

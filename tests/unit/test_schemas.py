@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from service.schemas import codec
+from service.schemas import asyncapi, codec
 from service.schemas.events import (
     CredentialsEvent,
     ErrorEvent,
@@ -21,6 +21,7 @@ from service.schemas.events import (
     ScreenSharePermissionsUpdated,
 )
 from service.schemas.jsonschema import main as jsonschema_main
+from service.schemas.jsonschema import normalise_prose, schemas
 
 IDS = [
     "00000000-0000-0000-0000-000000000001",
@@ -156,3 +157,44 @@ def test_participant_lists_are_bounded() -> None:
 def test_checked_in_json_schemas_are_current() -> None:
     schemas_dir = Path(__file__).resolve().parents[2] / "schemas"
     assert jsonschema_main(["--check", "--dir", str(schemas_dir)]) == 0
+
+
+def _indent_continuations(node: object) -> object:
+    """The schema as msgspec 0.22 wrote it: a docstring's later lines keep the class body's indentation."""
+    if isinstance(node, dict):
+        return {
+            key: value.replace("\n", "\n    ")
+            if key == "description" and isinstance(value, str)
+            else _indent_continuations(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_indent_continuations(item) for item in node]
+    return node
+
+
+def test_generated_descriptions_do_not_depend_on_docstring_formatting() -> None:
+    # msgspec 0.22 kept the indentation of a docstring's later lines, 0.23 strips it, Python 3.13 strips
+    # it itself: the committed files must come out the same whichever formatting the library gives (a
+    # fresh install once made CI fail on this).
+    for name, schema in schemas().items():
+        as_022_wrote_it = _indent_continuations(schema)
+        assert as_022_wrote_it != schema, name  # the contract does carry multi-line descriptions
+        assert normalise_prose(as_022_wrote_it) == schema, name
+
+
+def _prose(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [v for k, v in node.items() if k in {"description", "summary"} and isinstance(v, str)]
+        return own + [text for value in node.values() for text in _prose(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in _prose(item)]
+    return []
+
+
+def test_generated_files_hold_no_docstring_indentation() -> None:
+    documents = [*schemas().values(), normalise_prose(asyncapi.build())]
+    texts = [text for document in documents for text in _prose(document)]
+    assert any("\n" in text for text in texts)  # multi-line docstrings are among them
+    for text in texts:
+        assert not any(line.startswith(" ") for line in text.splitlines()), text

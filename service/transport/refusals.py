@@ -1,0 +1,97 @@
+"""When RabbitMQ answers but refuses what the service asks for: a configuration error, not an outage.
+
+An unknown exchange type (the consistent-hash plugin is not enabled), a queue or exchange declared earlier
+with other arguments, missing permissions, a refused login or vhost: the broker is reachable, so "not
+reachable, retrying" would send the operator the wrong way. Each refusal is turned into the broker's own
+words plus the fix, for one log line and the ``/readyz`` body.
+"""
+
+from __future__ import annotations
+
+import re
+
+import aiormq.exceptions
+
+#: The plugin the partitioned topology needs, and the command that enables it on a node.
+HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
+
+#: Queue arguments the service sets, and the setting each comes from.
+_ARGUMENT_SETTINGS = {
+    "x-delivery-limit": "SIGNALING_DELIVERY_LIMIT",
+    "x-dead-letter-exchange": "SIGNALING_DEAD_LETTER_EXCHANGE",
+}
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
+)
+
+
+class BrokerRefusal(Exception):
+    """What the broker refused (its own words) and what to do about it."""
+
+    def __init__(self, cause: str, fix: str) -> None:
+        super().__init__(cause, fix)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.cause}; fix: {self.fix}"
+
+
+def _reply_text(error: BaseException) -> str:
+    """The broker's reply text (aiormq puts it in the first argument, after its own preamble)."""
+    text = str(error.args[0]) if error.args else str(error)
+    quoted = re.search(r'"([A-Z_]+ - .*)"', text)
+    return quoted.group(1) if quoted else text
+
+
+def _inequivalent(text: str) -> str:
+    match = _INEQUIVALENT.search(text)
+    if match is None:
+        return "delete it once it is drained and let the service declare it again"
+    argument, kind, name = match["argument"], match["kind"], match["name"]
+    setting = _ARGUMENT_SETTINGS.get(argument)
+    if kind == "exchange":
+        return f"exchange '{name}' exists with another {argument}; delete it or choose other names"
+    if setting is not None:
+        return (
+            f"queue '{name}' was declared with another {argument}: set {setting} back to the value it "
+            f"was declared with, or delete the queue once drained (rabbitmqctl delete_queue '{name}') "
+            "so that the service declares it anew"
+        )
+    return (
+        f"queue '{name}' was declared by something else or an older release with another {argument}; "
+        f"delete it once drained (rabbitmqctl delete_queue '{name}') so that the service declares it anew"
+    )
+
+
+def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0911 - one return a case
+    """A ``BrokerRefusal`` when ``error`` is the broker refusing us, ``None`` for anything else (an
+    outage, a network fault), which is retried as such."""
+    if isinstance(error, aiormq.exceptions.ProbableAuthenticationError):
+        return BrokerRefusal(_reply_text(error), "check the user name and password in AMQP_URL")
+    if isinstance(error, aiormq.exceptions.ConnectionCommandInvalid):
+        text = _reply_text(error)
+        if "unknown exchange type 'x-consistent-hash'" in text:
+            return BrokerRefusal(
+                text,
+                f"enable the plugin on every node (rabbitmq-plugins enable {HASH_PLUGIN}), "
+                "or set SIGNALING_PARTITIONS=1",
+            )
+        return BrokerRefusal(text, "the service's topology does not fit this broker; see the README")
+    if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed):
+        text = _reply_text(error)
+        return BrokerRefusal(text, _inequivalent(text))
+    if isinstance(error, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed):
+        return BrokerRefusal(
+            _reply_text(error),
+            "grant the service's RabbitMQ user the permissions it needs (deploy/README.md, Security)",
+        )
+    if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
+        # aiormq does not decode a Connection.Close that answers Connection.Open: RabbitMQ sends it
+        # when the vhost does not exist or the user may not use it.
+        return BrokerRefusal(
+            "the broker closed the connection while it was being opened",
+            "check that the vhost in AMQP_URL exists and that its user has permissions on it",
+        )
+    return None

@@ -1,0 +1,132 @@
+"""Issue 10: a broker that answers but refuses the service's topology is a configuration error, said once
+with its fix (log and ``/readyz``), never "not reachable"; the replica recovers by itself once the
+broker is fixed (README, "First run")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import aio_pika
+import pytest
+
+from tests.support.amqp import delete_topology
+from tests.support.broker_admin import BrokerUser, vhost_with_user
+from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
+
+PARTITIONS = 4
+
+
+def _log_lines(service: ServiceProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+
+
+def _wait_refused(service: ServiceProcess, timeout: float = 20.0) -> str:
+    """The ``/readyz`` body once it names a refusal (503 throughout)."""
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        assert service.process is not None and service.process.poll() is None, service.logs()[-2000:]
+        try:
+            status, body = service.http("/readyz")
+        except OSError:
+            status = 0
+        if status:
+            assert status == 503, body
+            if "amqp_refused:" in body:
+                return body
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz never named a refusal; last body {body!r}\n{service.logs()[-2000:]}")
+
+
+def _refusal_log(service: ServiceProcess) -> list[str]:
+    lines = _log_lines(service)
+    assert not [line for line in lines if "not reachable" in str(line.get("message"))], (
+        "a refusing broker was reported as unreachable"
+    )
+    return [str(line["message"]) for line in lines if line.get("level") == "error"]
+
+
+@pytest.fixture
+def restricted_user() -> Iterator[BrokerUser]:
+    """A vhost where the service's user may configure everything but the consistent-hash exchange."""
+    with vhost_with_user(configure=r"^(?!.*\.partitions$).*") as user:
+        yield user
+
+
+def test_refused_hash_exchange_is_named_with_its_fix_and_heals_once_granted(
+    restricted_user: BrokerUser, emulator_process: EmulatorProcess
+) -> None:
+    names = Names()
+    service = ServiceProcess(
+        names, emulator_process.url, partitions=PARTITIONS, env={"AMQP_URL": restricted_user.url()}
+    )
+    service.start(wait_ready=False)
+    try:
+        body = _wait_refused(service)
+        assert f"access to exchange '{names.queue}.partitions'" in body
+        assert "ACCESS_REFUSED" in body and "fix: grant the service's RabbitMQ user" in body
+        assert restricted_user.password not in body
+        time.sleep(3)  # several retries: the cause is still said once
+        errors = _refusal_log(service)
+        assert len(errors) == 1, errors
+        assert "RabbitMQ refused the service" in errors[0] and "ACCESS_REFUSED" in errors[0]
+        assert restricted_user.password not in service.logs()
+        assert service.metric("livekit_signaling_amqp_refused") == 1
+
+        restricted_user.set_permissions(configure=".*")
+        service.wait_ready(timeout=30)
+        assert "amqp_refused" not in service.http("/readyz")[1]
+        assert service.metric("livekit_signaling_amqp_refused") == 0
+    finally:
+        service.stop()
+
+
+async def _declare_partition_queue(names: Names, delivery_limit: int) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            f"{names.queue}.0",
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-single-active-consumer": True,
+                "x-delivery-limit": delivery_limit,
+                "x-dead-letter-exchange": names.dead_letter,
+            },
+        )
+
+
+async def _delete_queue(name: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+
+
+def test_queue_declared_with_other_arguments_names_the_argument_and_setting(
+    emulator_process: EmulatorProcess,
+) -> None:
+    names = Names()
+    asyncio.run(_declare_partition_queue(names, delivery_limit=99))
+    service = ServiceProcess(
+        names, emulator_process.url, partitions=PARTITIONS, env={"SIGNALING_DELIVERY_LIMIT": "5"}
+    )
+    service.start(wait_ready=False)
+    try:
+        body = _wait_refused(service)
+        assert "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit'" in body
+        assert f"queue '{names.queue}.0'" in body
+        assert "SIGNALING_DELIVERY_LIMIT" in body and "received '5' but current is '99'" in body
+        errors = _refusal_log(service)
+        assert len(errors) == 1 and "x-delivery-limit" in errors[0], errors
+
+        # The fix the line names: delete the (empty) queue; the service declares it anew by itself.
+        asyncio.run(_delete_queue(f"{names.queue}.0"))
+        service.wait_ready(timeout=30)
+    finally:
+        service.stop()
+        asyncio.run(delete_topology(names, PARTITIONS))

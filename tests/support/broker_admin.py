@@ -1,0 +1,49 @@
+"""Vhosts and users of the test's own, made and removed with ``rabbitmqctl`` (the tests run as root on
+the broker's machine, as CI does)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
+    completed = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert completed.returncode == 0, f"rabbitmqctl {' '.join(args)}: {completed.stderr[-500:]}"
+    return completed.stdout
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    vhost: str
+    name: str
+    password: str
+
+    def url(self, host: str = "127.0.0.1", port: int = 5672) -> str:
+        return f"amqp://{self.name}:{self.password}@{host}:{port}/{quote(self.vhost, safe='')}"
+
+    def set_permissions(self, *, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
+        rabbitmqctl("set_permissions", "-p", self.vhost, self.name, configure, write, read)
+
+
+@contextmanager
+def vhost_with_user(*, configure: str = ".*", write: str = ".*", read: str = ".*") -> Iterator[BrokerUser]:
+    """A uuid-named vhost and a user with these permissions on it; both deleted afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    user = BrokerUser(vhost=f"test-{tag}", name=f"test-{tag}", password=uuid.uuid4().hex)
+    rabbitmqctl("add_vhost", user.vhost)
+    try:
+        rabbitmqctl("add_user", user.name, user.password)
+        try:
+            user.set_permissions(configure=configure, write=write, read=read)
+            yield user
+        finally:
+            rabbitmqctl("delete_user", user.name)
+    finally:
+        rabbitmqctl("delete_vhost", user.vhost)
