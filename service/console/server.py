@@ -197,8 +197,7 @@ class Console:
                 state, state_error = None, f"state store unavailable ({error})"
             livekit = livekit_rooms.get(name)
             if state_error is None and livekit_error is None and is_gone(state, livekit):
-                del self._rooms[name]
-                self.traffic.forget_room(name)
+                self._forget_room(name)
                 continue
             views.append(
                 room_view(
@@ -214,6 +213,12 @@ class Console:
             )
         return {"rooms": views, "livekit_error": livekit_error}
 
+    def _forget_room(self, name: str) -> None:
+        self._rooms.pop(name, None)
+        self.traffic.forget_room(name)
+        for key in [key for key in self._outcomes if key[0] == name]:
+            del self._outcomes[key]
+
     async def _watch_rooms(self) -> None:
         """While a page is open, send the rooms whenever they changed."""
         while True:
@@ -224,8 +229,8 @@ class Console:
                 continue
             try:
                 view = await self._rooms_view()
-            except Exception:
-                log.exception("console: could not read the rooms")
+            except Exception as error:  # the page must keep going whatever one read did
+                log.warning("console: could not read the rooms (%s)", type(error).__name__)
                 continue
             encoded = json.dumps(view, sort_keys=True)
             if encoded != self._last_rooms:
@@ -272,11 +277,7 @@ class Console:
         # the page keys events by seq and commands by message id.
         self._subscribers.add(queue)
         try:
-            everything = await self._everything()
-            self._last_rooms = json.dumps(
-                {"rooms": everything["rooms"], "livekit_error": everything["livekit_error"]}, sort_keys=True
-            )
-            await response.write(_sse("reset", everything))
+            await response.write(_sse("reset", await self._everything()))
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
@@ -299,9 +300,13 @@ class Console:
         a form to this port (the browser does not ask first), but not JSON, and it sends its Origin."""
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != request.host:
-            raise web.HTTPForbidden(text=json.dumps({"error": "cross-origin request"}))
+            raise web.HTTPForbidden(
+                text=json.dumps({"error": "cross-origin request"}), content_type="application/json"
+            )
         if request.content_type != "application/json":
-            raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "expected application/json"}))
+            raise web.HTTPUnsupportedMediaType(
+                text=json.dumps({"error": "expected application/json"}), content_type="application/json"
+            )
         try:
             data = await request.json()
         except ValueError as error:
@@ -320,13 +325,20 @@ class Console:
 
     async def _publish(self, room: str, envelope: dict[str, Any]) -> SentCommand:
         if not self._link.is_connected:
-            raise web.HTTPServiceUnavailable(text=json.dumps({"error": "not connected to RabbitMQ"}))
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "not connected to RabbitMQ"}), content_type="application/json"
+            )
         message_id = uuid.uuid4().hex
         routing_key = f"room.{room}"
         # Recorded before publishing: the answer can arrive before the confirm does.
         command = self.traffic.record_command(message_id, routing_key, envelope)
         self._rooms.setdefault(room, None)
-        await self._link.publish_command(routing_key, json.dumps(envelope).encode(), message_id)
+        try:
+            await self._link.publish_command(routing_key, json.dumps(envelope).encode(), message_id)
+        except ConnectionError as error:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": str(error)}), content_type="application/json"
+            ) from None
         self._broadcast("command", command.to_json())
         self._poke.set()
         return command
@@ -339,7 +351,7 @@ class Console:
             raise _bad_request('"room" and "participant" are required')
         try:
             ok, outcome = await self._act(action, room, identity, data)
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise web.HTTPBadGateway(
                 text=json.dumps({"error": f"the emulated LiveKit did not answer ({type(error).__name__})"}),
                 content_type="application/json",
@@ -369,7 +381,9 @@ class Console:
                 return self._said(answer, f"{action}d")
             case "unmute_microphone":
                 return await self._unmute_microphone(room, identity)
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no client action {action!r}"}))
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no client action {action!r}"}), content_type="application/json"
+        )
 
     @staticmethod
     def _said(answer: ControlAnswer, success: str) -> tuple[bool, str]:
@@ -415,8 +429,11 @@ class Console:
                     answer.set_result(event.body)
             body = await asyncio.wait_for(answer, CREDENTIALS_TIMEOUT_SECONDS)
         except TimeoutError:
-            raise _bad_request(
-                f"no credentials for {identity} within {CREDENTIALS_TIMEOUT_SECONDS:g} s"
+            raise web.HTTPGatewayTimeout(
+                text=json.dumps(
+                    {"error": f"no credentials for {identity} in {CREDENTIALS_TIMEOUT_SECONDS:g} s"}
+                ),
+                content_type="application/json",
             ) from None
         finally:
             self._waiting.pop(message_id, None)

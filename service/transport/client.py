@@ -146,18 +146,20 @@ class ControllerLink:
         self._connection, self._commands = connection, commands
 
     async def publish_command(self, routing_key: str, body: bytes, message_id: str) -> None:
-        """Publish one command as a controller does (persistent, JSON, confirmed by the broker)."""
+        """Publish one command as a controller does (persistent, JSON, confirmed by the broker); raises
+        ``ConnectionError`` when the broker did not take it."""
         if self._commands is None:
             raise ConnectionError("not connected to RabbitMQ")
-        await self._commands.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                message_id=message_id,
-                delivery_mode=DeliveryMode.PERSISTENT,
-            ),
-            routing_key=routing_key,
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=message_id,
+            delivery_mode=DeliveryMode.PERSISTENT,
         )
+        try:
+            await self._commands.publish(message, routing_key=routing_key)
+        except Exception as error:  # aio-pika and aiormq raise many kinds while reconnecting
+            raise ConnectionError(f"RabbitMQ did not take the command ({type(error).__name__})") from error
 
     async def close(self) -> None:
         connection, self._connection, self._commands = self._connection, None, None

@@ -91,7 +91,10 @@ async def sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]
             data += line.removeprefix("data: ")
 
 
-async def test_page_and_its_files_are_served_beside_the_service_endpoints(api: ConsoleApi) -> None:
+async def test_page_and_its_files_are_served_beside_the_service_endpoints(
+    api: ConsoleApi, dev: DevProcess
+) -> None:
+    assert f"console: {dev.console_url}" in dev.logs()  # what `bash scripts/dev` prints
     async with api.session.get(f"{api.base}/") as response:
         assert response.status == 200
         assert response.content_type == "text/html"

@@ -265,11 +265,17 @@
 
   // -- names for the form and the filter ---------------------------------------------------------
 
+  let knownNames = "";
+
   function refreshNames() {
     const rooms = new Set(state.rooms.map((r) => r.name));
     for (const event of state.events.values()) if (event.room) rooms.add(event.room);
     const participants = new Set();
     for (const room of state.rooms) for (const row of room.participants) if (row.roster) participants.add(row.identity);
+    // Rebuilt only when a name came or went: rebuilding would close a list the user has open.
+    const names = JSON.stringify([[...rooms], [...participants]]);
+    if (names === knownNames) return;
+    knownNames = names;
     $("room-names").replaceChildren(...[...rooms].map((name) => el("option", { value: name })));
     $("participant-names").replaceChildren(...[...participants].map((name) => el("option", { value: name })));
     const filter = $("event-room");
@@ -426,7 +432,7 @@
     if (state.events.has(event.seq)) return;
     state.events.set(event.seq, event);
     while (state.events.size > MAX_EVENTS) state.events.delete(state.events.keys().next().value);
-    if (event.room && !$("room-names").querySelector(`option[value="${CSS.escape(event.room)}"]`)) refreshNames();
+    if (event.room) refreshNames();
     if (!shown(event)) return;
     const list = $("events");
     list.prepend(eventItem(event));
