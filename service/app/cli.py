@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -37,8 +38,10 @@ async def _run(settings: Settings) -> None:
 
 
 async def _dev(port: int, overrides: dict[str, object]) -> None:
-    """The service plus a LiveKit emulator on a local port, as ``livekit-server --dev`` would be."""
+    """The service plus a LiveKit emulator on a local port, as ``livekit-server --dev`` would be, and the
+    console on the service's HTTP port."""
     from service.app.service import SignalingService
+    from service.console import Console
     from service.emulator import LiveKitEmulator
 
     http_port = int(str(overrides.get("http_port", 8080)))
@@ -51,9 +54,32 @@ async def _dev(port: int, overrides: dict[str, object]) -> None:
         settings = load_settings(
             None, livekit_url=url, livekit_api_key=DEV_API_KEY, livekit_api_secret=DEV_API_SECRET, **overrides
         )
-        await SignalingService(settings).run(_stop_event())
+        service = SignalingService(settings)
+        console = Console(
+            load_room=service.store.load,
+            amqp_url=settings.amqp_url,
+            command_exchange=settings.command_exchange,
+            event_exchange=settings.event_exchange,
+            emulator_url=url,
+        )
+        service.http.mount(console.install)
+        log.info("console: %s", _console_address(settings.http_host, http_port))
+        await service.run(_stop_event())
     finally:
         await emulator.stop()
+
+
+def _console_address(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the service in the foreground until SIGTERM/SIGINT")
     dev = commands.add_parser(
         "dev",
-        help="run the service against a built-in LiveKit emulator (dev key/secret); needs only RabbitMQ",
+        help="run the service against a built-in LiveKit emulator (dev key/secret) with a console page "
+        "at / on the HTTP port; needs only RabbitMQ",
     )
     dev.add_argument("--livekit-port", type=int, default=7880, help="emulator port (default 7880)")
     dev.add_argument(
@@ -176,7 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif "SIGNALING_PARTITIONS" not in os.environ:
                 # One queue bound directly: dev needs nothing but a stock RabbitMQ.
                 overrides["partitions"] = 1
-            overrides["http_port"] = probe.http_port
+            # The webhook URL and the console's address need the port before the server binds it.
+            overrides["http_port"] = probe.http_port or _free_port(probe.http_host)
+            if not {"SIGNALING_HTTP_HOST", "SIGNALING_HTTP_HOST_FILE"} & os.environ.keys():
+                # The console shows access tokens and sends commands as anyone: this machine only,
+                # unless asked otherwise.
+                overrides["http_host"] = "127.0.0.1"
             asyncio.run(_dev(args.livekit_port, overrides))
     except SettingsError as error:
         sys.stderr.write(f"livekit-signaling: invalid setting: {error}\n")

@@ -1,5 +1,6 @@
 """HTTP endpoints: ``/metrics``, ``/healthz`` (the loop runs), ``/readyz`` (taking commands), and
-``/webhook`` (LiveKit webhooks, verified with livekit-api's ``WebhookReceiver``)."""
+``/webhook`` (LiveKit webhooks, verified with livekit-api's ``WebhookReceiver``); ``mount`` adds more on the
+same port (``dev`` mounts its console)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from service.app.metrics import Metrics
 log = logging.getLogger(__name__)
 
 WebhookCallback = Callable[[WebhookEvent], Awaitable[None]]
+#: Adds routes (and start-up/clean-up hooks) to the application before it starts.
+Mount = Callable[[web.Application], None]
 
 
 class HttpServer:
@@ -40,7 +43,12 @@ class HttpServer:
         self._on_webhook = on_webhook
         self._before_scrape = before_scrape
         self._runner: web.AppRunner | None = None
+        self._mounts: list[Mount] = []
         self.port: int | None = None
+
+    def mount(self, install: Mount) -> None:
+        """Serve more on this port; call before ``start``."""
+        self._mounts.append(install)
 
     async def start(self) -> None:
         app = web.Application(client_max_size=1024 * 1024)
@@ -48,6 +56,8 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_post("/webhook", self._webhook)
+        for install in self._mounts:
+            install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)

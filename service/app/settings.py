@@ -174,10 +174,15 @@ class Settings:
     max_body_bytes: int = _env(
         "SIGNALING_MAX_BODY_BYTES", "Larger command bodies are dead-lettered unparsed.", default=65536
     )
-    http_host: str = _env("SIGNALING_HTTP_HOST", "Address of the HTTP endpoints.", default="0.0.0.0")
+    http_host: str = _env(
+        "SIGNALING_HTTP_HOST",
+        "Address of the HTTP endpoints (`dev`: 127.0.0.1 unless set, since its console shows tokens).",
+        default="0.0.0.0",
+    )
     http_port: int = _env(
         "SIGNALING_HTTP_PORT",
-        "`/metrics`, `/healthz`, `/readyz`, `/webhook` (0 = pick a free port).",
+        "`/metrics`, `/healthz`, `/readyz`, `/webhook`; with `dev` also the console at `/` "
+        "(0 = pick a free port).",
         default=8080,
     )
     redis_url: str | None = _env(

@@ -35,6 +35,7 @@ from livekit.protocol.models import ParticipantInfo, ParticipantPermission, Room
 from livekit.protocol.webhook import WebhookEvent
 
 from .state import (
+    NAME_BY_SOURCE,
     SOURCE_BY_NAME,
     EmulatorError,
     EmulatorState,
@@ -107,6 +108,30 @@ def _permission_denied() -> EmulatorError:
 
 def _control_error(status: int, msg: str) -> web.Response:
     return web.json_response({"error": msg}, status=status)
+
+
+def _participant_json(p: ParticipantInfo) -> dict[str, Any]:
+    permission = p.permission
+    return {
+        "identity": p.identity,
+        "sid": p.sid,
+        "state": ParticipantInfo.State.Name(p.state),
+        "kind": ParticipantInfo.Kind.Name(p.kind),
+        "permission": {
+            "can_publish": permission.can_publish,
+            # LiveKit's own reading: an empty list means every source (when can_publish).
+            "can_publish_sources": [
+                NAME_BY_SOURCE.get(int(s), str(s)) for s in permission.can_publish_sources
+            ],
+            "can_subscribe": permission.can_subscribe,
+            "can_publish_data": permission.can_publish_data,
+            "hidden": permission.hidden,
+        },
+        "tracks": [
+            {"sid": t.sid, "source": NAME_BY_SOURCE.get(int(t.source), str(t.source)), "muted": t.muted}
+            for t in p.tracks
+        ],
+    }
 
 
 GrantCheck = Callable[[dict[str, Any] | None, Any], bool]
@@ -287,6 +312,7 @@ class LiveKitEmulator:
         r = app.router
         r.add_post("/_emulator/connect", self._ctl_connect)
         r.add_post("/_emulator/publish", self._ctl_publish)
+        r.add_post("/_emulator/unpublish", self._ctl_unpublish)
         r.add_post("/_emulator/mute", self._ctl_mute)
         r.add_post("/_emulator/disconnect", self._ctl_disconnect)
         r.add_post("/_emulator/fault", self._ctl_fault)
@@ -294,6 +320,7 @@ class LiveKitEmulator:
         r.add_post("/_emulator/calls/clear", self._ctl_calls_clear)
         r.add_post("/_emulator/webhook", self._ctl_webhook)
         r.add_post("/_emulator/participants/bulk", self._ctl_bulk)
+        r.add_get("/_emulator/rooms", self._ctl_rooms)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -406,6 +433,22 @@ class LiveKitEmulator:
 
     def set_track_muted(self, room: str, identity: str, track_sid: str, muted: bool) -> None:
         self.state.set_track_muted(room, identity, track_sid, muted)
+
+    def unpublish(self, room: str, identity: str, track_sid: str) -> None:
+        """The client unpublishes its own track; LookupError if it has no such track."""
+        self.state.unpublish(room, identity, track_sid)
+
+    def snapshot(self, rooms: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Rooms, participants, tracks and permissions as plain JSON values, for people to read
+        (the dev console); programs use the Twirp API."""
+        return [
+            {
+                "name": info.name,
+                "sid": info.sid,
+                "participants": [_participant_json(p) for p in self.state.list_participants(info.name)],
+            }
+            for info in self.state.list_rooms(rooms)
+        ]
 
     def disconnect(self, room: str, identity: str) -> None:
         self.state.leave(room, identity)
@@ -627,6 +670,19 @@ class LiveKitEmulator:
         except ValueError as exc:
             return _control_error(400, str(exc))
         return web.json_response({"sid": sid})
+
+    async def _ctl_unpublish(self, request: web.Request) -> web.Response:
+        data = await self._json(request)
+        try:
+            self.unpublish(
+                str(data.get("room", "")), str(data.get("identity", "")), str(data.get("track_sid", ""))
+            )
+        except LookupError as exc:
+            return _control_error(404, str(exc))
+        return web.json_response({})
+
+    async def _ctl_rooms(self, request: web.Request) -> web.Response:
+        return web.json_response({"rooms": self.snapshot(request.query.getall("room", []))})
 
     async def _ctl_mute(self, request: web.Request) -> web.Response:
         data = await self._json(request)

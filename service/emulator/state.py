@@ -379,6 +379,19 @@ class EmulatorState:
                 return t
         raise LookupError(f"participant {identity!r} has no track {track_sid!r}")
 
+    def unpublish(self, room: str, identity: str, track_sid: str) -> None:
+        """The participant unpublishes its own track, which LiveKit always allows."""
+        r = self.rooms.get(room)
+        p = r.participants.get(identity) if r is not None else None
+        if r is None or p is None:
+            raise LookupError(f"participant {identity!r} is not connected to room {room!r}")
+        for index, track in enumerate(p.tracks):
+            if track.sid == track_sid:
+                self._remove_track(r, p, index)
+                self._touch(p)
+                return
+        raise LookupError(f"participant {identity!r} has no track {track_sid!r}")
+
     def leave(self, room: str, identity: str) -> bool:
         r = self.rooms.get(room)
         if r is None or identity not in r.participants:

@@ -1,19 +1,27 @@
 """The controller's side of the contract, for operators: publish one command, watch a room's events.
 
-Used by ``livekit-signaling send`` and ``watch``; it declares only a private, exclusive queue bound to
-the event exchange, so it never disturbs the service's own topology.
+Used by ``livekit-signaling send`` and ``watch``, and by the dev console (``ControllerLink``); it declares
+only a private, exclusive queue bound to the event exchange, so it never disturbs the service's own
+topology.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractQueue, DeliveryMode, ExchangeType
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    DeliveryMode,
+    ExchangeType,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +82,86 @@ async def send(
         )
         await asyncio.sleep(timeout)
     return answers
+
+
+class ControllerLink:
+    """A controller's long-lived connection: publishes commands and sees every event passing on the
+    event exchange through an exclusive queue of its own bound with ``binding``.
+
+    The connection is robust (aio-pika restores the queue, its binding and the consumer after a
+    reconnect); events are consumed without acknowledgement: an observer that misses some while
+    disconnected loses nothing the service depends on.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        command_exchange: str,
+        event_exchange: str,
+        connection_name: str,
+        binding: str = "room.#",
+    ) -> None:
+        self._url = url
+        self._command_exchange_name = command_exchange
+        self._event_exchange_name = event_exchange
+        self._connection_name = connection_name
+        self._binding = binding
+        self._connection: AbstractRobustConnection | None = None
+        self._commands: AbstractExchange | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and self._commands is not None
+
+    async def connect(self, on_event: Callable[[WatchedEvent], None]) -> None:
+        """Connect, bind the event queue and call ``on_event`` for every event from now on; raises
+        when RabbitMQ cannot be reached (the caller decides how to retry)."""
+        connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": self._connection_name}
+        )
+        try:
+            channel = await connection.channel()
+            commands = await channel.declare_exchange(
+                self._command_exchange_name, ExchangeType.TOPIC, durable=True
+            )
+            events = await channel.declare_exchange(
+                self._event_exchange_name, ExchangeType.TOPIC, durable=True
+            )
+            # Named rather than server-named, so that the robust connection re-declares the same queue.
+            queue = await channel.declare_queue(
+                f"{self._event_exchange_name}.{self._connection_name}.{uuid.uuid4().hex[:8]}",
+                exclusive=True,
+                auto_delete=True,
+            )
+            await queue.bind(events, routing_key=self._binding)
+
+            async def deliver(message: AbstractIncomingMessage) -> None:
+                on_event(WatchedEvent(message.routing_key or "", message.correlation_id, message.body))
+
+            await queue.consume(deliver, no_ack=True)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._commands = connection, commands
+
+    async def publish_command(self, routing_key: str, body: bytes, message_id: str) -> None:
+        """Publish one command as a controller does (persistent, JSON, confirmed by the broker); raises
+        ``ConnectionError`` when the broker did not take it."""
+        if self._commands is None:
+            raise ConnectionError("not connected to RabbitMQ")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=message_id,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self._commands.publish(message, routing_key=routing_key)
+        except Exception as error:  # aio-pika and aiormq raise many kinds while reconnecting
+            raise ConnectionError(f"RabbitMQ did not take the command ({type(error).__name__})") from error
+
+    async def close(self) -> None:
+        connection, self._connection, self._commands = self._connection, None, None
+        if connection is not None:
+            await connection.close()

@@ -502,6 +502,47 @@ async def test_control_routes_simulate_clients(
     assert list(listed.participants) == []
 
 
+async def test_control_routes_unpublish_and_rooms_snapshot(
+    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+) -> None:
+    base = f"{emulator.url}/_emulator"
+    emulator.connect(participant_token("r", "alice", sources=["microphone", "camera"]))
+    emulator.connect(participant_token("r", "rec", can_publish=False, hidden=True))
+    emulator.connect(participant_token("other", "bob"))
+    microphone = emulator.publish("r", "alice", "microphone")
+    camera = emulator.publish("r", "alice", "camera")
+    emulator.set_track_muted("r", "alice", camera, True)
+
+    async with http.get(f"{base}/rooms", params={"room": "r"}) as resp:
+        assert resp.status == 200
+        rooms = (await resp.json())["rooms"]
+    assert [room["name"] for room in rooms] == ["r"]
+    by_identity = {p["identity"]: p for p in rooms[0]["participants"]}
+    alice, recorder = by_identity["alice"], by_identity["rec"]
+    assert alice["state"] == "ACTIVE"
+    assert alice["tracks"] == [
+        {"sid": microphone, "source": "microphone", "muted": False},
+        {"sid": camera, "source": "camera", "muted": True},
+    ]
+    assert alice["permission"]["can_publish"] is True
+    assert alice["permission"]["can_publish_sources"] == ["microphone", "camera"]
+    assert alice["permission"]["hidden"] is False
+    assert recorder["permission"]["can_publish"] is False
+    assert recorder["permission"]["hidden"] is True
+    async with http.get(f"{base}/rooms") as resp:
+        assert {room["name"] for room in (await resp.json())["rooms"]} == {"r", "other"}
+
+    unpublish = {"room": "r", "identity": "alice", "track_sid": microphone}
+    async with http.post(f"{base}/unpublish", json=unpublish) as resp:
+        assert resp.status == 200
+    got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
+    assert [t.sid for t in got.tracks] == [camera]
+    async with http.post(f"{base}/unpublish", json=unpublish) as resp:
+        assert resp.status == 404
+    async with http.post(f"{base}/unpublish", json={**unpublish, "identity": "nobody"}) as resp:
+        assert resp.status == 404
+
+
 async def test_bulk_participants(
     emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
 ) -> None:

@@ -126,10 +126,13 @@ class ServiceProcess:
         self.log_path = LOG_DIR / f"{names.prefix}-{name}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    #: The sub-command and its arguments.
+    command: tuple[str, ...] = ("run",)
+
     def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run"], env=self.env, stdout=log, stderr=log
+            [sys.executable, "-m", "service", *self.command], env=self.env, stdout=log, stderr=log
         )
         log.close()
         if wait_ready:
@@ -204,3 +207,23 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class DevProcess(ServiceProcess):
+    """``livekit-signaling dev`` (the service, its built-in emulator and the console) with the test's
+    names and free ports; the dev key and secret are its own."""
+
+    def __init__(self, names: Names) -> None:
+        super().__init__(names, "unused", partitions=1, name="dev")
+        for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "LIVEKIT_PUBLIC_URL"):
+            self.env.pop(name, None)
+        self.livekit_port = free_port()
+        self.command = ("dev", "--livekit-port", str(self.livekit_port), "--partitions", "1")
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def livekit_url(self) -> str:
+        return f"http://127.0.0.1:{self.livekit_port}"

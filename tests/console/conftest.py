@@ -1,0 +1,27 @@
+"""``livekit-signaling dev`` as a process on a uuid-named topology, one per test module (the browser
+test's page and screenshot show only what that module did)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.amqp import delete_topology
+from tests.support.processes import DevProcess, Names
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevProcess]:
+    names = Names()
+    process = DevProcess(names).start()
+    yield process
+    process.stop()
+    asyncio.run(delete_topology(names, 1))
+
+
+@pytest.fixture
+def room() -> str:
+    return f"console-{uuid.uuid4().hex[:8]}"
