@@ -15,7 +15,7 @@ from aiormq import spec
 
 from tests.security.conftest import secured_env
 from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, BrokerAccounts
+from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, SERVICE_WITHOUT, BrokerAccounts
 from tests.support.emulator import Emulator, microphone_tracks
 from tests.support.processes import EmulatorProcess, ServiceProcess
 
@@ -231,3 +231,75 @@ async def test_broker_enforces_the_shipped_permissions(
             assert str(refused.value).startswith(code)
     finally:
         await connection.close()
+
+
+# --- every right the service has is one it needs ----------------------------------------------------
+
+
+def partition_arguments(accounts: BrokerAccounts) -> dict[str, object]:
+    """As the service declares its partition queues (default SIGNALING_DELIVERY_LIMIT)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-single-active-consumer": True,
+        "x-delivery-limit": 5,
+        "x-dead-letter-exchange": accounts.names.dead_letter,
+    }
+
+
+async def declare_new_partition(channel: aiormq.abc.AbstractChannel, accounts: BrokerAccounts) -> object:
+    """As the service declares a partition queue it has not declared before: RabbitMQ checks write on
+    the dead-letter exchange and read on the queue only when ``queue.declare`` creates the queue."""
+    return await channel.queue_declare(
+        accounts.spare_partition, durable=True, arguments=partition_arguments(accounts)
+    )
+
+
+async def bind_hash_to_commands(channel: aiormq.abc.AbstractChannel, accounts: BrokerAccounts) -> object:
+    return await channel.exchange_bind(
+        destination=accounts.hash_exchange, source=accounts.command_exchange, routing_key="room.*"
+    )
+
+
+async def bind_partition_to_hash(channel: aiormq.abc.AbstractChannel, accounts: BrokerAccounts) -> object:
+    return await channel.queue_bind(accounts.first_partition, accounts.hash_exchange, routing_key="1")
+
+
+#: What the service does that fails without one of its rights (the suffixes of SERVICE_WITHOUT).
+NEEDED = {
+    # queue.declare creating a queue with x-dead-letter-exchange: configure on the queue, write on
+    # that exchange, and read on the queue
+    "dead-letter-write": declare_new_partition,
+    "partition-read": declare_new_partition,
+    # exchange.bind: read on the source, write on the destination, topic read on the binding key
+    "commands-read": bind_hash_to_commands,
+    "hash-write": bind_hash_to_commands,
+    "commands-topic-read": bind_hash_to_commands,
+    # queue.bind: write on the queue (read on the exchange, as above)
+    "partition-write": bind_partition_to_hash,
+}
+assert set(NEEDED) == set(SERVICE_WITHOUT)
+
+
+@pytest.mark.parametrize("withheld", NEEDED)
+async def test_each_right_of_the_service_is_needed(
+    withheld: str, accounts: BrokerAccounts, secured_service: ServiceProcess
+) -> None:
+    """Refused with one right less, then done with the shipped permissions (in that order: a queue that
+    exists is not checked again). The operations redo what the running service did, or declare a spare
+    partition queue, removed again."""
+    operation = NEEDED[withheld]
+    for user, refused in [(accounts.service_without(withheld), True), (accounts.service, False)]:
+        connection = await aiormq.connect(accounts.url(user))
+        try:
+            channel = await connection.channel()
+            if refused:
+                with pytest.raises(ACCESS_REFUSED) as error:
+                    await operation(channel, accounts)
+                # Refused for the right withheld, not for another.
+                _, resource = SERVICE_WITHOUT[withheld]
+                assert f"'{getattr(accounts, resource)}'" in str(error.value)
+            else:
+                await operation(channel, accounts)
+                await channel.queue_delete(accounts.spare_partition)
+        finally:
+            await connection.close()

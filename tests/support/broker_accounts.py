@@ -47,6 +47,17 @@ CONFINED_ROOM_PREFIX = "tenant-a_"
 
 REGEX_FIELDS = ("configure", "write", "read")
 
+#: Users with the service's permissions minus one right on one of its resources (an attribute of
+#: ``BrokerAccounts``), to show that the service needs each: name suffix -> (right, resource).
+SERVICE_WITHOUT = {
+    "dead-letter-write": ("write", "dead_letter_exchange"),
+    "partition-read": ("read", "spare_partition"),
+    "partition-write": ("write", "first_partition"),
+    "commands-read": ("read", "command_exchange"),
+    "hash-write": ("write", "hash_exchange"),
+    "commands-topic-read": ("topic-read", "command_exchange"),
+}
+
 
 def rabbitmqctl(*args: str) -> str:
     executable = shutil.which("rabbitmqctl")
@@ -97,9 +108,36 @@ class BrokerAccounts:
         """Anyone else in the vhost: may use only resources named ``<outsider>.*``."""
         return f"{self.names.prefix}-outsider"
 
+    def service_without(self, suffix: str) -> str:
+        return f"{self.names.prefix}-service-without-{suffix}"
+
     @property
     def users(self) -> list[str]:
-        return [self.service, self.controller, self.confined_controller, self.rogue, self.outsider]
+        fixed = [self.service, self.controller, self.confined_controller, self.rogue, self.outsider]
+        return fixed + [self.service_without(suffix) for suffix in SERVICE_WITHOUT]
+
+    # The service's resources by role, with the test's names.
+    @property
+    def command_exchange(self) -> str:
+        return self.names.command_exchange
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return self.names.dead_letter
+
+    @property
+    def hash_exchange(self) -> str:
+        return f"{self.names.queue}.partitions"
+
+    @property
+    def first_partition(self) -> str:
+        return f"{self.names.queue}.0"
+
+    @property
+    def spare_partition(self) -> str:
+        """A partition name the service's regexes cover but the test service does not use: RabbitMQ
+        checks some rights only when a queue is created."""
+        return f"{self.names.queue}.99"
 
     def url(self, user: str) -> str:
         """The test broker's URL with this user's credentials and the test's vhost."""
@@ -152,11 +190,28 @@ class BrokerAccounts:
         return renamed
 
     def test_users(self, shipped: dict[str, Any]) -> dict[str, Any]:
-        """The rogue (a copy of the controller's permissions) and the outsider."""
-        controller_permissions = [p for p in shipped["permissions"] if p["user"] == self.controller]
+        """The rogue (a copy of the controller's permissions), the outsider, and the service's user
+        minus one right at a time (``SERVICE_WITHOUT``)."""
+        [controller] = [p for p in shipped["permissions"] if p["user"] == self.controller]
         controller_topics = [t for t in shipped["topic_permissions"] if t["user"] == self.controller]
-        assert controller_permissions and controller_topics
+        [service] = [p for p in shipped["permissions"] if p["user"] == self.service]
+        service_topics = [t for t in shipped["topic_permissions"] if t["user"] == self.service]
         own = f"^{re.escape(self.outsider)}\\..*"
+        permissions = [
+            {**controller, "user": self.rogue},
+            {"user": self.outsider, "vhost": self.vhost, "configure": own, "write": own, "read": own},
+        ]
+        topics = [{**t, "user": self.rogue} for t in controller_topics]
+        for suffix, (right, attribute) in SERVICE_WITHOUT.items():
+            user, resource = self.service_without(suffix), getattr(self, attribute)
+            granted = {**service, "user": user}
+            if right in REGEX_FIELDS:
+                # The same regex, except for that one name (a PCRE lookahead).
+                granted[right] = f"(?!^{re.escape(resource)}$){service[right]}"
+            permissions.append(granted)
+            for entry in service_topics:
+                withheld = right == "topic-read" and entry["exchange"] == resource
+                topics.append({**entry, "user": user, **({"read": "^$"} if withheld else {})})
         return {
             "users": [
                 {
@@ -165,13 +220,11 @@ class BrokerAccounts:
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
                     "tags": [],
                 }
-                for user in (self.rogue, self.outsider)
+                for user in self.users
+                if user not in {self.service, self.controller, self.confined_controller}
             ],
-            "permissions": [
-                *({**p, "user": self.rogue} for p in controller_permissions),
-                {"user": self.outsider, "vhost": self.vhost, "configure": own, "write": own, "read": own},
-            ],
-            "topic_permissions": [{**t, "user": self.rogue} for t in controller_topics],
+            "permissions": permissions,
+            "topic_permissions": topics,
         }
 
     def definitions(self) -> dict[str, Any]:
