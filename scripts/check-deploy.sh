@@ -12,12 +12,18 @@
 #   2. render: `kubectl kustomize` of deploy/base and of every overlay under deploy/overlays/.
 #   3. schemas: `kubernetes-validate --strict` against Kubernetes $K8S_VERSIONS (default 1.33.0 and 1.36.0: an older supported release and the current one). It has
 #      no schemas for custom resources and only warns about them, so: a "no schema" warning fails the
-#      run for any kind except ServiceMonitor and PrometheusRule (a typo in a core apiVersion would
-#      otherwise pass), and those two are checked by step 4 instead.
+#      run for any kind except ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1) and the
+#      Messaging Topology Operator's Vhost, User, Permission and TopicPermission (rabbitmq.com/v1beta1)
+#      (a typo in a core apiVersion would otherwise pass), and those are checked by step 4 instead.
 #   4. custom resources and queries (Python below): ServiceMonitor and PrometheusRule against the fields
 #      the Prometheus Operator accepts (unknown fields fail, as with --strict), every PromQL expression
 #      of the rules and of deploy/grafana/*.json parsed with promql-parser, durations, severities,
-#      and that the Service, PDB, NetworkPolicy and ServiceMonitor select the Deployment's pods.
+#      and that the Service, PDB, NetworkPolicy and ServiceMonitor select the Deployment's pods;
+#      Vhost, User, Permission and TopicPermission against the fields of the operator's v1beta1 types
+#      (required ones present, unknown ones failing), permission regexes that compile, and every
+#      Permission/TopicPermission naming a Vhost and a User of the same render, once per user and vhost
+#      (per exchange for topic permissions). That they grant what the service needs is
+#      tests/unit/test_deploy.py's job, that RabbitMQ enforces them tests/security's.
 #      (That the metric names exist in the service is tests/unit/test_deploy.py's job.)
 #   5. checkov: `--framework kubernetes` over the rendered manifests, `--framework dockerfile` over the
 #      Dockerfile. No --skip-check list: each skipped check is an annotation `checkov.io/skipN` on the
@@ -77,7 +83,9 @@ if ! "$tools_bin/kubernetes-validate" --strict --quiet "${validate_args[@]}" "${
   fail "kubernetes-validate found invalid manifests"
 fi
 unknown=$(grep "Couldn't find schema" "$validate_log" \
-  | grep -v -E "for kind (ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1 " || true)
+  | grep -v -E "for kind (ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1 " \
+  | grep -v -E "for kind (Vhost|User|Permission|TopicPermission) with api version rabbitmq\.com/v1beta1 " \
+  || true)
 if [[ -n "$unknown" ]]; then
   echo "$unknown" >&2
   fail "kinds without a schema (wrong apiVersion?)"
@@ -107,6 +115,20 @@ SM_ENDPOINT = {"port", "targetPort", "path", "scheme", "params", "interval", "sc
                "basicAuth", "oauth2", "metricRelabelings", "relabelings", "proxyUrl", "followRedirects",
                "enableHttp2", "filterRunning", "noProxy", "proxyFromEnvironment", "proxyConnectHeader"}
 SEVERITIES = {"critical", "warning", "info"}
+# The Messaging Topology Operator's rabbitmq.com/v1beta1 types (api/v1beta1/*_types.go): spec fields,
+# and which of them are required.
+TOPOLOGY_SPEC = {
+    "Vhost": ({"name", "tracing", "tags", "defaultQueueType", "rabbitmqClusterReference"},
+              {"name", "rabbitmqClusterReference"}),
+    "User": ({"tags", "rabbitmqClusterReference", "importCredentialsSecret"}, {"rabbitmqClusterReference"}),
+    "Permission": ({"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+                   {"vhost", "permissions", "rabbitmqClusterReference"}),
+    "TopicPermission": ({"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+                        {"vhost", "permissions", "rabbitmqClusterReference"}),
+}
+TOPOLOGY_PERMISSIONS = {"Permission": {"configure", "write", "read"}, "TopicPermission": {"exchange", "write", "read"}}
+CLUSTER_REFERENCE = {"name", "namespace", "connectionSecret"}
+USER_TAGS = {"management", "policymaker", "monitoring", "administrator"}
 errors: list[str] = []
 
 
@@ -169,6 +191,62 @@ def check_rule(where: str, obj: dict) -> None:
         errors.append(f"{where}: no rule groups")
 
 
+def check_topology(path: str, by_kind: dict[str, list[dict]]) -> None:
+    """Messaging Topology Operator objects: fields, regexes, and what they refer to."""
+    vhosts = {(d.get("spec") or {}).get("name") for d in by_kind.get("Vhost", [])}
+    users = {d["metadata"]["name"] for d in by_kind.get("User", [])}
+    clusters = set()
+    granted: dict[tuple, str] = {}
+    for kind, (fields, required) in TOPOLOGY_SPEC.items():
+        for obj in by_kind.get(kind, []):
+            where = f"{path}: {kind} {obj['metadata']['name']}"
+            if obj.get("apiVersion") != "rabbitmq.com/v1beta1":
+                errors.append(f"{where}: apiVersion must be rabbitmq.com/v1beta1")
+            unknown(where, obj, META)
+            spec = obj.get("spec") or {}
+            unknown(f"{where}.spec", spec, fields)
+            for key in sorted(required - set(spec)):
+                errors.append(f"{where}.spec: {key} is required")
+            reference = spec.get("rabbitmqClusterReference") or {}
+            unknown(f"{where}.spec.rabbitmqClusterReference", reference, CLUSTER_REFERENCE)
+            if ("name" in reference) == ("connectionSecret" in reference):
+                errors.append(f"{where}: rabbitmqClusterReference needs exactly one of name and connectionSecret")
+            clusters.add(json.dumps(reference, sort_keys=True))
+            if kind == "User":
+                if not set(spec.get("tags") or []) <= USER_TAGS:
+                    errors.append(f"{where}: tags must be among {sorted(USER_TAGS)}")
+                secret = spec.get("importCredentialsSecret")
+                if secret is not None and set(secret) != {"name"}:
+                    errors.append(f"{where}: importCredentialsSecret takes only a name")
+            if kind in TOPOLOGY_PERMISSIONS:
+                permissions = spec.get("permissions") or {}
+                unknown(f"{where}.spec.permissions", permissions, TOPOLOGY_PERMISSIONS[kind])
+                for key in TOPOLOGY_PERMISSIONS[kind] - {"exchange"}:
+                    # The operator leaves an omitted one empty, which RabbitMQ reads as "^$": say so.
+                    if not isinstance(permissions.get(key), str) or not permissions[key]:
+                        errors.append(f"{where}: permissions.{key} must be a regex (\"^$\" for nothing)")
+                        continue
+                    try:
+                        re.compile(permissions[key])
+                    except re.error as error:
+                        errors.append(f"{where}: permissions.{key} does not compile: {error}")
+                if kind == "TopicPermission" and not permissions.get("exchange"):
+                    errors.append(f"{where}: permissions.exchange names the topic exchange it applies to")
+                if ("user" in spec) == ("userReference" in spec):
+                    errors.append(f"{where}: needs exactly one of user and userReference")
+                user = spec.get("user") or (spec.get("userReference") or {}).get("name")
+                if user not in users:
+                    errors.append(f"{where}: user {user!r} is not a User of this render")
+                if spec.get("vhost") not in vhosts:
+                    errors.append(f"{where}: vhost {spec.get('vhost')!r} is not a Vhost of this render")
+                key = (kind, user, spec.get("vhost"), permissions.get("exchange"))
+                if key in granted:
+                    errors.append(f"{where}: grants again what {granted[key]} grants")
+                granted[key] = obj["metadata"]["name"]
+    if len(clusters) > 1:
+        errors.append(f"{path}: the RabbitMQ topology objects refer to different clusters")
+
+
 def check_file(path: str) -> None:
     docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
     by_kind: dict[str, list[dict]] = {}
@@ -215,6 +293,7 @@ def check_file(path: str) -> None:
         errors.append(f"{path}: no PrometheusRule")
     for rule in rules:
         check_rule(f"{path}: PrometheusRule {rule['metadata']['name']}", rule)
+    check_topology(path, by_kind)
 
 
 for rendered in sys.argv[1:]:
@@ -240,7 +319,8 @@ for error in errors:
     print(f"  {error}", file=sys.stderr)
 if errors:
     sys.exit("check-deploy: custom resource / selector / PromQL checks failed")
-print(f"check-deploy: ServiceMonitor, PrometheusRule, selectors and {queries} dashboard queries: ok")
+print(f"check-deploy: ServiceMonitor, PrometheusRule, RabbitMQ topology objects, selectors and {queries} "
+      "dashboard queries: ok")
 PY
 
 # 5. checkov ----------------------------------------------------------------------------------------

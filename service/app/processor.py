@@ -1,6 +1,10 @@
 """From a delivery to its acknowledgement: decode, order by room, suppress duplicates, handle, publish
 the events with confirms, then ack. The ack policy is spelled out here:
 
+- publisher not trusted (its ``user_id`` is not one of ``SIGNALING_TRUSTED_PUBLISHERS``)
+                                              -> dead-lettered with ``untrusted_publisher`` before it
+                                                 is decoded: nothing called, nobody answered, its body
+                                                 never logged; acked
 - body is not an envelope, or mis-addressed   -> dead-lettered with the reason (nobody to tell), acked
 - envelope fine, payload not a command        -> ``invalid_command`` to the sender, acked
 - LiveKit unavailable after retries           -> ``livekit_unavailable`` to the sender, acked
@@ -28,12 +32,14 @@ from service.domain.deadline import command_deadline
 from service.domain.errors import StaleState, StoreUnavailable
 from service.domain.handler import CommandHandler, Result, error_result
 from service.domain.ports import StateStore
+from service.domain.publishers import TrustedPublishers
 from service.schemas.codec import (
     InvalidPayload,
     MalformedEnvelope,
     decode_command,
     decode_envelope,
     encode_event,
+    redact_tokens,
 )
 from service.schemas.commands import Envelope
 from service.schemas.events import EventEnvelope
@@ -76,6 +82,7 @@ class CommandProcessor:
         max_body_bytes: int,
         delivery_limit: int,
         transient_retry_seconds: float,
+        trusted_publishers: TrustedPublishers | None = None,
     ) -> None:
         self._handler = handler
         self._store = store
@@ -87,6 +94,7 @@ class CommandProcessor:
         self.serializer = KeyedSerializer()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._transient_retry_seconds = transient_retry_seconds
+        self._trusted_publishers = trusted_publishers or TrustedPublishers()
         #: Per partition: commands running now, a waiter for "none running", and a gate that holds
         #: commands not yet started while the partition is being released.
         self._running: dict[int, int] = {}
@@ -98,6 +106,13 @@ class CommandProcessor:
     def on_delivery(self, delivery: Delivery) -> None:
         received = time.perf_counter()
         self._metrics.commands_in_flight.inc()
+        if not self._trusted_publishers.allows(delivery.user_id):
+            # Checked first: a command from an untrusted publisher is neither parsed nor run, and
+            # only the reason is logged, never the body.
+            reason = self._trusted_publishers.refusal(delivery.user_id)
+            with command_context(message_id=delivery.message_id):  # the log line names the dead letter
+                self._spawn(self._reject(delivery, reason, "untrusted_publisher"))
+            return
         try:
             envelope = decode_envelope(delivery.body, max_bytes=self._max_body)
         except MalformedEnvelope as error:
@@ -242,10 +257,14 @@ class CommandProcessor:
         try:
             await self._transport.publish_event(event)
         except UnroutableEvent:
-            # Nobody listens on that participant's key: keep the event, with the reason.
+            # Nobody listens on that participant's key: keep the event, with the reason, but not the
+            # access token it may carry (the dead-letter queue has other readers than its recipient).
             try:
                 await self._transport.dead_letter(
-                    event.body, reason="unroutable_event", headers={}, routing_key=event.routing_key
+                    redact_tokens(event.body),
+                    reason="unroutable_event",
+                    headers={},
+                    routing_key=event.routing_key,
                 )
             except Exception as error:
                 return error

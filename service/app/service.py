@@ -25,6 +25,7 @@ from service.domain.errors import LiveKitRejected, LiveKitUnavailable, StoreUnav
 from service.domain.handler import CommandHandler, ConnectionUrls
 from service.domain.permissions import PublishPolicy
 from service.domain.ports import StateStore
+from service.domain.publishers import TrustedPublishers
 from service.livekit.adapter import LiveKitAdapter
 from service.livekit.tokens import TokenMinter
 from service.store.memory import MemoryStateStore
@@ -161,6 +162,7 @@ class SignalingService:
             max_body_bytes=settings.max_body_bytes,
             delivery_limit=settings.delivery_limit,
             transient_retry_seconds=settings.transient_retry_seconds,
+            trusted_publishers=TrustedPublishers(settings.trusted_publishers),
         )
         try:
             if not await self._connect(stop):
@@ -184,6 +186,8 @@ class SignalingService:
             self._balancing = asyncio.create_task(self.balancer.run(), name="partition-balancer")
             log.info("start-up objects frozen out of the garbage collector: %d", _freeze_start_up_objects())
             log.info("consuming %d partition(s) of %s", settings.partitions, settings.command_exchange)
+            if settings.trusted_publishers is not None:
+                log.info("acting only on commands of %s", ", ".join(sorted(settings.trusted_publishers)))
             await stop.wait()
         finally:
             await self._shutdown()

@@ -66,6 +66,13 @@ def _bool(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _user_names(value: str) -> frozenset[str]:
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise ValueError("expected comma-separated RabbitMQ user names, none of them empty")
+    return frozenset(names)
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -174,6 +181,12 @@ class Settings:
     max_body_bytes: int = _env(
         "SIGNALING_MAX_BODY_BYTES", "Larger command bodies are dead-lettered unparsed.", default=65536
     )
+    trusted_publishers: frozenset[str] | None = _env(
+        "SIGNALING_TRUSTED_PUBLISHERS",
+        "Comma-separated RabbitMQ users whose commands are acted on (the AMQP `user_id` property, which "
+        "RabbitMQ checks against the publishing connection); any other command is dead-lettered with "
+        "`untrusted_publisher`. Unset = every publisher.",
+    )
     http_host: str = _env(
         "SIGNALING_HTTP_HOST",
         "Address of the HTTP endpoints (`dev`: 127.0.0.1 unless set, since its console shows tokens).",
@@ -256,6 +269,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "partitions": _positive_int,
     "delivery_limit": _positive_int,
     "max_body_bytes": _positive_int,
+    "trusted_publishers": _user_names,
     "http_port": int,
     "dedup_window_seconds": _positive_float,
     "room_idle_seconds": _positive_float,

@@ -49,3 +49,22 @@ def encode(value: object) -> bytes:
 
 def encode_event(event: EventEnvelope) -> bytes:
     return _encoder.encode(event)
+
+
+#: What replaces an access token in a copy of an event that is kept (a dead letter).
+REDACTED = "[redacted]"
+
+
+def redact_tokens(event_body: bytes) -> bytes:
+    """An encoded event with the value of every ``token`` field (``join_success`` credentials,
+    ``credentials``, ``popout_stream_access_token``) replaced: a LiveKit token is a bearer credential
+    for its room, and a dead-letter queue is readable by people the participant is not."""
+
+    def redact(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: REDACTED if key == "token" else redact(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [redact(item) for item in value]
+        return value
+
+    return _encoder.encode(redact(msgspec.json.decode(event_body)))

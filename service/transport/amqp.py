@@ -70,6 +70,8 @@ class Delivery:
     partition: int
     #: Earlier deliveries of this message (quorum queues count them in ``x-delivery-count``).
     delivery_count: int
+    #: The AMQP ``user_id`` property: the publishing connection's user, which RabbitMQ has checked.
+    user_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     _message: AbstractIncomingMessage | None = None
 
@@ -302,6 +304,7 @@ class AmqpTransport:
                     message_id=message.message_id,
                     partition=partition,
                     delivery_count=count if isinstance(count, int) else 0,
+                    user_id=message.user_id,
                     headers=headers,
                     _message=message,
                 )

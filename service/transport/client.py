@@ -1,8 +1,11 @@
-"""The controller's side of the contract, for operators: publish one command, watch a room's events.
+"""The controller's side of the contract: publish commands, watch a room's events.
 
-Used by ``livekit-signaling send`` and ``watch``, and by the dev console (``ControllerLink``); it declares
-only a private, exclusive queue bound to the event exchange, so it never disturbs the service's own
-topology.
+Used by ``livekit-signaling send`` and ``watch``, and by the dev console (``ControllerLink``). ``send``
+and ``watch`` declare only a private, exclusive, server-named queue bound to the event exchange and look
+the service's exchanges up without declaring them, so they never disturb the service's topology and need
+no more than a controller's RabbitMQ permissions (``deploy/rabbitmq/definitions.json``). Commands carry
+the ``user_id`` property of their own user, which is what a service with
+``SIGNALING_TRUSTED_PUBLISHERS`` checks.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -31,12 +35,23 @@ class WatchedEvent:
     body: bytes
 
 
+def connection_user(url: str) -> str | None:
+    """The RabbitMQ user a connection to ``url`` logs in as, as aiormq does it: the URL's user, else
+    ``guest``. None with ``?auth=external`` (the broker takes the user from the client certificate, so
+    the ``user_id`` to claim is not known here)."""
+    parts = urlsplit(url)
+    if parse_qs(parts.query).get("auth", ["plain"])[-1].lower() == "external":
+        return None
+    return unquote(parts.username) if parts.username else "guest"
+
+
 @asynccontextmanager
 async def _event_queue(url: str, event_exchange: str, binding: str) -> AsyncIterator[AbstractQueue]:
     connection = await aio_pika.connect(url, client_properties={"connection_name": "livekit-signaling cli"})
     async with connection:
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(event_exchange, ExchangeType.TOPIC, durable=True)
+        # Looked up, not declared: declaring needs the configure permission, which only the service has.
+        exchange = await channel.get_exchange(event_exchange)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key=binding)
         yield queue
@@ -70,13 +85,15 @@ async def send(
 
         await queue.consume(collect, no_ack=True)
         channel = queue.channel
-        exchange = await channel.declare_exchange(command_exchange, ExchangeType.TOPIC, durable=True)
+        exchange = await channel.get_exchange(command_exchange)
         await exchange.publish(
             aio_pika.Message(
                 body,
                 content_type="application/json",
                 message_id=message_id,
                 delivery_mode=DeliveryMode.PERSISTENT,
+                # RabbitMQ refuses a user_id that is not the connection's own user.
+                user_id=connection_user(url),
             ),
             routing_key=f"room.{room}",
         )
@@ -155,6 +172,7 @@ class ControllerLink:
             content_type="application/json",
             message_id=message_id,
             delivery_mode=DeliveryMode.PERSISTENT,
+            user_id=connection_user(self._url),
         )
         try:
             await self._commands.publish(message, routing_key=routing_key)

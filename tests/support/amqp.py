@@ -44,28 +44,50 @@ class ReceivedEvent:
 class SignalingClient:
     """Publishes to the command exchange and records every event on the event exchange."""
 
-    def __init__(self, names: Names, *, name: str = "test-client") -> None:
+    def __init__(
+        self,
+        names: Names,
+        *,
+        name: str = "test-client",
+        url: str = AMQP_URL,
+        user_id: str | None = None,
+        least_privilege: bool = False,
+        binding: str = "room.#",
+    ) -> None:
+        """``user_id`` goes on every command (RabbitMQ accepts only the connection's own user).
+        ``least_privilege``: declare nothing but a server-named queue, as a controller's permissions
+        allow (the exchanges are looked up, not declared); the connection is then not a robust one."""
         self.names = names
         self._name = name
+        self._url = url
+        self._user_id = user_id
+        self._least_privilege = least_privilege
+        self._binding = binding
         self.events: list[ReceivedEvent] = []
         self.dead_letters: list[AbstractIncomingMessage] = []
         self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> SignalingClient:
-        self.connection = await aio_pika.connect_robust(
-            AMQP_URL, client_properties={"connection_name": self._name}
-        )
+        # aio-pika's robust channel names an unnamed queue itself (``amq_<uuid>``, to restore it after a
+        # reconnect); only a plain one gets a server-named ``amq.gen-*`` queue, all a controller may use.
+        connect = aio_pika.connect if self._least_privilege else aio_pika.connect_robust
+        self.connection = await connect(self._url, client_properties={"connection_name": self._name})
         self.channel = await self.connection.channel()
-        self.commands = await self.channel.declare_exchange(
-            self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        events = await self.channel.declare_exchange(
-            self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        self.event_queue = await self.channel.declare_queue(
-            f"{self.names.prefix}.observer.{uuid.uuid4().hex[:6]}", exclusive=True, auto_delete=True
-        )
-        await self.event_queue.bind(events, routing_key="room.#")
+        if self._least_privilege:
+            self.commands = await self.channel.get_exchange(self.names.command_exchange)
+            events = await self.channel.get_exchange(self.names.event_exchange)
+            self.event_queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        else:
+            self.commands = await self.channel.declare_exchange(
+                self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            events = await self.channel.declare_exchange(
+                self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self.event_queue = await self.channel.declare_queue(
+                f"{self.names.prefix}.observer.{uuid.uuid4().hex[:6]}", exclusive=True, auto_delete=True
+            )
+        await self.event_queue.bind(events, routing_key=self._binding)
         await self.event_queue.consume(self._on_event, no_ack=True)
         return self
 
@@ -113,6 +135,7 @@ class SignalingClient:
                 content_type="application/json",
                 message_id=message_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                user_id=self._user_id,
             ),
             routing_key=routing_key or f"room.{room}",
         )
