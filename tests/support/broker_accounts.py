@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -27,6 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import aio_pika
 
+from tests.support.broker_admin import rabbitmqctl
 from tests.support.processes import AMQP_URL, Names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,18 +56,6 @@ SERVICE_WITHOUT = {
     "hash-write": ("write", "hash_exchange"),
     "commands-topic-read": ("topic-read", "command_exchange"),
 }
-
-
-def rabbitmqctl(*args: str) -> str:
-    executable = shutil.which("rabbitmqctl")
-    if executable is None:
-        raise RuntimeError("rabbitmqctl is needed to create the test's RabbitMQ users")
-    result = subprocess.run(
-        [executable, "-q", *args], check=False, capture_output=True, text=True, timeout=120
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stdout}{result.stderr}")
-    return result.stdout
 
 
 def password_hash(password: str) -> str:

@@ -3,6 +3,7 @@ the broker's machine, as CI does)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -11,12 +12,16 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 
-def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
-    completed = subprocess.run(
-        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+def rabbitmqctl(*args: str, timeout: float = 120.0) -> str:
+    executable = shutil.which("rabbitmqctl")
+    if executable is None:
+        raise RuntimeError("rabbitmqctl is needed to create the test's RabbitMQ users and vhosts")
+    result = subprocess.run(
+        [executable, "-q", *args], check=False, capture_output=True, text=True, timeout=timeout
     )
-    assert completed.returncode == 0, f"rabbitmqctl {' '.join(args)}: {completed.stderr[-500:]}"
-    return completed.stdout
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stdout}{result.stderr}")
+    return result.stdout
 
 
 @dataclass(frozen=True)
