@@ -15,7 +15,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 from livekit.api import AccessToken, LiveKitAPI, ServerError, VideoGrants
@@ -29,6 +29,7 @@ from livekit.protocol.room import (
     RoomParticipantIdentity,
     UpdateParticipantRequest,
 )
+from prometheus_client import Counter, Histogram
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -39,7 +40,6 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from service.app.metrics import Metrics
 from service.domain.deadline import seconds_left
 from service.domain.errors import LiveKitRejected, LiveKitUnavailable
 from service.domain.permissions import ALL_SOURCES
@@ -119,6 +119,20 @@ def connected_participant(info: ParticipantInfo) -> ConnectedParticipant:
     )
 
 
+class LiveKitMetrics(Protocol):
+    """What the adapter counts. ``service.app.metrics.Metrics`` has these; it is injected, so that
+    nothing below ``service/app/`` imports from it."""
+
+    @property
+    def livekit_requests(self) -> Counter: ...
+
+    @property
+    def livekit_request_duration(self) -> Histogram: ...
+
+    @property
+    def livekit_retries(self) -> Counter: ...
+
+
 class LiveKitAdapter:
     """Implements the domain's ``LiveKit`` port. Create and close inside the running event loop."""
 
@@ -131,7 +145,7 @@ class LiveKitAdapter:
         request_timeout_seconds: float,
         attempts: int,
         max_concurrent_requests: int,
-        metrics: Metrics,
+        metrics: LiveKitMetrics,
         room_cache_seconds: float = 0.0,
     ) -> None:
         self._url = url
