@@ -10,6 +10,7 @@ into a ``ConnectionError`` after closing that connection. The store treats both 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
+from redis.exceptions import MasterDownError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,21 @@ class RedisConnection:
             self.client = self._sentinel.master_for(target.sentinel_master, connection_pool_class=_MasterPool)
 
     async def after_error(self, error: BaseException) -> None:
-        """A plain client keeps its connections to a master that was demoted behind the same address
-        (a managed Redis that fails over by moving a DNS name): drop the idle ones, so that the next
-        command connects afresh. (The Sentinel pool does this itself and asks the Sentinels again.)"""
-        if isinstance(error, ReadOnlyError):
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+        """After a transient failure, make sure the next attempt goes to the current master.
+
+        redis-py's Sentinel pool asks the Sentinels only when it opens a connection, and a connection
+        to a master that was replaced but still runs (a manual fail-over, or a partition that cut it
+        off from the Sentinels) stays open until Sentinel demotes it, some 10 s later; meanwhile writes
+        land on the old master, which WAIT reveals (it has no replicas left) but does not end. So ask
+        the Sentinels now: if the master moved, the pool closes its idle connections. A plain client
+        keeps its connections to a master that was demoted behind the same address (a managed Redis
+        that fails over by moving a DNS name): on READONLY, drop the idle ones."""
+        pool = self.client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            with contextlib.suppress(RedisError, OSError):
+                await pool.get_master_address()  # type: ignore[no-untyped-call]
+        elif isinstance(error, ReadOnlyError):
+            await pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         await self.client.aclose()

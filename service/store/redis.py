@@ -76,6 +76,9 @@ class RedisStateStore:
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
+        except StoreUnavailable as error:  # a write that too few replicas acknowledged
+            await self._connection.after_error(error)
+            raise
         except (RedisError, OSError) as error:
             if not is_transient(error):
                 raise
