@@ -68,9 +68,19 @@ class RedisNode:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing (a hung node)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.running:
             assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(10)
@@ -278,6 +288,18 @@ class RedisSentinelGroup:
                 return master, time.monotonic() - started
             time.sleep(0.1)
         raise TimeoutError(f"no fail-over away from {old.address} within {timeout}s")
+
+    def back_up_replication(self, megabytes: int = 24) -> None:
+        """Write ``megabytes`` MB of filler to the master. With a replica paused, this fills the socket
+        buffers between them (a few MB on loopback), so that the replication stream of whatever the
+        master writes next waits in the master's own memory, and dies with it: a replica that lags, as
+        over a slow or congested link. Without this, bytes already in the paused replica's socket buffer
+        would reach it after a ``kill -9`` of the master."""
+        filler = b"x" * (1024 * 1024)
+        with self.client(self.master(), timeout=30) as client:
+            for _ in range(megabytes):
+                client.set("redis-sentinel-group:filler", filler)
+            client.delete("redis-sentinel-group:filler")
 
     def stop_node(self, node: RedisNode) -> None:
         """A clean stop (SIGTERM), as a pod being deleted."""
