@@ -75,7 +75,8 @@ class RedisStateStore:
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await operation()
+            async with self._connection.slots:  # one connection per operation, first come first served
+                return await operation()
         except StoreUnavailable as error:  # a write that too few replicas acknowledged
             await self._connection.after_error(error)
             raise

@@ -168,6 +168,28 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
         await reader.close()
 
 
+async def test_more_rooms_at_work_than_connections_wait_their_turn(
+    group: RedisSentinelGroup, store: RedisStateStore
+) -> None:
+    """200 rooms writing at once through a pool of 100 connections, each write holding its connection
+    for a WAIT: every call completes, none fails for want of a connection (redis-py's default pool
+    raises instead, its blocking pool lets some waiters time out)."""
+    failures: list[str] = []
+
+    async def room(name: str) -> None:
+        for _ in range(3):
+            try:
+                state = await store.load(name)
+                state.screen_share["p"] = not state.screen_share.get("p", False)
+                await store.save(name, state)
+            except StoreUnavailable as error:
+                failures.append(str(error.__cause__ or error))
+
+    await asyncio.gather(*(room(f"room-{n}") for n in range(200)))
+    assert failures == []
+    assert (await store.load("room-0")).version == 3
+
+
 async def test_closing_a_room_is_confirmed_too(group: RedisSentinelGroup, store: RedisStateStore) -> None:
     await store.save("r", restricted())
     replica = group.replicas()[0]
