@@ -28,6 +28,7 @@ from service.domain.ports import StateStore
 from service.domain.publishers import TrustedPublishers
 from service.livekit.adapter import LiveKitAdapter
 from service.livekit.tokens import TokenMinter
+from service.store.connection import RedisTarget
 from service.store.memory import MemoryStateStore
 from service.store.redis import RedisReplicaRegistry, RedisStateStore
 from service.transport.amqp import AmqpTransport, Topology
@@ -39,13 +40,27 @@ log = logging.getLogger(__name__)
 RECHECK_WEBHOOKS = frozenset({"participant_joined", "track_published"})
 
 
+def redis_target(settings: Settings) -> RedisTarget:
+    return RedisTarget(
+        url=settings.redis_url,
+        sentinels=settings.redis_sentinels or (),
+        sentinel_master=settings.redis_sentinel_master,
+        password=settings.redis_password,
+        sentinel_password=settings.redis_sentinel_password,
+    )
+
+
 def build_store(settings: Settings) -> StateStore:
-    if settings.redis_url:
+    if settings.uses_redis:
+        target = redis_target(settings)
+        log.info("state in %s; writes wait for %d replica(s)", target.describe(), settings.required_replicas)
         return RedisStateStore(
-            settings.redis_url,
+            target,
             prefix=settings.redis_key_prefix,
             dedup_window_seconds=settings.dedup_window_seconds,
             room_idle_seconds=settings.room_idle_seconds,
+            min_replicas=settings.required_replicas,
+            wait_timeout_seconds=settings.redis_wait_timeout_seconds,
         )
     return MemoryStateStore(
         dedup_window_seconds=settings.dedup_window_seconds, room_idle_seconds=settings.room_idle_seconds

@@ -73,6 +73,25 @@ def _user_names(value: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[v6]:port`` too) as (host, port) pairs."""
+    addresses = []
+    for item in value.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port[,host:port...], got {item.strip()!r}")
+        addresses.append((host, int(port)))
+    return tuple(addresses)
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -200,8 +219,36 @@ class Settings:
     )
     redis_url: str | None = _env(
         "REDIS_URL",
-        "Shared state for several replicas; unset = process memory (one replica).",
+        "Shared state for several replicas (`redis://`, `rediss://` for TLS); unset, and no "
+        "`REDIS_SENTINELS` = process memory (one replica).",
         secret=True,
+    )
+    redis_sentinels: tuple[tuple[str, int], ...] | None = _env(
+        "REDIS_SENTINELS",
+        "Instead of `REDIS_URL`: the Sentinels of a Sentinel-managed Redis, `host:port,host:port,...`; "
+        "the service follows the master they name through fail-overs.",
+    )
+    redis_sentinel_master: str = _env(
+        "REDIS_SENTINEL_MASTER", "Name of the master the Sentinels monitor.", default="mymaster"
+    )
+    redis_password: str | None = _env(
+        "REDIS_PASSWORD",
+        "Password of the Redis nodes (with Sentinel, or with a `REDIS_URL` that carries none).",
+        secret=True,
+    )
+    redis_sentinel_password: str | None = _env(
+        "REDIS_SENTINEL_PASSWORD", "Password of the Sentinels themselves, if they require one.", secret=True
+    )
+    redis_min_replicas: int | None = _env(
+        "REDIS_MIN_REPLICAS",
+        "A room's state write counts (and its command's events go out) only once this many replicas "
+        "acknowledged it (Redis `WAIT`); until then the command retries in place. Unset: 1 with "
+        "`REDIS_SENTINELS`, 0 with `REDIS_URL`.",
+    )
+    redis_wait_timeout_seconds: float = _env(
+        "REDIS_WAIT_TIMEOUT_SECONDS",
+        "Bound on one `WAIT` for replicas; a shorter acknowledgement retries the command's step.",
+        default=1.0,
     )
     redis_key_prefix: str = _env(
         "REDIS_KEY_PREFIX", "Namespace of every Redis key.", default="livekit-signaling"
@@ -239,6 +286,18 @@ class Settings:
     def public_url(self) -> str:
         return self.livekit_public_url or self.livekit_url
 
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
+    def required_replicas(self) -> int:
+        """``REDIS_MIN_REPLICAS``, or its default: with Sentinel there are replicas to fail over to, and
+        an acknowledged write must survive that; a plain URL may well be a Redis without any."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if self.redis_sentinels else 0
+
     def __repr__(self) -> str:
         """Secrets masked, so that a logged ``Settings`` leaks nothing."""
         shown = []
@@ -253,6 +312,9 @@ class Settings:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "amqp_url": _url_with_scheme("amqp", "amqps"),
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
+    "redis_sentinels": _host_ports,
+    "redis_min_replicas": _non_negative_int,
+    "redis_wait_timeout_seconds": _positive_float,
     "livekit_url": _url,
     "livekit_public_url": _url,
     "livekit_service_url": _url,
@@ -313,7 +375,23 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         except ValueError as error:
             shown = "" if item.metadata["secret"] else f" {raw!r}"
             raise SettingsError(f"{name}:{shown} is invalid: {error}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_redis(settings, environ)
+    return settings
+
+
+def _check_redis(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Settings that only make sense together (each message names them, never a value)."""
+    if settings.redis_url and settings.redis_sentinels:
+        raise SettingsError("REDIS_URL and REDIS_SENTINELS are alternatives: set one of them")
+    if not settings.uses_redis:
+        for name in ("REDIS_MIN_REPLICAS", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"):
+            if _raw_value(name, environ) is not None:
+                raise SettingsError(f"{name} needs REDIS_URL or REDIS_SENTINELS")
+    if settings.redis_sentinel_password and not settings.redis_sentinels:
+        raise SettingsError("REDIS_SENTINEL_PASSWORD needs REDIS_SENTINELS")
+    if settings.redis_url and settings.redis_password and urlsplit(settings.redis_url).password:
+        raise SettingsError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give it once")
 
 
 def settings_table() -> str:

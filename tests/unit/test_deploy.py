@@ -27,14 +27,14 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from service.app.metrics import Metrics
-from service.app.settings import Settings
+from service.app.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "livekit-signaling.json"
 TARGETS = ["deploy/base", "deploy/overlays/example"]
 SECRET_NAME = "livekit-signaling"
 SECRET_DIR = "/var/run/secrets/livekit-signaling/"
-SECRET_KEYS = {"livekit-api-key", "livekit-api-secret", "amqp-url", "redis-url"}
+SECRET_KEYS = {"livekit-api-key", "livekit-api-secret", "amqp-url", "redis-url", "redis-password"}
 
 METRIC = re.compile(r"livekit_signaling_[a-z_]+")
 SELECTOR = re.compile(r"(livekit_signaling_[a-z_]+)\s*\{([^}]*)\}")
@@ -285,6 +285,22 @@ def test_environment_names_only_real_settings(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_settings_load_as_rendered(target: str, tmp_path: Path) -> None:
+    """The ConfigMap and the container's environment, with dummy files for the Secret's keys, are
+    settings the service accepts (e.g. Redis configured one way, not both), and they use Redis."""
+    environ = dict(one(target, "ConfigMap")["data"])
+    for item in container(target)["env"]:
+        value = item["value"]
+        if value.startswith(SECRET_DIR):
+            value = str(tmp_path / value.removeprefix(SECRET_DIR))
+            scheme = {"amqp-url": "amqp://u:p@rabbit/", "redis-url": "redis://:p@redis:6379/0"}
+            Path(value).write_text(scheme.get(Path(value).name, "dummy") + "\n")
+        environ[item["name"]] = value
+    settings = load_settings(environ)
+    assert settings.uses_redis
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_secrets_are_read_from_the_mounted_secret(target: str) -> None:
     pod = one(target, "Deployment")["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
@@ -295,12 +311,12 @@ def test_secrets_are_read_from_the_mounted_secret(target: str) -> None:
     files = {
         item["name"]: item["value"] for item in container(target)["env"] if item["name"].endswith("_FILE")
     }
-    assert set(files) == {
-        "LIVEKIT_API_KEY_FILE",
-        "LIVEKIT_API_SECRET_FILE",
-        "AMQP_URL_FILE",
-        "REDIS_URL_FILE",
-    }
+    redis = (
+        {"REDIS_URL_FILE"}
+        if "REDIS_URL_FILE" in files
+        else {"REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE"}
+    )
+    assert set(files) == {"LIVEKIT_API_KEY_FILE", "LIVEKIT_API_SECRET_FILE", "AMQP_URL_FILE", *redis}
     for path in files.values():
         assert path.startswith(SECRET_DIR)
         assert path.removeprefix(SECRET_DIR) in SECRET_KEYS

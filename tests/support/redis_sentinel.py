@@ -1,0 +1,364 @@
+"""A Redis master, its replica(s) and three Sentinels on free loopback ports, for tests and the bench.
+
+Each process is a ``redis-server`` of its own (config file, data directory and log in one temp dir), so
+a test can ``kill -9`` the master, stop and restart a replica, and wait for Sentinel's fail-over. Sentinel
+settings as in REFERENCE.md: quorum 2, ``down-after-milliseconds 1000``, ``failover-timeout 5000``.
+``stop()`` ends every process it started and removes the temp dir::
+
+    with RedisSentinelGroup() as group:
+        env = {"REDIS_SENTINELS": group.sentinels_setting, "REDIS_SENTINEL_MASTER": group.master_name}
+        old = group.kill_master()
+        new = group.wait_failover(old)
+
+``python -m tests.support.redis_sentinel`` starts one and prints its addresses until interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from tests.support.processes import free_port
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class RedisNode:
+    """One ``redis-server`` process: a data node (master or replica) or a Sentinel."""
+
+    name: str
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "redis.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *, sentinel: bool = False) -> None:
+        args = ["redis-server", str(self.config)] + (["--sentinel"] if sentinel else [])
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no goodbye to replicas or clients."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing (a hung node)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class RedisSentinelGroup:
+    """A Sentinel-managed Redis on loopback: one master, ``replicas`` replicas, ``sentinels`` Sentinels."""
+
+    def __init__(
+        self,
+        *,
+        master_name: str = "mymaster",
+        replicas: int = 1,
+        sentinels: int = 3,
+        quorum: int = 2,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_milliseconds: int = 1000,
+        failover_timeout_milliseconds: int = 5000,
+    ) -> None:
+        self.master_name = master_name
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self._quorum = quorum
+        self._down_after = down_after_milliseconds
+        self._failover_timeout = failover_timeout_milliseconds
+        self.root = Path(tempfile.mkdtemp(prefix="redis-sentinel-"))
+        self.data_nodes = [self._node(f"redis-{n}") for n in range(1 + replicas)]
+        self.sentinel_nodes = [self._node(f"sentinel-{n}") for n in range(sentinels)]
+
+    def _node(self, name: str) -> RedisNode:
+        directory = self.root / name
+        directory.mkdir()
+        return RedisNode(name=name, port=free_port(), directory=directory)
+
+    # -- settings for the service --------------------------------------------------------------------
+
+    @property
+    def sentinels_setting(self) -> str:
+        """``REDIS_SENTINELS`` for this group."""
+        return ",".join(node.address for node in self.sentinel_nodes)
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        env = {"REDIS_SENTINELS": self.sentinels_setting, "REDIS_SENTINEL_MASTER": self.master_name}
+        if self.password:
+            env["REDIS_PASSWORD"] = self.password
+        if self.sentinel_password:
+            env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        return {**env, **extra}
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> RedisSentinelGroup:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> RedisSentinelGroup:
+        """Master, replicas, Sentinels; returns once every Sentinel sees the replicas and the other
+        Sentinels (a fail-over needs a majority of Sentinels that know each other)."""
+        try:
+            master, *replicas = self.data_nodes
+            self._write_data_config(master, replica_of=None)
+            master.start()
+            self._wait_ping(master, timeout)
+            for replica in replicas:
+                self._write_data_config(replica, replica_of=master)
+                replica.start()
+            for replica in replicas:
+                self._wait_replica_synced(replica, timeout)
+            for sentinel in self.sentinel_nodes:
+                self._write_sentinel_config(sentinel, master)
+                sentinel.start(sentinel=True)
+            self._wait_sentinels_settled(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process (Sentinels first, so that none starts a fail-over), remove the temp dir."""
+        for node in [*self.sentinel_nodes, *self.data_nodes]:
+            with contextlib.suppress(Exception):
+                node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def _common_config(self, node: RedisNode) -> list[str]:
+        return [
+            f"port {node.port}",
+            f"bind {HOST}",
+            f'dir "{node.directory}"',
+            f'logfile "{node.log}"',
+            "daemonize no",
+            'save ""',
+            "appendonly no",
+        ]
+
+    def _write_data_config(self, node: RedisNode, *, replica_of: RedisNode | None) -> None:
+        # Redis waits 5 s by default before a full sync, for more replicas to share it; a replica that
+        # (re)joins here should not.
+        lines = [*self._common_config(node), "repl-diskless-sync-delay 0"]
+        if self.password:
+            lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
+        if replica_of is not None:
+            lines.append(f"replicaof {HOST} {replica_of.port}")
+        node.config.write_text("\n".join(lines) + "\n")
+
+    def _write_sentinel_config(self, node: RedisNode, master: RedisNode) -> None:
+        # Sentinel rewrites this file (fail-overs, discovered peers): it must be its own, and writable.
+        lines = [
+            *self._common_config(node)[:5],
+            f"sentinel monitor {self.master_name} {HOST} {master.port} {self._quorum}",
+            f"sentinel down-after-milliseconds {self.master_name} {self._down_after}",
+            f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
+            f"sentinel parallel-syncs {self.master_name} 1",
+        ]
+        if self.password:
+            lines.append(f"sentinel auth-pass {self.master_name} {self.password}")
+        if self.sentinel_password:
+            # Sentinels authenticate to each other with their own requirepass.
+            lines += [
+                f"requirepass {self.sentinel_password}",
+                f"sentinel sentinel-pass {self.sentinel_password}",
+            ]
+        node.config.write_text("\n".join(lines) + "\n")
+
+    # -- clients -------------------------------------------------------------------------------------
+
+    def client(self, node: RedisNode, *, timeout: float = 2.0) -> redis.Redis:
+        """A client of one process (data node or Sentinel), with the right password."""
+        is_sentinel = node in self.sentinel_nodes
+        password = self.sentinel_password if is_sentinel else self.password
+        return redis.Redis(
+            host=HOST,
+            port=node.port,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+
+    def _query(self, node: RedisNode, *command: str | int) -> object:
+        with self.client(node) as client:
+            return client.execute_command(*command)
+
+    def node_at(self, port: int) -> RedisNode:
+        return next(node for node in self.data_nodes if node.port == port)
+
+    def master_by_sentinels(self) -> RedisNode | None:
+        """The master a majority of the running Sentinels report, or None while they disagree."""
+        votes: dict[int, int] = {}
+        running = [s for s in self.sentinel_nodes if s.running]
+        for sentinel in running:
+            with contextlib.suppress(redis.RedisError):
+                reply = self._query(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+                assert isinstance(reply, list)
+                port = int(reply[1])
+                votes[port] = votes.get(port, 0) + 1
+        for port, count in votes.items():
+            if count > len(running) // 2:
+                return self.node_at(port)
+        return None
+
+    def role(self, node: RedisNode) -> str | None:
+        """``master`` or ``slave`` as the node itself says; None if it does not answer."""
+        try:
+            reply = self._query(node, "ROLE")
+        except redis.RedisError:
+            return None
+        assert isinstance(reply, list)
+        role = reply[0]
+        return role.decode() if isinstance(role, bytes) else str(role)
+
+    def master(self) -> RedisNode:
+        master = self.master_by_sentinels()
+        assert master is not None, "the Sentinels do not agree on a master"
+        return master
+
+    def replicas(self) -> list[RedisNode]:
+        master = self.master()
+        return [node for node in self.data_nodes if node is not master]
+
+    # -- faults --------------------------------------------------------------------------------------
+
+    def kill_master(self) -> RedisNode:
+        """``kill -9`` the current master; returns it (its data is gone: no persistence)."""
+        master = self.master()
+        master.kill()
+        return master
+
+    def wait_failover(self, old: RedisNode, timeout: float = 30.0) -> tuple[RedisNode, float]:
+        """Until the Sentinels agree on a master other than ``old`` and it says it is one; returns it and
+        the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            master = self.master_by_sentinels()
+            if master is not None and master is not old and self.role(master) == "master":
+                return master, time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"no fail-over away from {old.address} within {timeout}s")
+
+    def back_up_replication(self, megabytes: int = 24) -> None:
+        """Write ``megabytes`` MB of filler to the master. With a replica paused, this fills the socket
+        buffers between them (a few MB on loopback), so that the replication stream of whatever the
+        master writes next waits in the master's own memory, and dies with it: a replica that lags, as
+        over a slow or congested link. Without this, bytes already in the paused replica's socket buffer
+        would reach it after a ``kill -9`` of the master."""
+        filler = b"x" * (1024 * 1024)
+        with self.client(self.master(), timeout=30) as client:
+            for _ in range(megabytes):
+                client.set("redis-sentinel-group:filler", filler)
+            client.delete("redis-sentinel-group:filler")
+
+    def stop_node(self, node: RedisNode) -> None:
+        """A clean stop (SIGTERM), as a pod being deleted."""
+        node.stop()
+
+    def start_as_replica(self, node: RedisNode, timeout: float = 30.0) -> None:
+        """(Re)start ``node`` as a replica of the current master, empty, as a restarted pod whose start
+        script asks the Sentinels for the master (Bitnami's chart does that); returns once it is synced."""
+        assert not node.running
+        master = self.master()
+        self._write_data_config(node, replica_of=master)
+        node.start()
+        self._wait_replica_synced(node, timeout)
+
+    # -- waiting -------------------------------------------------------------------------------------
+
+    def _wait(self, predicate: object, what: str, timeout: float) -> None:
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, AssertionError, IndexError, KeyError):
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{what} within {timeout}s (logs in {self.root})")
+
+    def _wait_ping(self, node: RedisNode, timeout: float) -> None:
+        self._wait(lambda: self._query(node, "PING"), f"{node.name} did not answer", timeout)
+
+    def _wait_replica_synced(self, node: RedisNode, timeout: float) -> None:
+        def synced() -> bool:
+            with self.client(node) as client:
+                info = client.info("replication")
+            return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+
+        self._wait(synced, f"{node.name} did not sync with its master", timeout)
+
+    def _wait_sentinels_settled(self, timeout: float) -> None:
+        replicas = len(self.data_nodes) - 1
+        others = len(self.sentinel_nodes) - 1
+
+        def settled() -> bool:
+            for sentinel in self.sentinel_nodes:
+                with self.client(sentinel) as client:
+                    state = client.sentinel_master(self.master_name)
+                if int(state["num-slaves"]) < replicas or int(state["num-other-sentinels"]) < others:
+                    return False
+            return True
+
+        self._wait(settled, "the Sentinels did not find the replicas and each other", timeout)
+
+
+def main() -> None:
+    with RedisSentinelGroup() as group:
+        print(f"master {group.master().address}; replicas {[r.address for r in group.replicas()]}")
+        print(f"REDIS_SENTINELS={group.sentinels_setting} REDIS_SENTINEL_MASTER={group.master_name}")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
