@@ -77,6 +77,13 @@ class Metrics:
             f"{PREFIX}_amqp_reconnects_total", "Reconnections to RabbitMQ.", registry=r
         )
         self.amqp_connected = Gauge(f"{PREFIX}_amqp_connected", "1 while connected to RabbitMQ.", registry=r)
+        self.amqp_node = Gauge(
+            f"{PREFIX}_amqp_node",
+            "1 for the RabbitMQ node (host:port/vhost of AMQP_URL, no credentials) this replica is "
+            "connected to, 0 for the other configured nodes.",
+            ["node"],
+            registry=r,
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 while the replica takes commands.", registry=r)
         self.partitions_active = Gauge(
             f"{PREFIX}_partitions_active",

@@ -60,7 +60,7 @@ class SignalingService:
         self._ready = False
         self._stopping = False
         self.transport = AmqpTransport(
-            url=settings.amqp_url,
+            urls=settings.amqp_urls,
             topology=Topology(
                 command_exchange=settings.command_exchange,
                 event_exchange=settings.event_exchange,
@@ -72,6 +72,7 @@ class SignalingService:
             prefetch=settings.amqp_prefetch,
             heartbeat_seconds=settings.amqp_heartbeat_seconds,
             reconnect_interval_seconds=settings.amqp_reconnect_seconds,
+            connect_timeout_seconds=settings.amqp_connect_timeout_seconds,
             connection_name=f"livekit-signaling@{self.replica}",
         )
         self.transport.on_connection_change = self._on_connection_change
@@ -100,6 +101,7 @@ class SignalingService:
         return (
             f"replica: {self.replica}\n"
             f"amqp_connected: {str(self.transport.is_connected).lower()}\n"
+            f"amqp_node: {self.transport.node or '-'}\n"
             f"partitions: {self.settings.partitions}\n"
             f"active_partitions: {active}\n"
         )
@@ -113,6 +115,8 @@ class SignalingService:
 
     def _on_connection_change(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
+        for node in self.transport.nodes:
+            self.metrics.amqp_node.labels(node).set(1 if connected and node == self.transport.node else 0)
         if connected and self._ready:
             self.metrics.amqp_reconnects.inc()
         self.metrics.ready.set(1 if self.is_ready() else 0)

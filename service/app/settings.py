@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.transport.brokers import split_broker_urls
+
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it (and never shows a secret's value)."""
@@ -41,6 +43,11 @@ def _url_with_scheme(*schemes: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _broker_urls(value: str) -> str:
+    split_broker_urls(value)  # each address checked; the errors name positions, never URLs
+    return value
 
 
 def _positive_float(value: str) -> float:
@@ -79,7 +86,9 @@ def _choice(*choices: str) -> Callable[[str], str]:
 class Settings:
     amqp_url: str = _env(
         "AMQP_URL",
-        "RabbitMQ URL; `amqps://` for TLS (see README). Credentials in it are never logged.",
+        "RabbitMQ URL, or the URLs of a cluster's nodes separated by commas (tried in turn: the first "
+        "that answers, the next when a connection is lost); `amqps://` for TLS (see README). "
+        "Credentials in it are never logged.",
         default="amqp://guest:guest@127.0.0.1:5672/",
         secret=True,
     )
@@ -91,6 +100,12 @@ class Settings:
     )
     amqp_reconnect_seconds: float = _env(
         "AMQP_RECONNECT_SECONDS", "Pause between reconnection attempts to RabbitMQ.", default=2.0
+    )
+    amqp_connect_timeout_seconds: float = _env(
+        "AMQP_CONNECT_TIMEOUT_SECONDS",
+        "Bound on one connection attempt to one node, so that an unreachable node does not hold up "
+        "the move to the next.",
+        default=5.0,
     )
     amqp_prefetch: int = _env(
         "AMQP_PREFETCH", "Unacknowledged commands a replica holds per partition queue.", default=32
@@ -218,6 +233,11 @@ class Settings:
     log_level: str = _env("LOG_LEVEL", "`DEBUG`, `INFO`, `WARNING`, `ERROR`.", default="INFO")
 
     @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The node URLs of ``AMQP_URL``, in the order they are tried."""
+        return split_broker_urls(self.amqp_url)
+
+    @property
     def public_url(self) -> str:
         return self.livekit_public_url or self.livekit_url
 
@@ -233,7 +253,7 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "amqp_url": _url_with_scheme("amqp", "amqps"),
+    "amqp_url": _broker_urls,
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "livekit_url": _url,
     "livekit_public_url": _url,
@@ -241,6 +261,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "amqp_heartbeat_seconds": _positive_int,
     "amqp_prefetch": _positive_int,
     "amqp_reconnect_seconds": _positive_float,
+    "amqp_connect_timeout_seconds": _positive_float,
     "livekit_request_timeout_seconds": _positive_float,
     "livekit_retry_attempts": _positive_int,
     "livekit_max_concurrent_requests": _positive_int,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractQueue, DeliveryMode, ExchangeType
+
+from service.transport.brokers import connect_failover
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +26,11 @@ class WatchedEvent:
 
 
 @asynccontextmanager
-async def _event_queue(url: str, event_exchange: str, binding: str) -> AsyncIterator[AbstractQueue]:
-    connection = await aio_pika.connect(url, client_properties={"connection_name": "livekit-signaling cli"})
+async def _event_queue(
+    urls: Sequence[str], event_exchange: str, binding: str
+) -> AsyncIterator[AbstractQueue]:
+    # The first node that answers; ``watch`` moves to another node if that one goes away.
+    connection = await connect_failover(urls, client_properties={"connection_name": "livekit-signaling cli"})
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(event_exchange, ExchangeType.TOPIC, durable=True)
@@ -34,16 +39,16 @@ async def _event_queue(url: str, event_exchange: str, binding: str) -> AsyncIter
         yield queue
 
 
-async def watch(url: str, event_exchange: str, room: str) -> AsyncIterator[WatchedEvent]:
+async def watch(urls: Sequence[str], event_exchange: str, room: str) -> AsyncIterator[WatchedEvent]:
     """Every event of ``room`` as it passes, until cancelled."""
-    async with _event_queue(url, event_exchange, f"room.{room}.#") as queue, queue.iterator() as messages:
+    async with _event_queue(urls, event_exchange, f"room.{room}.#") as queue, queue.iterator() as messages:
         async for message in messages:
             await message.ack()
             yield WatchedEvent(message.routing_key or "", message.correlation_id, message.body)
 
 
 async def send(
-    url: str,
+    urls: Sequence[str],
     *,
     command_exchange: str,
     event_exchange: str,
@@ -54,7 +59,7 @@ async def send(
     """Publish one command (confirmed) and collect the events correlated with it for ``timeout``."""
     message_id = uuid.uuid4().hex
     answers: list[WatchedEvent] = []
-    async with _event_queue(url, event_exchange, f"room.{room}.#") as queue:
+    async with _event_queue(urls, event_exchange, f"room.{room}.#") as queue:
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             if message.correlation_id == message_id:
