@@ -1,19 +1,20 @@
 """Throughput of one replica against three (issue 4), and of one replica on a 3-node RabbitMQ cluster
 against a single node (issue 11), on the same machine, in one run.
 
-``.venv/bin/python -m bench.replicas [--commands N] [--partitions P] [--cluster]``: for 1 and then 3
-replicas sharing Redis and P partition queues, warm up until the partitions are shared out (each replica
-active on some, nobody above its quota), then publish N ``create_new_access_token`` over 500 rooms
-(bounded window of unconfirmed publishes) and time them until the last event. Prints commands/s, each
-replica's share, and the ratio. On this 2-core machine three replicas compete for the same cores as
-RabbitMQ and the load generator, so the ratio measures the cost of coordination more than added capacity.
+``.venv/bin/python -m bench.replicas [--commands N] [--partitions P]``: for 1 and then 3 replicas
+sharing Redis and P partition queues, warm up until the partitions are shared out (each replica active on
+some, nobody above its quota), then publish N ``create_new_access_token`` over 500 rooms (bounded window
+of unconfirmed publishes) and time them until the last event. Prints commands/s, each replica's share,
+and the ratio. On this 2-core machine three replicas compete for the same cores as RabbitMQ and the load
+generator, so the ratio measures the cost of coordination more than added capacity.
 
-With ``--cluster`` it starts a 3-node cluster beside the system node (``tests/support/rabbit_cluster.py``;
-needs root, about a minute) and measures one replica on the system node and one replica on the cluster
-instead. On the cluster the replica has every node in ``AMQP_URL`` and is on node a; the load generator
-publishes through node b and receives through node c, and the partition leaders are spread over the
-nodes (``balanced``), so a command crosses nodes as it would in production: quorum commits need two of
-three nodes, and the nodes share the same two cores.
+``--cluster [--rounds R]`` starts a 3-node cluster beside the system node
+(``tests/support/rabbit_cluster.py``; needs root, about a minute) and measures one replica on the system
+node and one on the cluster instead, R rounds of each, alternating; the median rounds are compared. On
+the cluster the replica has every node in ``AMQP_URL`` and is on node a, the load generator publishes
+through node b and receives through node c, and the partition leaders are spread (``balanced``): a
+command crosses nodes as in production, every quorum commit needs two of the three nodes, and the three
+nodes share the same two cores.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -121,12 +123,16 @@ async def replicas_on_one_node(emulator_url: str, partitions: int, commands: int
     (RESULTS / "replicas.json").write_text(json.dumps({"one": one, "three": three, "ratio": ratio}, indent=2))
 
 
-async def single_node_and_cluster(emulator_url: str, partitions: int, commands: int) -> None:
+async def single_node_and_cluster(emulator_url: str, partitions: int, commands: int, rounds: int) -> None:
+    """``rounds`` times each, single node and cluster alternating (the machine's load drifts); the
+    median round of each is compared."""
     from tests.support.rabbit_cluster import RabbitCluster
 
     cluster = RabbitCluster()
     await asyncio.to_thread(cluster.start_cluster)
     print(f"3-node cluster started in {cluster.started_in:.1f}s")
+    single: list[dict[str, object]] = []
+    clustered: list[dict[str, object]] = []
     try:
         on_cluster = Broker(
             "3-node cluster",
@@ -134,17 +140,23 @@ async def single_node_and_cluster(emulator_url: str, partitions: int, commands: 
             publish_urls=cluster.urls(first="b"),
             event_urls=cluster.urls(first="c"),
         )
-        single = await measure(emulator_url, 1, partitions, commands)
-        clustered = await measure(emulator_url, 1, partitions, commands, on_cluster)
+        for _ in range(rounds):
+            single.append(await measure(emulator_url, 1, partitions, commands))
+            clustered.append(await measure(emulator_url, 1, partitions, commands, on_cluster))
     finally:
         await asyncio.to_thread(cluster.close)
-    ratio = float(clustered["commands_per_second"]) / float(single["commands_per_second"])  # type: ignore[arg-type]
-    print(f"1 replica, single node   : {single['commands_per_second']:>8} cmd/s")
-    print(f"1 replica, 3-node cluster: {clustered['commands_per_second']:>8} cmd/s")
+
+    def rates(results: list[dict[str, object]]) -> list[float]:
+        return [float(r["commands_per_second"]) for r in results]  # type: ignore[arg-type]
+
+    single_median, cluster_median = statistics.median(rates(single)), statistics.median(rates(clustered))
+    ratio = cluster_median / single_median
+    print(f"1 replica, single node   : {single_median:>8.1f} cmd/s (median; rounds {rates(single)})")
+    print(f"1 replica, 3-node cluster: {cluster_median:>8.1f} cmd/s (median; rounds {rates(clustered)})")
     print(f"ratio cluster/single     : {ratio:.2f} (the cluster's 3 nodes share the same 2 cores)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "replicas-cluster.json").write_text(
-        json.dumps({"single_node": single, "cluster": clustered, "ratio": ratio}, indent=2)
+        json.dumps({"single_node": single, "cluster": clustered, "ratio_of_medians": ratio}, indent=2)
     )
 
 
@@ -160,11 +172,14 @@ async def main() -> None:
         help="one replica on a 3-node RabbitMQ cluster (started here; needs root) next to one on the "
         "single node",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --cluster: rounds of each, alternating (default 3)"
+    )
     args = parser.parse_args()
     emulator = EmulatorProcess()
     try:
         if args.cluster:
-            await single_node_and_cluster(emulator.url, args.partitions, args.commands)
+            await single_node_and_cluster(emulator.url, args.partitions, args.commands, args.rounds)
         else:
             await replicas_on_one_node(emulator.url, args.partitions, args.commands)
     finally:
