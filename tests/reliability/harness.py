@@ -117,11 +117,18 @@ class Books:
             )
         return lines
 
-    def answer_gaps(self, count: int = 3) -> list[tuple[float, float]]:
+    def answer_gaps(self, count: int = 3, *, per_room: bool = False) -> list[tuple[float, float]]:
         """The ``count`` longest times between two consecutive first answers to commands (how long the
-        answers stopped), longest first, each with the time it began."""
-        firsts = sorted(events[0].received_at for events in self.answers().values())
-        gaps = [(later - earlier, earlier) for earlier, later in itertools.pairwise(firsts)]
+        answers stopped), longest first, each with the time it began. ``per_room``: between answers of
+        the same room, which also shows an outage of some partitions while others still answer."""
+        firsts: dict[str, list[float]] = defaultdict(list)
+        for message_id, events in self.answers().items():
+            firsts[self.commands[message_id].room if per_room else ""].append(events[0].received_at)
+        gaps = [
+            (later - earlier, earlier)
+            for times in firsts.values()
+            for earlier, later in itertools.pairwise(sorted(times))
+        ]
         return sorted(gaps, reverse=True)[:count]
 
     def accounting(self, *, returned_by_broker: Iterable[str] = ()) -> Accounting:
