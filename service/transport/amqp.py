@@ -152,6 +152,13 @@ class UnroutableEvent(Exception):
     """The broker had no queue for an event's routing key."""
 
 
+class EventRefused(Exception):
+    """The broker nacked an event: a queue it was routed to did not take it. A quorum queue does that
+    while it has no reachable leader to register the publishing channel with (rabbit_fifo_client's
+    ``reject_publish``; seen for seconds after a node of the cluster stopped), or when it is full with
+    ``x-overflow: reject-publish``."""
+
+
 DeliveryCallback = Callable[[Delivery], None]
 
 
@@ -435,7 +442,8 @@ class AmqpTransport:
     # -- publishing -----------------------------------------------------------------------------------
 
     async def publish_event(self, event: OutgoingEvent) -> None:
-        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it."""
+        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it,
+        ``EventRefused`` if the broker nacked it."""
         assert self._publish_channel is not None
         try:
             await publish_confirmed(
@@ -453,8 +461,10 @@ class AmqpTransport:
                 ),
                 mandatory=True,
             )
-        except aiormq.exceptions.PublishError as error:
+        except aiormq.exceptions.PublishError as error:  # a return (mandatory): before DeliveryError
             raise UnroutableEvent(event.routing_key) from error
+        except aiormq.exceptions.DeliveryError as error:
+            raise EventRefused(event.routing_key) from error
 
     async def dead_letter(
         self, body: bytes, *, reason: str, headers: dict[str, Any], routing_key: str
