@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -188,14 +189,16 @@ def wait_for_broker(timeout: float = 120.0) -> None:
     raise TimeoutError(f"RabbitMQ not reachable for {timeout:.0f}s")
 
 
-async def _clean_up(names: Names, partitions: int, *, redis_too: bool) -> None:
+async def _clean_up(
+    names: Names, partitions: int, *, redis_too: bool, urls: Sequence[str] = (AMQP_URL,)
+) -> None:
     """Delete the exchanges and queues (partitions, hash exchange, dead-letter exchange and queue) and,
-    with the Redis store, the run's keys."""
+    with the Redis store, the run's keys. ``urls``: the broker, or a cluster's nodes."""
     try:
-        await delete_topology(names, partitions)
+        await delete_topology(names, partitions, urls=urls)
     except (ConnectionError, aiormq.exceptions.AMQPError):
         await asyncio.to_thread(wait_for_broker)
-        await delete_topology(names, partitions)
+        await delete_topology(names, partitions, urls=urls)
     if redis_too:
         client = redis.from_url(REDIS_URL)
         try:

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aiormq import spec
 
 from service.transport.amqp import PERSISTENT, publish_confirmed
+from service.transport.brokers import connect_failover
 from tests.support.processes import AMQP_URL, Names
 
 
@@ -98,8 +99,18 @@ class Collector:
 class LoadGenerator:
     """One connection publishes (confirms on), another consumes the events."""
 
-    def __init__(self, names: Names) -> None:
+    def __init__(
+        self,
+        names: Names,
+        *,
+        publish_urls: Sequence[str] = (AMQP_URL,),
+        event_urls: Sequence[str] = (AMQP_URL,),
+    ) -> None:
+        """``publish_urls``/``event_urls``: the broker, or a cluster's nodes in the order each connection
+        tries them (so that publishing and receiving can start on other nodes than the target's)."""
         self.names = names
+        self._publish_urls = tuple(publish_urls)
+        self._event_urls = tuple(event_urls)
         self.collector = Collector()
         self._connections: list[AbstractRobustConnection] = []
         self._channel: AbstractChannel | None = None
@@ -107,10 +118,12 @@ class LoadGenerator:
         self.measured_from = 0.0
 
     async def __aenter__(self) -> LoadGenerator:
-        publisher = await aio_pika.connect_robust(
-            AMQP_URL, client_properties={"connection_name": "bench-pub"}
+        publisher = await connect_failover(
+            self._publish_urls, client_properties={"connection_name": "bench-pub"}
         )
-        consumer = await aio_pika.connect_robust(AMQP_URL, client_properties={"connection_name": "bench-sub"})
+        consumer = await connect_failover(
+            self._event_urls, client_properties={"connection_name": "bench-sub"}
+        )
         self._connections = [publisher, consumer]
         channel = self._channel = await publisher.channel(publisher_confirms=True)
         await channel.declare_exchange(self.names.command_exchange, aio_pika.ExchangeType.TOPIC, durable=True)

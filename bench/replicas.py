@@ -1,11 +1,20 @@
-"""Throughput of one replica against three (issue 4), on the same machine, in one run.
+"""Throughput of one replica against three (issue 4), and of one replica on a 3-node RabbitMQ cluster
+against a single node (issue 11), on the same machine, in one run.
 
 ``.venv/bin/python -m bench.replicas [--commands N] [--partitions P]``: for 1 and then 3 replicas
-sharing Redis and P partition queues, warm up until the partitions are shared out (each replica active
-on some, nobody above its quota), then publish N ``create_new_access_token`` over 500 rooms (bounded
-window of unconfirmed publishes) and time them until the last event. Prints commands/s, each replica's
-share, and the ratio. On this 2-core machine three replicas compete for the same cores as RabbitMQ and
-the load generator, so the ratio measures the cost of coordination more than added capacity.
+sharing Redis and P partition queues, warm up until the partitions are shared out (each replica active on
+some, nobody above its quota), then publish N ``create_new_access_token`` over 500 rooms (bounded window
+of unconfirmed publishes) and time them until the last event. Prints commands/s, each replica's share,
+and the ratio. On this 2-core machine three replicas compete for the same cores as RabbitMQ and the load
+generator, so the ratio measures the cost of coordination more than added capacity.
+
+``--cluster [--rounds R]`` starts a 3-node cluster beside the system node
+(``tests/support/rabbit_cluster.py``; needs root, about a minute) and measures one replica on the system
+node and one on the cluster instead, R rounds of each, alternating; the median rounds are compared. On
+the cluster the replica has every node in ``AMQP_URL`` and is on node a, the load generator publishes
+through node b and receives through node c, and the partition leaders are spread (``balanced``): a
+command crosses nodes as in production, every quorum commit needs two of the three nodes, and the three
+nodes share the same two cores.
 """
 
 from __future__ import annotations
@@ -13,15 +22,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from bench.harness import RESULTS, _clean_up
 from bench.loadgen import LoadGenerator, command
-from tests.support.processes import REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from tests.support.processes import AMQP_URL, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 TOKEN = {"action": "create_new_access_token"}
 ROOMS = 500
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where the replicas and the load generator connect."""
+
+    label: str
+    service_url: str  # AMQP_URL of the replicas (one URL, or a cluster's, comma-separated)
+    publish_urls: Sequence[str] = (AMQP_URL,)
+    event_urls: Sequence[str] = (AMQP_URL,)
+
+
+SINGLE_NODE = Broker("single node", AMQP_URL)
 
 
 def _handled(replica: ServiceProcess) -> float:
@@ -42,9 +67,12 @@ async def _balanced(gen: LoadGenerator, replicas: list[ServiceProcess], partitio
     raise RuntimeError(f"partitions never shared out: {held}")
 
 
-async def measure(emulator_url: str, count: int, partitions: int, commands: int) -> dict[str, object]:
+async def measure(
+    emulator_url: str, count: int, partitions: int, commands: int, broker: Broker = SINGLE_NODE
+) -> dict[str, object]:
     names = Names(prefix=f"bench-replicas-{uuid.uuid4().hex[:10]}")
     env = {
+        "AMQP_URL": broker.service_url,
         "REDIS_URL": REDIS_URL,
         "REBALANCE_INTERVAL_SECONDS": "0.5",
         "LIVEKIT_REQUEST_TIMEOUT_SECONDS": "2",
@@ -56,7 +84,9 @@ async def measure(emulator_url: str, count: int, partitions: int, commands: int)
     try:
         for replica in replicas:
             await asyncio.to_thread(replica.start)
-        async with LoadGenerator(names) as gen:
+        async with LoadGenerator(
+            names, publish_urls=broker.publish_urls, event_urls=broker.event_urls
+        ) as gen:
             await _balanced(gen, replicas, partitions)
             before = [_handled(replica) for replica in replicas]
             load = [command(f"r-{i % ROOMS}", f"p{i // ROOMS % 10}", TOKEN) for i in range(commands)]
@@ -68,6 +98,7 @@ async def measure(emulator_url: str, count: int, partitions: int, commands: int)
             await asyncio.sleep(0.5)  # metrics are updated just after each ack
             shares = [(_handled(r) - b) / commands for r, b in zip(replicas, before, strict=True)]
         return {
+            "broker": broker.label,
             "replicas": count,
             "commands": commands,
             "seconds": round(elapsed, 3),
@@ -78,26 +109,81 @@ async def measure(emulator_url: str, count: int, partitions: int, commands: int)
     finally:
         for replica in replicas:
             await asyncio.to_thread(replica.stop)
-        await _clean_up(names, partitions, redis_too=True)
+        await _clean_up(names, partitions, redis_too=True, urls=broker.service_url.split(","))
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--commands", type=int, default=10_000)
-    parser.add_argument("--partitions", type=int, default=16)
-    args = parser.parse_args()
-    emulator = EmulatorProcess()
-    try:
-        one = await measure(emulator.url, 1, args.partitions, args.commands)
-        three = await measure(emulator.url, 3, args.partitions, args.commands)
-    finally:
-        emulator.stop()
+async def replicas_on_one_node(emulator_url: str, partitions: int, commands: int) -> None:
+    one = await measure(emulator_url, 1, partitions, commands)
+    three = await measure(emulator_url, 3, partitions, commands)
     ratio = float(three["commands_per_second"]) / float(one["commands_per_second"])  # type: ignore[arg-type]
     print(f"1 replica : {one['commands_per_second']:>8} cmd/s")
     print(f"3 replicas: {three['commands_per_second']:>8} cmd/s, shares {three['shares']}")
     print(f"ratio 3/1 : {ratio:.2f} (2 cores shared with RabbitMQ, Redis and the load generator)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "replicas.json").write_text(json.dumps({"one": one, "three": three, "ratio": ratio}, indent=2))
+
+
+async def single_node_and_cluster(emulator_url: str, partitions: int, commands: int, rounds: int) -> None:
+    """``rounds`` times each, single node and cluster alternating (the machine's load drifts); the
+    median round of each is compared."""
+    from tests.support.rabbit_cluster import RabbitCluster
+
+    cluster = RabbitCluster()
+    await asyncio.to_thread(cluster.start_cluster)
+    print(f"3-node cluster started in {cluster.started_in:.1f}s")
+    single: list[dict[str, object]] = []
+    clustered: list[dict[str, object]] = []
+    try:
+        on_cluster = Broker(
+            "3-node cluster",
+            cluster.amqp_url(first="a"),
+            publish_urls=cluster.urls(first="b"),
+            event_urls=cluster.urls(first="c"),
+        )
+        for _ in range(rounds):
+            single.append(await measure(emulator_url, 1, partitions, commands))
+            clustered.append(await measure(emulator_url, 1, partitions, commands, on_cluster))
+    finally:
+        await asyncio.to_thread(cluster.close)
+
+    def rates(results: list[dict[str, object]]) -> list[float]:
+        return [float(r["commands_per_second"]) for r in results]  # type: ignore[arg-type]
+
+    single_median, cluster_median = statistics.median(rates(single)), statistics.median(rates(clustered))
+    ratio = cluster_median / single_median
+    print(f"1 replica, single node   : {single_median:>8.1f} cmd/s (median; rounds {rates(single)})")
+    print(f"1 replica, 3-node cluster: {cluster_median:>8.1f} cmd/s (median; rounds {rates(clustered)})")
+    print(f"ratio cluster/single     : {ratio:.2f} (the cluster's 3 nodes share the same 2 cores)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "replicas-cluster.json").write_text(
+        json.dumps({"single_node": single, "cluster": clustered, "ratio_of_medians": ratio}, indent=2)
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--commands", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="one replica on a 3-node RabbitMQ cluster (started here; needs root) next to one on the "
+        "single node",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --cluster: rounds of each, alternating (default 3)"
+    )
+    args = parser.parse_args()
+    emulator = EmulatorProcess()
+    try:
+        if args.cluster:
+            await single_node_and_cluster(emulator.url, args.partitions, args.commands, args.rounds)
+        else:
+            await replicas_on_one_node(emulator.url, args.partitions, args.commands)
+    finally:
+        emulator.stop()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ async def _dev(port: int, overrides: dict[str, object]) -> None:
         service = SignalingService(settings)
         console = Console(
             load_room=service.store.load,
-            amqp_url=settings.amqp_url,
+            amqp_urls=settings.amqp_urls,
             command_exchange=settings.command_exchange,
             event_exchange=settings.event_exchange,
             emulator_url=url,
@@ -148,7 +148,7 @@ async def _send(args: argparse.Namespace) -> int:
         "payload": payload,
     }  # fmt: skip
     answers = await send(
-        settings.amqp_url,
+        settings.amqp_urls,
         command_exchange=settings.command_exchange,
         event_exchange=settings.event_exchange,
         room=args.room,
@@ -169,7 +169,7 @@ async def _watch(args: argparse.Namespace) -> int:
     from service.transport.client import watch
 
     settings = _client_settings()
-    async for event in watch(settings.amqp_url, settings.event_exchange, args.room):
+    async for event in watch(settings.amqp_urls, settings.event_exchange, args.room):
         sys.stdout.write(f"{event.routing_key} {event.body.decode()}\n")
         sys.stdout.flush()
     return 0

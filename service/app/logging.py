@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +15,13 @@ from typing import Any
 
 _command_context: ContextVar[dict[str, str] | None] = ContextVar("command_log_context", default=None)
 _CONTEXT_FIELDS = ("room", "participant", "action", "message_id")
+#: The ``user:password@`` of a URL. aiormq names a connection by its URL in its own error lines (the
+#: password masked, the user name not); our lines name nodes as host:port/vhost. Dropped from every line.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s\"']+@")
+
+
+def without_credentials(text: str) -> str:
+    return _URL_CREDENTIALS.sub("", text)
 
 
 @contextlib.contextmanager
@@ -49,14 +57,14 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": without_credentials(record.getMessage()),
         }
         for key in _CONTEXT_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
                 line[key] = value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = without_credentials(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
 
 
@@ -65,7 +73,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = without_credentials(super().format(record))
         context = " ".join(
             f"{key}={getattr(record, key)}" for key in _CONTEXT_FIELDS if getattr(record, key, None)
         )

@@ -82,6 +82,13 @@ class Metrics:
             "1 while RabbitMQ answers but refuses the login, vhost, permissions or topology (see the log).",
             registry=r,
         )
+        self.amqp_node = Gauge(
+            f"{PREFIX}_amqp_node",
+            "1 for the RabbitMQ node (host:port/vhost of AMQP_URL, no credentials) this replica is "
+            "connected to, 0 for the other configured nodes.",
+            ["node"],
+            registry=r,
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 while the replica takes commands.", registry=r)
         self.partitions_active = Gauge(
             f"{PREFIX}_partitions_active",

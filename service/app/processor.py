@@ -9,8 +9,10 @@ the events with confirms, then ack. The ack policy is spelled out here:
 - envelope fine, payload not a command        -> ``invalid_command`` to the sender, acked
 - LiveKit unavailable after retries           -> ``livekit_unavailable`` to the sender, acked
 - redelivered command already answered        -> acked, nothing run or sent again
-- state store unavailable, state fenced, publish failed, a bug
-                                              -> requeued; on its last allowed delivery dead-lettered
+- state store unavailable, state fenced, an event nacked by the broker
+                                              -> retried in place for up to TRANSIENT_RETRY_SECONDS
+                                                 (the room's later commands wait), then as below
+- still failing, or a bug                     -> requeued; on its last allowed delivery dead-lettered
                                                  with the reason instead (never a loop)
 """
 
@@ -47,6 +49,7 @@ from service.transport.amqp import (
     CONNECTION_ERRORS,
     AmqpTransport,
     Delivery,
+    EventRefused,
     OutgoingEvent,
     UnroutableEvent,
 )
@@ -218,7 +221,10 @@ class CommandProcessor:
     async def _publish(self, delivery: Delivery, events: list[EventEnvelope]) -> None:
         """All of a command's events at once, their confirms awaited together. While the connection is
         down (or its publishing channel not yet restored) the unconfirmed ones are retried, as long as
-        the command's own delivery can still be acknowledged."""
+        the command's own delivery can still be acknowledged. Events the broker nacked are retried the
+        same way for up to ``TRANSIENT_RETRY_SECONDS``: during a cluster node's restart a quorum queue
+        refuses publishes for seconds, and requeueing the command at once used up its deliveries in
+        that time (the rolling-restart test lost commands to the dead-letter queue that way)."""
         event_id_prefix = delivery.message_id or uuid.uuid4().hex
         pending = [
             OutgoingEvent(
@@ -231,6 +237,7 @@ class CommandProcessor:
             for index, event in enumerate(events)
         ]
         delay = 0.05
+        refused_since: float | None = None
         while pending:
             if len(pending) == 1:  # most commands answer one participant: no gather task needed
                 results = [await self._send(pending[0])]
@@ -241,14 +248,24 @@ class CommandProcessor:
             failed = [
                 (event, error) for event, error in zip(pending, results, strict=True) if error is not None
             ]
+            refused = [error for _, error in failed if isinstance(error, EventRefused)]
             for _, error in failed:
-                if not isinstance(error, CONNECTION_ERRORS):
-                    raise error  # a nack from the broker: requeue the command
+                if not isinstance(error, (*CONNECTION_ERRORS, EventRefused)):
+                    raise error
+            if refused:
+                now = time.monotonic()
+                refused_since = now if refused_since is None else refused_since
+                if now - refused_since > self._transient_retry_seconds:
+                    raise refused[0]  # refused for too long: requeue the command
             pending = [event for event, _ in failed]
             if pending:
                 if not self._transport.is_current(delivery):
                     raise _Abandoned
-                log.info("publishing %d event(s) failed on a lost connection; retrying", len(pending))
+                log.info(
+                    "publishing %d event(s) failed (%s); retrying",
+                    len(pending),
+                    "refused by the broker" if refused else "connection lost",
+                )
                 await self._transport.wait_connected(delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -79,7 +79,7 @@ class SignalingService:
         #: What RabbitMQ refused at start-up and how to fix it, while it does (``/readyz`` shows it).
         self.broker_refusal: BrokerRefusal | None = None
         self.transport = AmqpTransport(
-            url=settings.amqp_url,
+            urls=settings.amqp_urls,
             topology=Topology(
                 command_exchange=settings.command_exchange,
                 event_exchange=settings.event_exchange,
@@ -91,6 +91,7 @@ class SignalingService:
             prefetch=settings.amqp_prefetch,
             heartbeat_seconds=settings.amqp_heartbeat_seconds,
             reconnect_interval_seconds=settings.amqp_reconnect_seconds,
+            connect_timeout_seconds=settings.amqp_connect_timeout_seconds,
             connection_name=f"livekit-signaling@{self.replica}",
         )
         self.transport.on_connection_change = self._on_connection_change
@@ -124,6 +125,7 @@ class SignalingService:
         return (
             f"replica: {self.replica}\n"
             f"amqp_connected: {str(self.transport.is_connected).lower()}\n"
+            f"amqp_node: {self.transport.node or '-'}\n"
             f"{refused}"
             f"partitions: {self.settings.partitions}\n"
             f"active_partitions: {active}\n"
@@ -138,6 +140,8 @@ class SignalingService:
 
     def _on_connection_change(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
+        for node in self.transport.nodes:
+            self.metrics.amqp_node.labels(node).set(1 if connected and node == self.transport.node else 0)
         if connected and self._ready:
             self.metrics.amqp_reconnects.inc()
         self.metrics.ready.set(1 if self.is_ready() else 0)

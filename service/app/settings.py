@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.transport.brokers import split_broker_urls
+
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it (and never shows a secret's value)."""
@@ -41,6 +43,11 @@ def _url_with_scheme(*schemes: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _broker_urls(value: str) -> str:
+    split_broker_urls(value)  # each address checked; the errors name positions, never URLs
+    return value
 
 
 def _positive_float(value: str) -> float:
@@ -105,7 +112,9 @@ def _choice(*choices: str) -> Callable[[str], str]:
 class Settings:
     amqp_url: str = _env(
         "AMQP_URL",
-        "RabbitMQ URL; `amqps://` for TLS (see README). Credentials in it are never logged.",
+        "RabbitMQ URL, or the URLs of a cluster's nodes separated by commas (tried in turn: the first "
+        "that answers, the next when a connection is lost); `amqps://` for TLS (see README). "
+        "Credentials in it are never logged.",
         default="amqp://guest:guest@127.0.0.1:5672/",
         secret=True,
     )
@@ -117,6 +126,12 @@ class Settings:
     )
     amqp_reconnect_seconds: float = _env(
         "AMQP_RECONNECT_SECONDS", "Pause between reconnection attempts to RabbitMQ.", default=2.0
+    )
+    amqp_connect_timeout_seconds: float = _env(
+        "AMQP_CONNECT_TIMEOUT_SECONDS",
+        "Bound on one connection attempt to one node, so that an unreachable node does not hold up "
+        "the move to the next.",
+        default=5.0,
     )
     amqp_prefetch: int = _env(
         "AMQP_PREFETCH", "Unacknowledged commands a replica holds per partition queue.", default=32
@@ -283,6 +298,11 @@ class Settings:
     log_level: str = _env("LOG_LEVEL", "`DEBUG`, `INFO`, `WARNING`, `ERROR`.", default="INFO")
 
     @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The node URLs of ``AMQP_URL``, in the order they are tried."""
+        return split_broker_urls(self.amqp_url)
+
+    @property
     def public_url(self) -> str:
         return self.livekit_public_url or self.livekit_url
 
@@ -310,7 +330,7 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "amqp_url": _url_with_scheme("amqp", "amqps"),
+    "amqp_url": _broker_urls,
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "redis_sentinels": _host_ports,
     "redis_min_replicas": _non_negative_int,
@@ -321,6 +341,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "amqp_heartbeat_seconds": _positive_int,
     "amqp_prefetch": _positive_int,
     "amqp_reconnect_seconds": _positive_float,
+    "amqp_connect_timeout_seconds": _positive_float,
     "livekit_request_timeout_seconds": _positive_float,
     "livekit_retry_attempts": _positive_int,
     "livekit_max_concurrent_requests": _positive_int,

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,7 +75,7 @@ class Console:
         self,
         *,
         load_room: LoadRoom,
-        amqp_url: str,
+        amqp_urls: Sequence[str],
         command_exchange: str,
         event_exchange: str,
         emulator_url: str,
@@ -83,7 +83,7 @@ class Console:
     ) -> None:
         self._load_room = load_room
         self._link = ControllerLink(
-            amqp_url,
+            amqp_urls,
             command_exchange=command_exchange,
             event_exchange=event_exchange,
             connection_name=f"livekit-signaling-console-{uuid.uuid4().hex[:6]}",

@@ -9,6 +9,17 @@ Topology (every replica declares it; declarations are idempotent)::
 
 With one partition the queue is bound to the command exchange directly and the consistent-hash plugin is
 not needed. Upstream publishers see only the command exchange, whatever the partitioning.
+
+Several nodes: the connection is a ``brokers.FailoverConnection`` over every address of ``AMQP_URL``;
+after a lost connection aio-pika restores all of the above on whichever node answers next.
+
+Leader placement: a partition queue is created with ``x-queue-leader-locator: balanced``, so that
+RabbitMQ puts its leader on the node that leads the fewest quorum queues at that moment and no node
+carries every partition (the default, ``client-local``, puts every leader on the node the declaring
+replica is connected to). RabbitMQ 3.10 counts that argument in its equivalence check: redeclaring with
+it a queue created without it (by an earlier release) fails with PRECONDITION_FAILED, and so does the
+reverse. The locator only matters when a queue is created, so an existing queue is declared as it was
+created; its leaders are moved with ``rabbitmq-queues rebalance quorum`` (README, "High availability").
 """
 
 from __future__ import annotations
@@ -28,18 +39,22 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
     DeliveryMode,
     ExchangeType,
 )
 from aiormq import spec
 
+from service.transport.brokers import FailoverConnection, connect_failover, node_label
 from service.transport.refusals import explain_refusal
 
 log = logging.getLogger(__name__)
 
 #: Header that carries why the service dead-lettered a message.
 REASON_HEADER = "x-signaling-reason"
+#: Quorum queue argument choosing the node that leads a queue when it is created (RabbitMQ >= 3.10).
+LEADER_LOCATOR = "x-queue-leader-locator"
+#: The node leading the fewest quorum queues at creation (random above 1,000 queues in the cluster).
+BALANCED = "balanced"
 PERSISTENT = int(DeliveryMode.PERSISTENT)
 
 
@@ -140,6 +155,13 @@ class UnroutableEvent(Exception):
     """The broker had no queue for an event's routing key."""
 
 
+class EventRefused(Exception):
+    """The broker nacked an event: a queue it was routed to did not take it. A quorum queue does that
+    while it has no reachable leader to register the publishing channel with (rabbit_fifo_client's
+    ``reject_publish``; seen for seconds after a node of the cluster stopped), or when it is full with
+    ``x-overflow: reject-publish``."""
+
+
 DeliveryCallback = Callable[[Delivery], None]
 
 
@@ -151,26 +173,30 @@ class AmqpTransport:
     def __init__(
         self,
         *,
-        url: str,
+        urls: Sequence[str],
         topology: Topology,
         prefetch: int,
         heartbeat_seconds: int,
         reconnect_interval_seconds: float,
+        connect_timeout_seconds: float,
         connection_name: str,
     ) -> None:
-        self._url = url
+        self._urls = tuple(urls)
+        self._connect_timeout = connect_timeout_seconds
         self.topology = topology
         self._prefetch = prefetch
         self._heartbeat = heartbeat_seconds
         self._reconnect_interval = reconnect_interval_seconds
         self._connection_name = connection_name
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._dead_letter_exchange: AbstractExchange | None = None
         # Strong references: aio-pika's robust objects restore only what is still referenced.
         self._topology_objects: list[object] = []
         self._partition_channels: dict[int, AbstractChannel] = {}
         self._partition_queues: dict[int, AbstractQueue] = {}
+        #: Arguments each partition queue is declared with (see ``_partition_queue_arguments``).
+        self._partition_arguments: dict[str, dict[str, Any]] = {}
         #: Partitions that delivered something since we last subscribed to them: on a
         #: single-active-consumer queue, that means we are its active consumer.
         self.active_partitions: set[int] = set()
@@ -180,11 +206,13 @@ class AmqpTransport:
     # -- connection -----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect and declare the topology. Raises ``BrokerRefusal`` when the broker answers but refuses
-        (login, vhost, permissions, arguments, exchange type): a configuration error, not an outage."""
+        """Connect to the first node that answers (later reconnections go to the nodes in turn) and
+        declare the topology. Raises ``BrokerRefusal`` when the broker answers but refuses (login, vhost,
+        permissions, arguments, exchange type): a configuration error, not an outage."""
         try:
-            self._connection = await aio_pika.connect_robust(
-                self._url,
+            self._connection = await connect_failover(
+                self._urls,
+                connect_timeout=self._connect_timeout,
                 heartbeat=self._heartbeat,
                 reconnect_interval=self._reconnect_interval,
                 client_properties={"connection_name": self._connection_name},
@@ -200,16 +228,27 @@ class AmqpTransport:
             if refusal is None:
                 raise
             raise refusal from error
+        log.info("connected to RabbitMQ node %s", self.node)
         self.on_connection_change(True)
 
     def _on_connection_closed(self, *_: Any) -> None:
         self.on_connection_change(False)
 
     def _on_reconnected(self, *_: Any) -> None:
-        log.warning("reconnected to RabbitMQ; topology and consumers restored")
+        log.warning("reconnected to RabbitMQ node %s; topology and consumers restored", self.node)
         # Restored consumers join the single-active-consumer election afresh.
         self.active_partitions.clear()
         self.on_connection_change(True)
+
+    @property
+    def node(self) -> str | None:
+        """``host:port/vhost`` of the node connected to (or being tried next); never credentials."""
+        return self._connection.node if self._connection is not None else None
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every configured node, as ``node`` names them."""
+        return tuple(node_label(url) for url in self._urls)
 
     @property
     def is_connected(self) -> bool:
@@ -240,13 +279,51 @@ class AmqpTransport:
 
     # -- topology -------------------------------------------------------------------------------------
 
-    def _queue_arguments(self) -> dict[str, Any]:
-        return {
+    def _queue_arguments(self, *, leader_locator: bool) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
             "x-queue-type": "quorum",
             "x-single-active-consumer": True,
             "x-delivery-limit": self.topology.delivery_limit,
             "x-dead-letter-exchange": self.topology.dead_letter_exchange,
         }
+        if leader_locator:
+            arguments[LEADER_LOCATOR] = BALANCED
+        return arguments
+
+    async def _partition_queue_arguments(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per partition queue, the arguments to declare it with from now on (module docstring,
+        "Leader placement"): with ``x-queue-leader-locator: balanced`` where the queue is new or was
+        created with it, without it where an earlier release created the queue without it.
+
+        Each is tried on a throwaway channel (a refused declaration closes its channel), so that the
+        robust channels only ever declare what the broker accepts, and restore the same after a
+        reconnect."""
+        assert self._publish_channel is not None
+        underlay = await self._publish_channel.get_underlay_channel()
+        probe = await underlay.connection.channel(publisher_confirms=False)
+        chosen: dict[str, dict[str, Any]] = {}
+        try:
+            for name in names:
+                arguments = self._queue_arguments(leader_locator=True)
+                try:
+                    await probe.queue_declare(name, durable=True, arguments=arguments)
+                except aiormq.exceptions.ChannelPreconditionFailed as error:
+                    if LEADER_LOCATOR not in str(error):
+                        raise  # another argument differs: a configuration error, as before
+                    probe = await underlay.connection.channel(publisher_confirms=False)
+                    arguments = self._queue_arguments(leader_locator=False)
+                chosen[name] = arguments
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        older = [name for name, arguments in chosen.items() if LEADER_LOCATOR not in arguments]
+        if older:
+            log.info(
+                "%d partition queue(s) were created without a leader locator by an earlier release and "
+                "keep their placement; `rabbitmq-queues rebalance quorum` spreads their leaders",
+                len(older),
+            )
+        return chosen
 
     async def _declare(self) -> None:
         assert self._publish_channel is not None
@@ -267,10 +344,10 @@ class AmqpTransport:
             source = await channel.declare_exchange(t.hash_exchange, "x-consistent-hash", durable=True)
             await source.bind(commands, routing_key="room.*")
             self._topology_objects.append(source)
-        for partition in range(t.partitions):
-            queue = await channel.declare_queue(
-                t.partition_queue(partition), durable=True, arguments=self._queue_arguments()
-            )
+        names = [t.partition_queue(partition) for partition in range(t.partitions)]
+        self._partition_arguments = await self._partition_queue_arguments(names)
+        for name in names:
+            queue = await channel.declare_queue(name, durable=True, arguments=self._partition_arguments[name])
             # On the consistent-hash exchange the binding key is the partition's weight.
             await queue.bind(source, routing_key="1" if t.partitions > 1 else "room.*")
             self._topology_objects.append(queue)
@@ -287,9 +364,8 @@ class AmqpTransport:
         assert self._connection is not None
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._prefetch)
-        queue = await channel.declare_queue(
-            self.topology.partition_queue(partition), durable=True, arguments=self._queue_arguments()
-        )
+        name = self.topology.partition_queue(partition)
+        queue = await channel.declare_queue(name, durable=True, arguments=self._partition_arguments[name])
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Synchronous up to the hand-over, so that delivery order is submission order.
@@ -380,7 +456,8 @@ class AmqpTransport:
     # -- publishing -----------------------------------------------------------------------------------
 
     async def publish_event(self, event: OutgoingEvent) -> None:
-        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it."""
+        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it,
+        ``EventRefused`` if the broker nacked it."""
         assert self._publish_channel is not None
         try:
             await publish_confirmed(
@@ -398,8 +475,10 @@ class AmqpTransport:
                 ),
                 mandatory=True,
             )
-        except aiormq.exceptions.PublishError as error:
+        except aiormq.exceptions.PublishError as error:  # a return (mandatory): before DeliveryError
             raise UnroutableEvent(event.routing_key) from error
+        except aiormq.exceptions.DeliveryError as error:
+            raise EventRefused(event.routing_key) from error
 
     async def dead_letter(
         self, body: bytes, *, reason: str, headers: dict[str, Any], routing_key: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,10 +22,11 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
     DeliveryMode,
     ExchangeType,
 )
+
+from service.transport.brokers import FailoverConnection, connect_failover, connect_first
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +47,36 @@ def connection_user(url: str) -> str | None:
 
 
 @asynccontextmanager
-async def _event_queue(url: str, event_exchange: str, binding: str) -> AsyncIterator[AbstractQueue]:
-    connection = await aio_pika.connect(url, client_properties={"connection_name": "livekit-signaling cli"})
+async def _event_queue(
+    urls: Sequence[str], event_exchange: str, binding: str
+) -> AsyncIterator[tuple[AbstractQueue, str]]:
+    """An exclusive, server-named queue bound to the event exchange, on the first node that answers;
+    with the URL of that node (its user is who publishes)."""
+    connection, url = await connect_first(
+        urls, client_properties={"connection_name": "livekit-signaling cli"}
+    )
     async with connection:
         channel = await connection.channel()
         # Looked up, not declared: declaring needs the configure permission, which only the service has.
         exchange = await channel.get_exchange(event_exchange)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key=binding)
-        yield queue
+        yield queue, url
 
 
-async def watch(url: str, event_exchange: str, room: str) -> AsyncIterator[WatchedEvent]:
+async def watch(urls: Sequence[str], event_exchange: str, room: str) -> AsyncIterator[WatchedEvent]:
     """Every event of ``room`` as it passes, until cancelled."""
-    async with _event_queue(url, event_exchange, f"room.{room}.#") as queue, queue.iterator() as messages:
+    async with (
+        _event_queue(urls, event_exchange, f"room.{room}.#") as (queue, _),
+        queue.iterator() as messages,
+    ):
         async for message in messages:
             await message.ack()
             yield WatchedEvent(message.routing_key or "", message.correlation_id, message.body)
 
 
 async def send(
-    url: str,
+    urls: Sequence[str],
     *,
     command_exchange: str,
     event_exchange: str,
@@ -77,7 +87,7 @@ async def send(
     """Publish one command (confirmed) and collect the events correlated with it for ``timeout``."""
     message_id = uuid.uuid4().hex
     answers: list[WatchedEvent] = []
-    async with _event_queue(url, event_exchange, f"room.{room}.#") as queue:
+    async with _event_queue(urls, event_exchange, f"room.{room}.#") as (queue, url):
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             if message.correlation_id == message_id:
@@ -105,26 +115,26 @@ class ControllerLink:
     """A controller's long-lived connection: publishes commands and sees every event passing on the
     event exchange through an exclusive queue of its own bound with ``binding``.
 
-    The connection is robust (aio-pika restores the queue, its binding and the consumer after a
-    reconnect); events are consumed without acknowledgement: an observer that misses some while
-    disconnected loses nothing the service depends on.
+    The connection is robust and moves between the nodes of a cluster (aio-pika restores the queue, its
+    binding and the consumer after a reconnect); events are consumed without acknowledgement: an
+    observer that misses some while disconnected loses nothing the service depends on.
     """
 
     def __init__(
         self,
-        url: str,
+        urls: Sequence[str],
         *,
         command_exchange: str,
         event_exchange: str,
         connection_name: str,
         binding: str = "room.#",
     ) -> None:
-        self._url = url
+        self._urls = tuple(urls)
         self._command_exchange_name = command_exchange
         self._event_exchange_name = event_exchange
         self._connection_name = connection_name
         self._binding = binding
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._commands: AbstractExchange | None = None
 
     @property
@@ -134,8 +144,8 @@ class ControllerLink:
     async def connect(self, on_event: Callable[[WatchedEvent], None]) -> None:
         """Connect, bind the event queue and call ``on_event`` for every event from now on; raises
         when RabbitMQ cannot be reached (the caller decides how to retry)."""
-        connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": self._connection_name}
+        connection = await connect_failover(
+            self._urls, client_properties={"connection_name": self._connection_name}
         )
         try:
             channel = await connection.channel()
@@ -172,7 +182,7 @@ class ControllerLink:
             content_type="application/json",
             message_id=message_id,
             delivery_mode=DeliveryMode.PERSISTENT,
-            user_id=connection_user(self._url),
+            user_id=connection_user(str(self._connection.url)) if self._connection is not None else None,
         )
         try:
             await self._commands.publish(message, routing_key=routing_key)

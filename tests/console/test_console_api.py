@@ -250,7 +250,7 @@ async def test_a_console_started_later_asks_for_fresh_credentials(
 
     late = Console(
         load_room=load_room,
-        amqp_url=AMQP_URL,
+        amqp_urls=[AMQP_URL],
         command_exchange=dev.names.command_exchange,
         event_exchange=dev.names.event_exchange,
         emulator_url=dev.livekit_url,

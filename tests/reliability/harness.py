@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ import aio_pika
 import redis
 from aio_pika.abc import AbstractIncomingMessage
 
+from service.transport.brokers import connect_failover
 from tests.support.amqp import delete_topology
 from tests.support.processes import AMQP_URL, REDIS_URL, Names, ServiceProcess
 from tests.support.proxy import TcpProxy
@@ -114,6 +116,20 @@ class Books:
                 f"confirmed@{confirmed} answers@{times}"
             )
         return lines
+
+    def answer_gaps(self, count: int = 3, *, per_room: bool = False) -> list[tuple[float, float]]:
+        """The ``count`` longest times between two consecutive first answers to commands (how long the
+        answers stopped), longest first, each with the time it began. ``per_room``: between answers of
+        the same room, which also shows an outage of some partitions while others still answer."""
+        firsts: dict[str, list[float]] = defaultdict(list)
+        for message_id, events in self.answers().items():
+            firsts[self.commands[message_id].room if per_room else ""].append(events[0].received_at)
+        gaps = [
+            (later - earlier, earlier)
+            for times in firsts.values()
+            for earlier, later in itertools.pairwise(sorted(times))
+        ]
+        return sorted(gaps, reverse=True)[:count]
 
     def accounting(self, *, returned_by_broker: Iterable[str] = ()) -> Accounting:
         """``returned_by_broker``: commands the service had started when the broker went away (it
@@ -209,9 +225,19 @@ class LoadClient:
     redelivers after a reconnect are recognised by the event's own message id (the service gives every
     event publish a fresh one, so a second answer from the service is still counted as one)."""
 
-    def __init__(self, names: Names, *, name: str = "reliability-client") -> None:
+    def __init__(
+        self,
+        names: Names,
+        *,
+        name: str = "reliability-client",
+        urls: Sequence[str] = (AMQP_URL,),
+        observer_arguments: dict[str, Any] | None = None,
+    ) -> None:
         self.names = names
         self.name = name
+        #: Nodes of the broker, the first that answers first (the client moves on when one goes away).
+        self.urls = tuple(urls)
+        self.observer_arguments = observer_arguments or {"x-queue-type": "classic"}
         self.books = Books()
         self.dead_letters: list[AbstractIncomingMessage] = []
         self._seen_event_ids: set[str] = set()
@@ -220,8 +246,8 @@ class LoadClient:
         self.reconnects = 0
 
     async def __aenter__(self) -> LoadClient:
-        self.connection = await aio_pika.connect_robust(
-            AMQP_URL, client_properties={"connection_name": self.name}, reconnect_interval=0.5
+        self.connection = await connect_failover(
+            self.urls, client_properties={"connection_name": self.name}, reconnect_interval=0.5
         )
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.channel = await self.connection.channel(publisher_confirms=True)
@@ -234,7 +260,7 @@ class LoadClient:
             self.names.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         self.observer = await self.observer_channel.declare_queue(
-            self.observer_queue_name, durable=True, arguments={"x-queue-type": "classic"}
+            self.observer_queue_name, durable=True, arguments=self.observer_arguments
         )
         await self.observer.bind(events, routing_key="room.#")
         await self.observer.consume(self._on_event)
@@ -340,6 +366,21 @@ class LoadClient:
         for number in range(1, commands + 1):
             await asyncio.sleep(pace)
             await self.send_command(room, participant, number, {"action": "create_new_access_token"})
+
+    async def steady_room_stream(self, room: str, stop: asyncio.Event, *, pace: float) -> None:
+        """``join``, then numbered ``create_new_access_token``s, one at a time, until ``stop`` is set."""
+        participant = f"p-{uuid.uuid4().hex[:8]}"
+        await self.send_command(room, participant, 0, {"action": "join"})
+        number = 0
+        while not stop.is_set():
+            await asyncio.sleep(pace)
+            number += 1
+            await self.send_command(room, participant, number, {"action": "create_new_access_token"})
+
+    async def steady_load(self, rooms: int, stop: asyncio.Event, *, pace: float) -> None:
+        """``rooms`` streams in parallel until ``stop`` is set (a fault test's background load)."""
+        streams = (self.steady_room_stream(str(uuid.uuid4()), stop, pace=pace) for _ in range(rooms))
+        await asyncio.gather(*streams)
 
     async def load(self, rooms: int, commands: int, *, pace: float) -> list[str]:
         names = [f"{uuid.uuid4()}" for _ in range(rooms)]
@@ -515,14 +556,15 @@ async def cleanup(
     *,
     partitions: int = PARTITIONS,
     queues: Iterable[str] = (),
+    urls: Sequence[str] = (AMQP_URL,),
 ) -> None:
     """Stop the services, delete the topology, the test's own queues and its Redis keys."""
     for service in services:
         await asyncio.to_thread(service.stop)
     with contextlib.suppress(Exception):
-        await delete_topology(names, partitions)
+        await delete_topology(names, partitions, urls=urls)
     with contextlib.suppress(Exception):
-        connection = await aio_pika.connect(AMQP_URL)
+        connection = await connect_failover(urls)
         async with connection:
             for queue in queues:
                 channel = await connection.channel()
@@ -537,6 +579,16 @@ def service_log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             lines.append(json.loads(line))
     return lines
+
+
+def abandoned_commands(service: ServiceProcess) -> set[str]:
+    """Commands the service had started when its broker connection died (it abandons them, the broker
+    redelivers them, possibly after later commands of their room: ``Books.accounting``)."""
+    return {
+        str(line.get("message_id"))
+        for line in service_log_lines(service)
+        if line["message"].startswith("command abandoned")
+    }
 
 
 def with_port(url: str, port: int) -> str:

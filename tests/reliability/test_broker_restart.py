@@ -14,10 +14,10 @@ import pytest
 from tests.reliability.harness import (
     LoadClient,
     ReadinessPoller,
+    abandoned_commands,
     cleanup,
     ensure_rabbitmq_running,
     rabbitmq,
-    service_log_lines,
     started_service,
     wait_rabbitmq_running,
 )
@@ -50,11 +50,7 @@ async def test_broker_restart_under_load_loses_nothing_and_keeps_room_order(
                 answered = await client.wait_answered(timeout=30)
                 ready_again = await asyncio.to_thread(service.wait_ready, 30)
             # Started when the broker stopped: redelivered by the broker, possibly after later ones.
-            returned = {
-                str(line.get("message_id"))
-                for line in service_log_lines(service)
-                if line["message"].startswith("command abandoned")
-            }
+            returned = abandoned_commands(service)
             books = client.books.accounting(returned_by_broker=returned)
             not_ready = poller.first(lambda status, _: status == 503, after=stopping)
             ready = poller.first(lambda status, _: status == 200, after=running)

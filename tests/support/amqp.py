@@ -6,13 +6,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from service.transport.brokers import connect_failover
 from tests.support.processes import AMQP_URL, Names
 
 
@@ -182,9 +183,10 @@ class SignalingClient:
         await asyncio.sleep(seconds)
 
 
-async def delete_topology(names: Names, partitions: int) -> None:
-    """Remove every exchange and queue the service declared for ``names``."""
-    connection = await aio_pika.connect(AMQP_URL)
+async def delete_topology(names: Names, partitions: int, *, urls: Sequence[str] = (AMQP_URL,)) -> None:
+    """Remove every exchange and queue the service declared for ``names`` (on the broker, or the first
+    node of ``urls`` that answers)."""
+    connection = await connect_failover(urls)
     async with connection:
         queues = [names.dead_letter]
         queues += [names.queue] if partitions == 1 else [f"{names.queue}.{n}" for n in range(partitions)]

@@ -146,6 +146,12 @@ class ServiceProcess:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
+    def status(self) -> dict[str, str]:
+        """The ``key: value`` lines of ``/readyz`` (``amqp_node``, ``active_partitions`` …)."""
+        _, body = self.http("/readyz")
+        fields = (line.partition(": ") for line in body.splitlines())
+        return {key: value for key, sep, value in fields if sep}
+
     def is_ready(self) -> bool:
         with contextlib.suppress(OSError):
             return self.http("/readyz")[0] == 200

@@ -58,7 +58,36 @@ def test_secret_from_file_and_never_shown(tmp_path: Path) -> None:
 def test_invalid_secret_value_is_not_echoed() -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings({**BASE, "AMQP_URL": "http://user:hunter2@rabbit/"})
-    assert str(refused.value) == "AMQP_URL: is invalid: expected a amqp:// or amqps:// URL"
+    assert str(refused.value) == "AMQP_URL: is invalid: expected an amqp://host or amqps://host URL"
+    assert "hunter2" not in str(refused.value)
+
+
+def test_several_broker_addresses_in_order() -> None:
+    settings = load_settings(
+        {**BASE, "AMQP_URL": "amqp://u:pw@rabbit-0:5672/prod, amqps://u:pw@rabbit-1/prod,amqp://rabbit-2"}
+    )
+    assert settings.amqp_urls == (
+        "amqp://u:pw@rabbit-0:5672/prod",
+        "amqps://u:pw@rabbit-1/prod",
+        "amqp://rabbit-2",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (
+            "amqp://u:hunter2@a/,http://u:hunter2@b/",
+            "address 2 of 2: expected an amqp://host or amqps://host URL",
+        ),
+        ("amqp://u:hunter2@a/,,amqp://b/", "address 2 of 3: empty (a stray comma?)"),
+        ("amqp://u:hunter2@a/,amqp:///vhost", "address 2 of 2: expected an amqp://host or amqps://host URL"),
+    ],
+)
+def test_each_broker_address_is_checked_and_never_shown(value: str, error: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({**BASE, "AMQP_URL": value})
+    assert str(refused.value) == f"AMQP_URL: is invalid: {error}"
     assert "hunter2" not in str(refused.value)
 
 

@@ -1,0 +1,350 @@
+"""A 3-node RabbitMQ cluster on loopback ports, beside the system node, for the HA tests and the bench.
+
+Each node has its own name (``ha<id>-a@localhost`` …), AMQP and distribution ports picked free, and its
+own data, log and config files in a temporary directory owned by the ``rabbitmq`` user (the Debian
+scripts run the server as that user, also when started by root; the Erlang cookie is that user's). The
+consistent-hash exchange plugin is enabled from the start. Nodes b and c join a with ``join_cluster``.
+Single nodes can be stopped, killed (SIGKILL) and started again; ``close()`` stops everything and
+removes the directory. Needs root (or the ``rabbitmq`` user), as the Debian scripts do.
+
+    with RabbitCluster() as cluster:          # about a minute on the 2-core machines
+        cluster.amqp_url                      # "amqp://guest:guest@127.0.0.1:p1/,amqp://…:p2/,…"
+        cluster.kill("a"); cluster.start("a")
+
+``python -m tests.support.rabbit_cluster`` starts one, prints its URLs and keeps it until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.processes import free_port
+
+PLUGINS = "[rabbitmq_consistent_hash_exchange].\n"
+RABBITMQ_USER = "rabbitmq"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueueReplicas:
+    name: str
+    leader: str
+    members: tuple[str, ...]
+
+
+@dataclass
+class RabbitNode:
+    letter: str
+    name: str  # Erlang node name, ``ha<id>-a@localhost``
+    amqp_port: int
+    dist_port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def address(self) -> str:
+        """How the service names the node it is on (``/readyz``, logs)."""
+        return f"127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "rabbit.pid"
+
+    def environment(self) -> dict[str, str]:
+        d = self.directory
+        return {
+            **os.environ,
+            # Our own (empty) env file: the system one names the system node.
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq"),  # without ".conf", as the scripts want it
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            # Distribution on loopback only, like the system node.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def write_files(self) -> None:
+        d = self.directory
+        for sub in ("mnesia", "log"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "rabbitmq-env.conf").write_text("")
+        (d / "enabled_plugins").write_text(PLUGINS)
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            "loopback_users = none\n"
+            # The nodes share two cores with everything else: keep their own overhead down.
+            "management_agent.disable_metrics_collector = true\n"
+            "collect_statistics = none\n"
+        )
+        (d / "advanced.config").write_text("[].\n")
+
+    def pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.pid_file.read_text().strip())
+        return None
+
+
+class RabbitCluster:
+    """Three (``size``) clustered nodes; node letters ``a``, ``b``, ``c`` name them in every method."""
+
+    def __init__(self, size: int = 3, *, startup_timeout: float = 120.0) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        self.startup_timeout = startup_timeout
+        self.directory = Path(tempfile.mkdtemp(prefix=f"rabbit-cluster-{self.id}-"))
+        letters = "abcdefg"[:size]
+        self.nodes = {
+            letter: RabbitNode(
+                letter=letter,
+                name=f"ha{self.id}-{letter}@localhost",
+                amqp_port=free_port(),
+                dist_port=free_port(),
+                directory=self.directory / letter,
+            )
+            for letter in letters
+        }
+        self.started_in: float | None = None
+
+    # -- addresses ------------------------------------------------------------------------------------
+
+    def urls(self, first: str | None = None) -> list[str]:
+        """Every node's URL, starting with ``first`` (then the others in order)."""
+        letters = list(self.nodes)
+        if first is not None:
+            index = letters.index(first)
+            letters = letters[index:] + letters[:index]
+        return [self.nodes[letter].url for letter in letters]
+
+    def amqp_url(self, first: str | None = None) -> str:
+        """The comma-separated ``AMQP_URL`` of the whole cluster."""
+        return ",".join(self.urls(first))
+
+    def node_at(self, address: str) -> str:
+        """The letter of the node whose ``host:port/vhost`` (as ``/readyz`` shows it) is ``address``."""
+        for letter, node in self.nodes.items():
+            if node.address == address:
+                return letter
+        raise KeyError(address)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start_cluster(self) -> RabbitCluster:
+        started = time.monotonic()
+        try:
+            for node in self.nodes.values():
+                node.write_files()
+            _chown_tree(self.directory)
+            for letter in self.nodes:
+                self._launch(letter)
+            for letter in self.nodes:
+                self.wait_running(letter)
+            first, *others = self.nodes
+
+            def join(letter: str) -> None:
+                self.ctl(letter, "stop_app")
+                self.ctl(letter, "join_cluster", self.nodes[first].name)
+                self.ctl(letter, "start_app")
+                self.wait_running(letter)
+
+            with ThreadPoolExecutor(len(others) or 1) as pool:
+                list(pool.map(join, others))
+        except BaseException:
+            self.close()
+            raise
+        self.started_in = time.monotonic() - started
+        return self
+
+    def _launch(self, letter: str) -> None:
+        node = self.nodes[letter]
+        node.pid_file.unlink(missing_ok=True)
+        result = subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=node.environment(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"rabbitmq-server {node.name}: {result.stderr.decode()[-1000:]}")
+
+    def start(self, letter: str) -> float:
+        """Start a stopped or killed node again; the seconds until it runs (it rejoins by itself)."""
+        started = time.monotonic()
+        self._launch(letter)
+        self.wait_running(letter)
+        return time.monotonic() - started
+
+    def stop(self, letter: str) -> float:
+        """Stop a node as an operator does (``rabbitmqctl stop``: the whole Erlang VM)."""
+        started = time.monotonic()
+        self.ctl(letter, "stop", timeout=120)
+        return time.monotonic() - started
+
+    def kill(self, letter: str) -> None:
+        """SIGKILL the node's Erlang VM: no clean shutdown, connections and Raft members just vanish."""
+        pid = self.nodes[letter].pid()
+        if pid is None:
+            raise ClusterError(f"no pid for {self.nodes[letter].name}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def is_running(self, letter: str) -> bool:
+        return self._cli("rabbitmq-diagnostics", letter, "-q", "check_running", timeout=30).returncode == 0
+
+    def wait_running(self, letter: str) -> None:
+        """Until the node accepts AMQP connections and ``check_running`` agrees. The port is polled
+        first: every CLI call starts an Erlang VM (1-3 s of CPU here), which slows the booting node."""
+        node = self.nodes[letter]
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", node.amqp_port), timeout=1).close()
+                if self.is_running(letter):
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{node.name} not running after {self.startup_timeout}s")
+            time.sleep(0.2)
+
+    def wait_quorum_safe(self, letter: str, *, timeout: float = 60.0) -> None:
+        """Until stopping ``letter`` would leave every quorum queue a majority: the check an operator
+        runs before taking a node down (``rabbitmq-queues check_if_node_is_quorum_critical``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self._cli("rabbitmq-queues", letter, "check_if_node_is_quorum_critical", timeout=30)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{letter} still quorum-critical: {result.stdout.decode()[-500:]}")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        """Stop every node (killing what does not stop) and remove the directory."""
+        for letter, node in self.nodes.items():
+            pid = node.pid()
+            if pid is not None and _alive(pid):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.ctl(letter, "stop", timeout=30, check=False)
+                if _alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RabbitCluster:
+        return self.start_cluster()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- inspection -----------------------------------------------------------------------------------
+
+    def ctl(self, letter: str, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        result = self._cli("rabbitmqctl", letter, *args, timeout=timeout)
+        if check and result.returncode != 0:
+            raise ClusterError(f"rabbitmqctl {' '.join(args)} on {letter}: {result.stderr.decode()[-800:]}")
+        return result.stdout.decode()
+
+    def queues(self, prefix: str, *, via: str | None = None) -> list[QueueReplicas]:
+        """Quorum queues whose names start with ``prefix``: leader and members (node letters)."""
+        letter = via or next(iter(self.running_guess()))
+        raw = self.ctl(letter, "list_queues", "name", "leader", "members", "--formatter", "json", "-q")
+        by_name = {node.name: node.letter for node in self.nodes.values()}
+        found = []
+        for row in json.loads(raw or "[]"):
+            if str(row["name"]).startswith(prefix) and row.get("leader"):
+                found.append(
+                    QueueReplicas(
+                        name=row["name"],
+                        leader=by_name.get(row["leader"], row["leader"]),
+                        members=tuple(by_name.get(m, m) for m in row.get("members") or ()),
+                    )
+                )
+        return found
+
+    def leaders(self, names: Sequence[str], *, via: str | None = None) -> Counter[str]:
+        """How many of the queues ``names`` each node leads."""
+        wanted = set(names)
+        return Counter(q.leader for q in self.queues("", via=via) if q.name in wanted)
+
+    def running_guess(self) -> Iterator[str]:
+        """Nodes whose VM is alive (a cheap check: the pid), for picking one to ask."""
+        for letter, node in self.nodes.items():
+            pid = node.pid()
+            if pid is not None and _alive(pid):
+                yield letter
+
+    def _cli(self, tool: str, letter: str, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+        node = self.nodes[letter]
+        return subprocess.run(
+            [tool, "-n", node.name, *args],
+            env=node.environment(),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purpose.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
+def _chown_tree(root: Path) -> None:
+    """Give the tree to the ``rabbitmq`` user: the server runs as that user, also when root starts it."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam(RABBITMQ_USER)
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def main() -> None:
+    cluster = RabbitCluster()
+    with cluster:
+        sys.stdout.write(f"started in {cluster.started_in:.1f}s\nAMQP_URL={cluster.amqp_url()}\n")
+        for node in cluster.nodes.values():
+            sys.stdout.write(f"{node.letter}: {node.name} amqp {node.amqp_port} data {node.directory}\n")
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
