@@ -248,11 +248,14 @@ async def _timed_moderation(
     *,
     expected: int,
     done: Callable[[Any], bool],
+    pids: dict[str, int | None] | None = None,
 ) -> Figures:
     """Publish one moderator command; time until its ``expected`` events arrived and until LiveKit was
-    seen in the wanted state (``done`` true for every participant, checked right after the events)."""
+    seen in the wanted state (``done`` true for every participant, checked right after the events);
+    with ``pids``, also the CPU seconds each of those processes spent meanwhile."""
     cmd = command(room, "bench-moderator", payload, role="moderator")
     base = gen.collector.received
+    cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
     start = time.perf_counter()
     await gen.publish(cmd)
     complete = await gen.collector.wait_total(base + expected, _timeout(expected))
@@ -266,7 +269,9 @@ async def _timed_moderation(
         await asyncio.sleep(0.02)
     verified_at = time.perf_counter()
     track = gen.collector.tracks.get(cmd.message_id)
+    cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 3) for name, pid in (pids or {}).items()}
     return {
+        **({"cpu_seconds": cpu} if cpu else {}),
         "participants": expected,
         "events_seconds": round(events_at - start, 4),
         # The target applies to this one: events in AND LiveKit checked (includes one ListParticipants).
@@ -463,12 +468,22 @@ async def w8_restrictions_by_size(
                 profiler.start(target.pid, profile_name)
             enables: list[Figures] = []
             disables: list[Figures] = []
+            pids = {
+                "target": target.pid,
+                "emulator": env.emulator_pid,
+                "rabbitmq": rabbitmq_pid(),
+                "load_generator": os.getpid(),
+            }
             for _ in range(rounds):
                 enables.append(
-                    await _timed_moderation(gen, view, room, enable, expected=size, done=_no_microphone)
+                    await _timed_moderation(
+                        gen, view, room, enable, expected=size, done=_no_microphone, pids=pids
+                    )
                 )
                 disables.append(
-                    await _timed_moderation(gen, view, room, disable, expected=size, done=_microphone_allowed)
+                    await _timed_moderation(
+                        gen, view, room, disable, expected=size, done=_microphone_allowed, pids=pids
+                    )
                 )
             if profiler is not None:
                 profiler.stop()
@@ -478,6 +493,10 @@ async def w8_restrictions_by_size(
                 "enable_seconds": statistics.median(float(f["seconds"]) for f in enables),
                 "enable_events_seconds": statistics.median(float(f["events_seconds"]) for f in enables),
                 "disable_seconds": statistics.median(float(f["seconds"]) for f in disables),
+                # CPU seconds per process of the median enable round (the 2 cores are shared by all).
+                "enable_cpu_seconds": sorted(enables, key=lambda f: float(f["seconds"]))[len(enables) // 2][
+                    "cpu_seconds"
+                ],
                 "rounds_enable_seconds": [f["seconds"] for f in enables],
                 "rounds_disable_seconds": [f["seconds"] for f in disables],
                 "livekit_verified": all(f["livekit_verified"] for f in enables + disables),
@@ -491,6 +510,7 @@ async def w8_restrictions_by_size(
         "small_seconds": small["enable_seconds"],
         "large_seconds": large["enable_seconds"],
         "large_events_seconds": large["enable_events_seconds"],
+        "large_cpu_seconds": large["enable_cpu_seconds"],
         "large_over_small": round(float(large["enable_seconds"]) / float(small["enable_seconds"]), 2),
         "livekit_verified": small["livekit_verified"] and large["livekit_verified"],
         "complete": small["complete"] and large["complete"],

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -366,9 +367,10 @@ class CommandProcessor:
         else:
             outcomes = list(await asyncio.gather(*confirms, return_exceptions=True))
         lost: list[OutgoingEvent] = []
+        published: Counter[str] = Counter()  # counted once per type: a fan-out has thousands of events
         for event, outcome in zip(events, outcomes, strict=True):
             if outcome is None:
-                self._metrics.events_published.labels(event.type).inc()
+                published[event.type] += 1
                 continue
             failure = (
                 await self._dead_letter_event(event) if isinstance(outcome, UnroutableEvent) else outcome
@@ -378,6 +380,8 @@ class CommandProcessor:
             if not isinstance(failure, CONNECTION_ERRORS):
                 raise failure  # a nack from the broker: requeue the command
             lost.append(event)
+        for event_type, count in published.items():
+            self._metrics.events_published.labels(event_type).inc(count)
         return lost
 
     async def _dead_letter_event(self, event: OutgoingEvent) -> BaseException | None:

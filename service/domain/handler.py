@@ -285,14 +285,15 @@ class CommandHandler:
     ) -> None:
         """Bring every connected participant's (or only the named ones') LiveKit permission in line
         with the room's state, concurrently; unchanged participants cost nothing."""
-        updates = []
+        changes = []
         for participant in await self._livekit.list_participants(room_name):
             if only is not None and participant.identity not in only:
                 continue
             desired = self._desired_sources(room, participant)
             if desired != participant.publish_sources:
-                updates.append(self._livekit.set_publish_sources(room_name, participant, desired))
-        await asyncio.gather(*updates)
+                changes.append((participant, desired))
+        if changes:
+            await self._livekit.set_publish_sources(room_name, changes)
 
     async def reapply_permissions(self, room_name: str, identity: str) -> None:
         """Re-check one participant who just joined or published (LiveKit webhook): a token minted

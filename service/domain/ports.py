@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,8 +33,10 @@ class LiveKit(Protocol):
     async def list_participants(self, room: str) -> list[ConnectedParticipant]: ...
 
     async def set_publish_sources(
-        self, room: str, participant: ConnectedParticipant, sources: frozenset[str]
-    ) -> None: ...
+        self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
+    ) -> None:
+        """Give each participant exactly these sources to publish (all of them concurrently, as far as
+        the adapter's bound on calls in flight allows); one that left meanwhile is fine."""
 
     async def mute_track(self, room: str, identity: str, track_sid: str) -> None: ...
 
