@@ -112,6 +112,14 @@ class _Turn:
         self.previous = None
 
 
+def _failure(confirm: asyncio.Future[None]) -> BaseException | None:
+    """How a publish ended: None when confirmed; a publish cancelled with its closing channel counts
+    as lost with the connection (it is published again), not as this command's cancellation."""
+    if confirm.cancelled():
+        return ConnectionError("publish cancelled: its channel closed")
+    return confirm.exception()
+
+
 def participant_routing_key(room: str, participant: str) -> str:
     return f"room.{room}.participant.{participant}"
 
@@ -361,11 +369,14 @@ class CommandProcessor:
         if len(confirms) == 1:  # most commands answer one participant: no gather needed
             try:
                 await confirms[0]
-                outcomes: list[BaseException | None] = [None]
-            except Exception as error:
-                outcomes = [error]
+            except asyncio.CancelledError:
+                if not confirms[0].cancelled():
+                    raise  # this command was cancelled, not its publish
+            except Exception:  # noqa: S110 - read from the future below
+                pass
         else:
-            outcomes = list(await asyncio.gather(*confirms, return_exceptions=True))
+            await asyncio.gather(*confirms, return_exceptions=True)
+        outcomes = [_failure(confirm) for confirm in confirms]
         lost: list[OutgoingEvent] = []
         published: Counter[str] = Counter()  # counted once per type: a fan-out has thousands of events
         for event, outcome in zip(events, outcomes, strict=True):

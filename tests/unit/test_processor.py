@@ -260,3 +260,19 @@ async def test_a_nacked_event_requeues_its_command_after_the_previous_one_settle
     transport.confirms[0].set_result(None)
     await transport.until(lambda: transport.requeued == [second.message_id])
     assert transport.acked == [first.message_id]
+
+
+async def test_a_publish_cancelled_with_its_channel_is_published_again(
+    processor: CommandProcessor, transport: FakeTransport
+) -> None:
+    """aiormq may cancel a pending publish when its channel closes: that is a lost event, not a
+    cancelled command (which would be left neither acknowledged nor requeued)."""
+    command = delivery()
+    processor.on_delivery(command)
+    await transport.until(lambda: len(transport.confirms) == 1)
+    transport.channel.is_closed = True
+    transport.confirms[0].cancel()
+    transport.channel = FakeChannel()
+    await transport.until(lambda: len(transport.confirms) == 2)
+    transport.confirms[1].set_result(None)
+    await transport.until(lambda: transport.acked == [command.message_id])
