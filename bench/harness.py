@@ -29,6 +29,7 @@ LOGS = RESULTS / "logs"
 __all__ = [
     "AMQP_URL",
     "LOGS",
+    "REDIS_URL",
     "RESULTS",
     "BaselineTarget",
     "EmulatorProcess",

@@ -20,10 +20,12 @@ class Row:
     unit: str
     target: str = ""
     passed: bool | None = None
+    #: False for a row whose figures are already ratios (service and baseline each against itself).
+    comparable: bool = True
 
     @property
     def ratio(self) -> float | None:
-        if self.service is None or self.baseline is None or self.baseline == 0:
+        if not self.comparable or self.service is None or self.baseline is None or self.baseline == 0:
             return None
         return self.service / self.baseline
 
@@ -109,6 +111,63 @@ def rows(results: dict[str, Any]) -> list[Row]:
         add("w6", label("w6", f"W6 memory ({n:,} participants)"), "RSS per participant",
             "bytes_per_participant", "B", target="< 2 KiB", passed=ok)  # fmt: skip
         add("w6", "W6", "RSS after start-up", "rss_start_bytes", "B")
+    out += large_room_rows(results)
+    return out
+
+
+def large_room_rows(results: dict[str, Any]) -> list[Row]:
+    """W7-W9 (issue 14). W7 and W8 compare the service with itself (one room against many, the larger
+    room against the smaller), so their ratio rows carry the service's ratio and, beside it, the
+    baseline's same ratio."""
+    out: list[Row] = []
+
+    def add(workload: str, label: str, figure: str, key: str, unit: str, **kwargs: Any) -> None:
+        service = _get(results, workload, "service", key)
+        baseline = _get(results, workload, "baseline", key)
+        out.append(Row(label, figure, service, baseline, unit, **kwargs))
+
+    def label(workload: str, text: str) -> str:
+        return text + (" *" if disturbed(results, workload) else "")
+
+    if "w7" in results:
+        n = int(_get(results, "w7", "service", "joins") or 0)
+        rooms = int(_get(results, "w7", "service", "rooms") or 0)
+        add("w7", label("w7", f"W7 {n:,} joins over {rooms:,} rooms"), "time to last event",
+            "spread_seconds", "s")  # fmt: skip
+        add("w7", "W7", "the same into one room", "one_room_seconds", "s")
+        ratio = _get(results, "w7", "service", "one_room_over_spread")
+        ok = ratio is not None and ratio <= 1.2 and _complete(results, "w7")
+        base_ratio = _get(results, "w7", "baseline", "one_room_over_spread")
+        out.append(
+            Row("W7", "one room / over many rooms", ratio, base_ratio, "x", "<= 1.2", ok, comparable=False)
+        )
+    if "w8" in results:
+        small, large = results["w8"].get("service", {}).get("sizes", [0, 0])
+        add("w8", label("w8", f"W8 restrictions, room of {small:,}"), "events + LiveKit verified",
+            "small_seconds", "s")  # fmt: skip
+        s = _get(results, "w8", "service", "large_seconds")
+        verified = bool(results["w8"].get("service", {}).get("livekit_verified"))
+        ok = s is not None and s < 3 and verified and _complete(results, "w8")
+        add("w8", f"W8 room of {large:,}", "events + LiveKit verified", "large_seconds", "s",
+            target="< 3 s", passed=ok)  # fmt: skip
+        add("w8", "W8", "events only", "large_events_seconds", "s")
+        ratio = _get(results, "w8", "service", "large_over_small")
+        ok = ratio is not None and ratio <= large / max(1, small) and _complete(results, "w8")
+        base_ratio = _get(results, "w8", "baseline", "large_over_small")
+        out.append(Row("W8", f"room of {large:,} / of {small:,}", ratio, base_ratio, "x",
+                       f"<= {large / max(1, small):g}x", ok, comparable=False))  # fmt: skip
+    if "w9" in results:
+        memory, in_redis = results["w9"].get("service", {}), results["w9"].get("service_redis", {})
+        n = int(memory.get("participants") or in_redis.get("participants") or 0)
+        name = label("w9", f"W9 memory, one room of {n:,}")
+        for text, value in (
+            ("in-memory store: RSS per participant", memory.get("process_bytes_per_participant")),
+            ("Redis store: MEMORY USAGE per participant", in_redis.get("redis_bytes_per_participant")),
+            ("Redis store: RSS per participant", in_redis.get("process_bytes_per_participant")),
+            ("Redis store: processed id per command", in_redis.get("redis_processed_bytes_per_command")),
+        ):
+            out.append(Row(name, text, None if value is None else float(value), None, "B"))
+            name = "W9"
     return out
 
 

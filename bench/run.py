@@ -52,9 +52,13 @@ from bench.workloads import (
     w5_force_mute_service,
     w6_memory,
     w6_start_up_rss,
+    w7_one_room_against_many,
+    w8_fanout_baseline,
+    w8_restrictions_by_size,
+    w9_room_memory,
 )
 
-ALL = ("w1", "w2", "w3", "w4", "w5", "w6")
+ALL = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
 PROFILE_ROUNDS = 5
 
 
@@ -65,7 +69,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=32, help="AMQP_PREFETCH of both (default 32)")
     parser.add_argument("--redis", action="store_true", help="the service keeps state in Redis, not memory")
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated workloads (default: all)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the service during W1 and W4")
+    parser.add_argument("--profile", action="store_true", help="py-spy the service during W1, W4 and W8")
     parser.add_argument(
         "--trace",
         action="store_true",
@@ -208,9 +212,13 @@ class Runner:
         self.env = env
         self.sizes = Sizes.quick() if args.quick else Sizes.full()
 
-    def service(self) -> Target:
+    def service(self, *, redis_store: bool | None = None) -> Target:
+        """The service, with the store ``--redis`` chose unless ``redis_store`` says otherwise."""
         return ServiceTarget(
-            self.env.emulator_url, self.args.partitions, self.args.prefetch, use_redis=self.args.redis
+            self.env.emulator_url,
+            self.args.partitions,
+            self.args.prefetch,
+            use_redis=self.args.redis if redis_store is None else redis_store,
         )
 
     def baseline(self) -> Target:
@@ -319,6 +327,36 @@ def throughput_and_latency(
             results[key] = {"service": svc, "baseline": base}
 
 
+def large_rooms(runner: Runner, results: dict[str, Any]) -> None:
+    """W7-W9 (issue 14): whether a command costs more in a room of 10,000 than in a room of 10."""
+    args, env, sizes = runner.args, runner.env, runner.sizes
+    if "w7" in args.only:
+        print(f"W7 {sizes.w7_joins:,} joins into one room against the same over {sizes.w7_rooms:,} rooms")
+        base = runner.on(runner.baseline, lambda t: w7_one_room_against_many(t, env, sizes, rounds=1))
+        svc = runner.on(runner.service, lambda t: w7_one_room_against_many(t, env, sizes))
+        results["w7"] = {"service": svc, "baseline": base}
+    if "w8" in args.only:
+        small, large = sizes.w8_sizes
+        print(f"W8 restrictions in rooms of {small:,} and {large:,}")
+        base = runner.on(runner.baseline, lambda t: w8_fanout_baseline(t, env, sizes))
+        profile = "w8" if env.profiler is not None else None
+        svc = runner.on(
+            runner.service, lambda t: w8_restrictions_by_size(t, env, sizes, profile_name=profile)
+        )
+        results["w8"] = {"service": svc, "baseline": base}
+    if "w9" in args.only:
+        print(f"W9 memory of one room of {sizes.w9_participants:,}, in-memory store and Redis store")
+        in_memory = runner.on(
+            partial(runner.service, redis_store=False),
+            lambda t: w9_room_memory(t, env, sizes, redis_store=False),
+        )
+        in_redis = runner.on(
+            partial(runner.service, redis_store=True),
+            lambda t: w9_room_memory(t, env, sizes, redis_store=True),
+        )
+        results["w9"] = {"service": in_memory, "service_redis": in_redis}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     emulator = EmulatorProcess(mute_delay=15.0)
     profiler = Profiler() if args.profile else None
@@ -361,6 +399,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base = runner.on(runner.baseline, lambda t: w6_start_up_rss(t, env, sizes))
             svc = runner.on(runner.service, lambda t: w6_memory(t, env, sizes))
             results["w6"] = {"service": svc, "baseline": base}
+        large_rooms(runner, results)
     finally:
         if profiler is not None:
             profiler.stop()

@@ -1,4 +1,4 @@
-"""The six workloads. Each runs against one fresh target process (service or baseline) on its own
+"""The workloads. Each runs against one fresh target process (service or baseline) on its own
 uuid-named topology and returns its figures as a flat dict of numbers (plus raw samples for the plot)."""
 
 from __future__ import annotations
@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import Target, cpu_seconds, rabbitmq_pid, settled_rss
+import redis.asyncio as redis
+
+from bench.harness import REDIS_URL, Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
 from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
@@ -37,14 +40,23 @@ class Sizes:
     w6_rooms: int
     w6_per_room: int
     warm_up: int
+    #: W7: joins, and the rooms they are spread over in the reference run.
+    w7_joins: int
+    w7_rooms: int
+    #: W8: the room sizes whose restrictions are compared, smaller first.
+    w8_sizes: tuple[int, int]
+    #: W9: participants of the one room whose memory is measured.
+    w9_participants: int
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(20_000, 500, 15.0, 10_000, 500, 1_000, 50, 10_000, 10, 300)
+        return cls(
+            20_000, 500, 15.0, 10_000, 500, 1_000, 50, 10_000, 10, 300, 10_000, 1_000, (1_000, 10_000), 10_000
+        )
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(1_000, 100, 2.0, 500, 50, 200, 50, 200, 10, 100)
+        return cls(1_000, 100, 2.0, 500, 50, 200, 50, 200, 10, 100, 1_000, 100, (100, 1_000), 1_000)
 
 
 @dataclass
@@ -236,11 +248,14 @@ async def _timed_moderation(
     *,
     expected: int,
     done: Callable[[Any], bool],
+    pids: dict[str, int | None] | None = None,
 ) -> Figures:
     """Publish one moderator command; time until its ``expected`` events arrived and until LiveKit was
-    seen in the wanted state (``done`` true for every participant, checked right after the events)."""
+    seen in the wanted state (``done`` true for every participant, checked right after the events);
+    with ``pids``, also the CPU seconds each of those processes spent meanwhile."""
     cmd = command(room, "bench-moderator", payload, role="moderator")
     base = gen.collector.received
+    cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
     start = time.perf_counter()
     await gen.publish(cmd)
     complete = await gen.collector.wait_total(base + expected, _timeout(expected))
@@ -254,7 +269,9 @@ async def _timed_moderation(
         await asyncio.sleep(0.02)
     verified_at = time.perf_counter()
     track = gen.collector.tracks.get(cmd.message_id)
+    cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 3) for name, pid in (pids or {}).items()}
     return {
+        **({"cpu_seconds": cpu} if cpu else {}),
         "participants": expected,
         "events_seconds": round(events_at - start, 4),
         # The target applies to this one: events in AND LiveKit checked (includes one ListParticipants).
@@ -361,3 +378,213 @@ async def w6_start_up_rss(target: Target, env: Env, sizes: Sizes) -> Figures:
     async with LoadGenerator(target.names) as gen:
         await _warm_up(gen, sizes)
     return {"rss_start_bytes": rss_start, "rss_after_warm_up_bytes": await settled_rss(target.pid)}
+
+
+# -- W7: a room of 10,000 against the same joins over many rooms (issue 14) ----------------------------
+
+
+def _arrival_quarters(gen: LoadGenerator, commands: list[Command], start: float) -> Figures:
+    """How long the first and the last quarter of the answers took (sorted by arrival): equal when a
+    join costs the same in a full room as in an empty one."""
+    tracks = gen.collector.tracks
+    arrivals = sorted(tracks[c.message_id].last for c in commands if c.message_id in tracks)
+    if len(arrivals) < 4:
+        return {}
+    quarter = len(arrivals) // 4
+    return {
+        "first_quarter_seconds": round(arrivals[quarter - 1] - start, 3),
+        "last_quarter_seconds": round(arrivals[-1] - arrivals[-quarter - 1], 3),
+    }
+
+
+async def _timed_joins(gen: LoadGenerator, commands: list[Command]) -> Figures:
+    base = gen.collector.received
+    start = time.perf_counter()
+    elapsed, complete = await _run_batch(gen, commands, len(commands))
+    return {
+        "seconds": round(elapsed, 3),
+        **_arrival_quarters(gen, commands, start),
+        **_outcome(gen, complete, len(commands), base),
+    }
+
+
+async def w7_one_room_against_many(target: Target, env: Env, sizes: Sizes, *, rounds: int = 2) -> Figures:
+    """``w7_joins`` joins spread over ``w7_rooms`` rooms, and the same number into one room, on one
+    process; ``rounds`` times each, the order alternating (spread first, then one room first) so that
+    neither always runs on a warmer process. Every room and participant is new in every run."""
+    del env
+    n, rooms = sizes.w7_joins, sizes.w7_rooms
+    runs: dict[str, list[Figures]] = {"spread": [], "one_room": []}
+    async with LoadGenerator(target.names) as gen:
+        await _warm_up(gen, sizes)
+        for number in range(rounds):
+            order = ("spread", "one_room") if number % 2 == 0 else ("one_room", "spread")
+            for kind in order:
+                tag = _tag()
+                if kind == "spread":
+                    commands = [command(f"w7-{tag}-{i % rooms}", f"p{i // rooms}", JOIN) for i in range(n)]
+                else:
+                    commands = [command(f"w7-{tag}-one", f"p{i}", JOIN) for i in range(n)]
+                runs[kind].append(await _timed_joins(gen, commands))
+    spread = statistics.mean(float(f["seconds"]) for f in runs["spread"])
+    one_room = statistics.mean(float(f["seconds"]) for f in runs["one_room"])
+    return {
+        "joins": n,
+        "rooms": rooms,
+        "spread_seconds": round(spread, 3),
+        "one_room_seconds": round(one_room, 3),
+        "one_room_over_spread": round(one_room / spread, 3),
+        "runs": runs,
+        "complete": all(f["complete"] for fs in runs.values() for f in fs),
+        "error_events": sum(int(f["error_events"]) for fs in runs.values() for f in fs),
+    }
+
+
+# -- W8: restrictions in rooms of 1,000 and 10,000 (issue 14) -----------------------------------------
+
+
+def _microphone_allowed(info: Any) -> bool:
+    return "microphone" in allowed_sources(info)
+
+
+async def w8_restrictions_by_size(
+    target: Target, env: Env, sizes: Sizes, *, rounds: int = 3, profile_name: str | None = None
+) -> Figures:
+    """Per room size: a room of that many joined participants, all connected to LiveKit with a
+    microphone track; then ``rounds`` times enable restrictions (timed until every participant has the
+    event and LiveKit shows nobody may publish a microphone) and disable them again (timed the same way,
+    until everybody may). The larger room is profiled when asked."""
+    enable = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+    disable = {"action": "disable_microphone_restrictions"}
+    by_size: dict[str, Figures] = {}
+    async with LoadGenerator(target.names) as gen, Emulator(env.emulator_url) as view:
+        await _warm_up(gen, sizes)
+        for size in sizes.w8_sizes:
+            setup_start = time.perf_counter()
+            room, _ = await _fanout_room(gen, view, size, ["microphone"])
+            setup = time.perf_counter() - setup_start
+            profiler = env.profiler if size == max(sizes.w8_sizes) and profile_name is not None else None
+            if profiler is not None and profile_name is not None:
+                profiler.start(target.pid, profile_name)
+            enables: list[Figures] = []
+            disables: list[Figures] = []
+            pids = {
+                "target": target.pid,
+                "emulator": env.emulator_pid,
+                "rabbitmq": rabbitmq_pid(),
+                "load_generator": os.getpid(),
+            }
+            for _ in range(rounds):
+                enables.append(
+                    await _timed_moderation(
+                        gen, view, room, enable, expected=size, done=_no_microphone, pids=pids
+                    )
+                )
+                disables.append(
+                    await _timed_moderation(
+                        gen, view, room, disable, expected=size, done=_microphone_allowed, pids=pids
+                    )
+                )
+            if profiler is not None:
+                profiler.stop()
+            by_size[str(size)] = {
+                "participants": size,
+                "setup_seconds": round(setup, 3),
+                "enable_seconds": statistics.median(float(f["seconds"]) for f in enables),
+                "enable_events_seconds": statistics.median(float(f["events_seconds"]) for f in enables),
+                "disable_seconds": statistics.median(float(f["seconds"]) for f in disables),
+                # CPU seconds per process of the median enable round (the 2 cores are shared by all).
+                "enable_cpu_seconds": sorted(enables, key=lambda f: float(f["seconds"]))[len(enables) // 2][
+                    "cpu_seconds"
+                ],
+                "rounds_enable_seconds": [f["seconds"] for f in enables],
+                "rounds_disable_seconds": [f["seconds"] for f in disables],
+                "livekit_verified": all(f["livekit_verified"] for f in enables + disables),
+                "complete": all(f["complete"] for f in enables + disables),
+                "error_events": sum(int(f["error_events"]) for f in enables + disables),
+            }
+    small, large = (by_size[str(size)] for size in sizes.w8_sizes)
+    return {
+        "sizes": list(sizes.w8_sizes),
+        "by_size": by_size,
+        "small_seconds": small["enable_seconds"],
+        "large_seconds": large["enable_seconds"],
+        "large_events_seconds": large["enable_events_seconds"],
+        "large_cpu_seconds": large["enable_cpu_seconds"],
+        "large_over_small": round(float(large["enable_seconds"]) / float(small["enable_seconds"]), 2),
+        "livekit_verified": small["livekit_verified"] and large["livekit_verified"],
+        "complete": small["complete"] and large["complete"],
+        "error_events": small["error_events"] + large["error_events"],
+    }
+
+
+async def w8_fanout_baseline(target: Target, env: Env, sizes: Sizes) -> Figures:
+    """The baseline's share of W8: one command answered with 1,000 and with 10,000 confirmed events."""
+    by_size = {str(size): await fanout_baseline(target, env, sizes, size) for size in sizes.w8_sizes}
+    small, large = (by_size[str(size)] for size in sizes.w8_sizes)
+    return {
+        "by_size": by_size,
+        "small_seconds": small["seconds"],
+        "large_seconds": large["seconds"],
+        "large_events_seconds": large["events_seconds"],
+        "large_over_small": round(float(large["seconds"]) / float(small["seconds"]), 2),
+        "complete": small["complete"] and large["complete"],
+    }
+
+
+# -- W9: memory of one room of 10,000 (issue 14) ------------------------------------------------------
+
+
+async def _redis_memory(prefix: str, room: str) -> Figures:
+    """``MEMORY USAGE`` (exact: ``SAMPLES 0``) of the room's keys, and of the processed-command keys."""
+    client = redis.from_url(REDIS_URL)
+    try:
+        room_bytes = 0
+        room_keys = 0
+        async for key in client.scan_iter(match=f"{prefix}:room:{room}*", count=1000):
+            room_bytes += int(await client.memory_usage(key, samples=0) or 0)
+            room_keys += 1
+        message_bytes = 0
+        message_keys = 0
+        async for key in client.scan_iter(match=f"{prefix}:msg:*", count=1000):
+            message_bytes += int(await client.memory_usage(key, samples=0) or 0)
+            message_keys += 1
+    finally:
+        await client.aclose()
+    return {
+        "redis_room_keys": room_keys,
+        "redis_room_bytes": room_bytes,
+        "redis_processed_keys": message_keys,
+        "redis_processed_bytes": message_bytes,
+    }
+
+
+async def w9_room_memory(target: Target, env: Env, sizes: Sizes, *, redis_store: bool) -> Figures:
+    """``w9_participants`` joins into one room: the process's RSS growth per participant and, with the
+    Redis store, ``MEMORY USAGE`` of the room's keys per participant."""
+    del env
+    rss_start = await settled_rss(target.pid)
+    async with LoadGenerator(target.names) as gen:
+        await _warm_up(gen, sizes)
+        rss_warm = await settled_rss(target.pid)
+        room = f"w9-{_tag()}"
+        n = sizes.w9_participants
+        commands = [command(room, f"{uuid.uuid4()}", JOIN) for _ in range(n)]
+        figures = await _timed_joins(gen, commands)
+    rss_end = await settled_rss(target.pid, seconds=2.0)
+    figures |= {
+        "participants": n,
+        "store": "redis" if redis_store else "memory",
+        "rss_after_warm_up_bytes": rss_warm,
+        "rss_end_bytes": rss_end,
+        "rss_start_bytes": rss_start,
+        "process_bytes_per_participant": round((rss_end - rss_warm) / n, 1),
+    }
+    if redis_store:
+        memory = await _redis_memory(target.names.redis_prefix, room)
+        figures |= memory
+        figures["redis_bytes_per_participant"] = round(memory["redis_room_bytes"] / n, 1)
+        figures["redis_processed_bytes_per_command"] = round(
+            memory["redis_processed_bytes"] / max(1, memory["redis_processed_keys"]), 1
+        )
+    return figures

@@ -48,8 +48,8 @@ def room_view(
         if state is None
         else {
             "version": state.version,
-            "microphone_restrictions": state.microphone_restrictions,
-            "screen_share": state.screen_share,
+            "microphone_restrictions": state.decisions.microphone_restrictions,
+            "screen_share": state.decisions.screen_share,
         },
         "state_error": state_error,
         "livekit": None if livekit is None else {"sid": livekit.get("sid", "")},
@@ -59,4 +59,4 @@ def room_view(
 
 def is_gone(state: RoomState | None, livekit: Mapping[str, Any] | None) -> bool:
     """Neither the service nor LiveKit knows the room (never joined, or closed)."""
-    return livekit is None and (state is None or (state.version == 0 and state.is_empty))
+    return livekit is None and (state is None or state.version == 0)

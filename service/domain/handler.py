@@ -16,7 +16,13 @@ from service.domain.permissions import (
     publish_sources,
 )
 from service.domain.ports import ConnectedParticipant, LiveKit, StateStore, TokenIssuer
-from service.domain.state import RoomState, RosterEntry, issued_identities, popout_identity
+from service.domain.state import (
+    RoomDecisions,
+    RoomState,
+    RosterEntry,
+    issued_identities,
+    popout_identity,
+)
 from service.schemas.commands import (
     MODERATOR_COMMANDS,
     Close,
@@ -80,10 +86,10 @@ def error_result(envelope: Envelope, error: ErrorCode, *, detail: str | None = N
     return Result([event_for(envelope, envelope.participant, event)], outcome=error)
 
 
-def restriction_state(room: RoomState) -> MicrophoneRestrictionState:
-    if room.microphone_restrictions is None:
+def restriction_state(decisions: RoomDecisions) -> MicrophoneRestrictionState:
+    if decisions.microphone_restrictions is None:
         return RestrictionsDisabledState()
-    return RestrictionsEnabledState(unrestricted_participants=list(room.microphone_restrictions))
+    return RestrictionsEnabledState(unrestricted_participants=list(decisions.microphone_restrictions))
 
 
 def _unique(ids: Iterable[str]) -> list[str]:
@@ -152,19 +158,19 @@ class CommandHandler:
     ) -> tuple[RoomState, RosterEntry]:
         """The sender's roster entry, added or updated from the envelope (the controller is the
         authority on role and kind) and with ``new_popouts`` more popout identities; saved once, and
-        only when it changed."""
-        room = await self._store.load(envelope.room)
+        only when it changed. Reads and writes only this entry and the room's decisions."""
+        room = await self._store.load(envelope.room, (envelope.participant,))
         known = room.participants.get(envelope.participant)
         popouts = (known.popouts if known is not None else 0) + new_popouts
         entry = RosterEntry(role=envelope.role, kind=envelope.kind, popouts=popouts)
         if known == entry:
             return room, known
         room.participants[envelope.participant] = entry
-        await self._store.save(envelope.room, room)
+        await self._store.save_entry(envelope.room, room, envelope.participant)
         return room, entry
 
     def _credentials(self, envelope: Envelope, room: RoomState, entry: RosterEntry) -> Credentials:
-        grant = participant_grant(envelope.room, envelope.participant, entry, room, self._policy)
+        grant = participant_grant(envelope.room, envelope.participant, entry, room.decisions, self._policy)
         return Credentials(
             room=envelope.room,
             token=self._tokens.issue(grant),
@@ -177,7 +183,7 @@ class CommandHandler:
         room, entry = await self._sender_in_roster(envelope)
         event = JoinSuccess(
             credentials=self._credentials(envelope, room, entry),
-            microphone_restriction_state=restriction_state(room),
+            microphone_restriction_state=restriction_state(room.decisions),
         )
         return Result([event_for(envelope, envelope.participant, event)])
 
@@ -215,7 +221,7 @@ class CommandHandler:
         return Result([*events, event_for(envelope, envelope.participant, error)], "unknown_participants")
 
     async def _force_mute(self, envelope: Envelope, targets: list[str]) -> Result:
-        room = await self._store.load(envelope.room)
+        room = await self._store.load(envelope.room, _unique(targets))
         known, unknown = self._split_known(room, targets)
         connected = {p.identity: p for p in await self._livekit.list_participants(envelope.room)}
 
@@ -238,21 +244,22 @@ class CommandHandler:
         return self._with_unknown(envelope, events, unknown)
 
     async def _screen_share(self, envelope: Envelope, targets: list[str], *, grant: bool) -> Result:
-        room = await self._store.load(envelope.room)
+        room = await self._store.load(envelope.room, _unique(targets))
         known, unknown = self._split_known(room, targets)
-        if any(room.screen_share.get(target) != grant for target in known):
+        decisions = room.decisions.screen_share
+        if any(decisions.get(target) != grant for target in known):
             for target in known:
-                room.screen_share[target] = grant
-            await self._store.save(envelope.room, room)
+                decisions[target] = grant
+            await self._store.save_decisions(envelope.room, room)
         await self._apply_permissions(envelope.room, room, only=frozenset(known))
         event = ScreenSharePermissionsUpdated(grant=grant, participants=known)
         return self._with_unknown(envelope, [event_for(envelope, envelope.participant, event)], unknown)
 
     async def _set_restrictions(self, envelope: Envelope, unrestricted: list[str] | None) -> Result:
-        room = await self._store.load(envelope.room)
-        if room.microphone_restrictions != unrestricted:
-            room.microphone_restrictions = unrestricted
-            await self._store.save(envelope.room, room)
+        room = await self._store.load(envelope.room)  # the whole roster: everybody is told
+        if room.decisions.microphone_restrictions != unrestricted:
+            room.decisions.microphone_restrictions = unrestricted
+            await self._store.save_decisions(envelope.room, room)
         # Applied even when the state did not change: a repeated command repairs a LiveKit that missed
         # an earlier update.
         await self._apply_permissions(envelope.room, room)
@@ -266,12 +273,11 @@ class CommandHandler:
     def _desired_sources(self, room: RoomState, participant: ConnectedParticipant) -> frozenset[str]:
         entry = room.participants.get(participant.identity)
         if entry is not None:
-            return publish_sources(participant.identity, entry, room, self._policy)
+            return publish_sources(participant.identity, entry, room.decisions, self._policy)
         # Not in the roster: a popout (publishes nothing anyway) or a participant this service did not
         # admit. Take the microphone away while restrictions forbid it, never grant anything.
-        restricted = room.microphone_restrictions is not None and (
-            participant.identity not in room.microphone_restrictions
-        )
+        unrestricted = room.decisions.microphone_restrictions
+        restricted = unrestricted is not None and participant.identity not in unrestricted
         return participant.publish_sources - {MICROPHONE} if restricted else participant.publish_sources
 
     async def _apply_permissions(
@@ -279,25 +285,26 @@ class CommandHandler:
     ) -> None:
         """Bring every connected participant's (or only the named ones') LiveKit permission in line
         with the room's state, concurrently; unchanged participants cost nothing."""
-        updates = []
+        changes = []
         for participant in await self._livekit.list_participants(room_name):
             if only is not None and participant.identity not in only:
                 continue
             desired = self._desired_sources(room, participant)
             if desired != participant.publish_sources:
-                updates.append(self._livekit.set_publish_sources(room_name, participant, desired))
-        await asyncio.gather(*updates)
+                changes.append((participant, desired))
+        if changes:
+            await self._livekit.set_publish_sources(room_name, changes)
 
     async def reapply_permissions(self, room_name: str, identity: str) -> None:
         """Re-check one participant who just joined or published (LiveKit webhook): a token minted
         before a restriction still carries the old sources."""
-        room = await self._store.load(room_name)
+        room = await self._store.load(room_name, (identity,))
         await self._apply_permissions(room_name, room, only=frozenset({identity}))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def _leave(self, envelope: Envelope) -> Result:
-        room = await self._store.load(envelope.room)
+        room = await self._store.load(envelope.room, (envelope.participant,))
         entry = room.participants.get(envelope.participant)
         identities = (
             issued_identities(envelope.participant, entry) if entry is not None else [envelope.participant]
@@ -307,7 +314,7 @@ class CommandHandler:
         )
         if entry is not None:
             del room.participants[envelope.participant]
-            await self._store.save(envelope.room, room)
+            await self._store.save_entry(envelope.room, room, envelope.participant)
         return Result([])
 
     async def _close(self, envelope: Envelope) -> Result:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.domain.state import RoomState, RosterEntry
+from service.domain.state import RoomDecisions, RosterEntry
 
 CAMERA = "camera"
 MICROPHONE = "microphone"
@@ -21,25 +21,25 @@ class PublishPolicy:
     screen_share_requires_permission: bool = False
 
 
-def microphone_allowed(participant: str, entry: RosterEntry, room: RoomState) -> bool:
-    if room.microphone_restrictions is None or entry.role == "moderator":
+def microphone_allowed(participant: str, entry: RosterEntry, decisions: RoomDecisions) -> bool:
+    if decisions.microphone_restrictions is None or entry.role == "moderator":
         return True
-    return participant in room.microphone_restrictions
+    return participant in decisions.microphone_restrictions
 
 
 def screen_share_allowed(
-    participant: str, entry: RosterEntry, room: RoomState, policy: PublishPolicy
+    participant: str, entry: RosterEntry, decisions: RoomDecisions, policy: PublishPolicy
 ) -> bool:
     if entry.role == "moderator":
         return True
-    decision = room.screen_share.get(participant)
+    decision = decisions.screen_share.get(participant)
     if decision is not None:
         return decision
     return not policy.screen_share_requires_permission
 
 
 def publish_sources(
-    participant: str, entry: RosterEntry, room: RoomState, policy: PublishPolicy
+    participant: str, entry: RosterEntry, decisions: RoomDecisions, policy: PublishPolicy
 ) -> frozenset[str]:
     """Exactly the track sources this participant may publish now; empty means nothing at all.
 
@@ -48,9 +48,9 @@ def publish_sources(
     if entry.kind == "recorder":
         return frozenset()
     sources = frozenset({MICROPHONE}) if entry.kind == "sip" else ALL_SOURCES
-    if not microphone_allowed(participant, entry, room):
+    if not microphone_allowed(participant, entry, decisions):
         sources -= {MICROPHONE}
-    if not screen_share_allowed(participant, entry, room, policy):
+    if not screen_share_allowed(participant, entry, decisions, policy):
         sources -= SCREEN_SOURCES
     return sources
 
@@ -67,12 +67,12 @@ class TokenGrant:
 
 
 def participant_grant(
-    room_name: str, participant: str, entry: RosterEntry, room: RoomState, policy: PublishPolicy
+    room_name: str, participant: str, entry: RosterEntry, decisions: RoomDecisions, policy: PublishPolicy
 ) -> TokenGrant:
     return TokenGrant(
         room=room_name,
         identity=participant,
-        publish_sources=publish_sources(participant, entry, room, policy),
+        publish_sources=publish_sources(participant, entry, decisions, policy),
         can_publish_data=entry.kind != "recorder",
         hidden=entry.kind == "recorder",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,8 +33,10 @@ class LiveKit(Protocol):
     async def list_participants(self, room: str) -> list[ConnectedParticipant]: ...
 
     async def set_publish_sources(
-        self, room: str, participant: ConnectedParticipant, sources: frozenset[str]
-    ) -> None: ...
+        self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
+    ) -> None:
+        """Give each participant exactly these sources to publish (all of them concurrently, as far as
+        the adapter's bound on calls in flight allows); one that left meanwhile is fine."""
 
     async def mute_track(self, room: str, identity: str, track_sid: str) -> None: ...
 
@@ -49,16 +52,32 @@ class TokenIssuer(Protocol):
 
 
 class StateStore(Protocol):
-    """Room state and duplicate suppression, in process memory or shared (Redis)."""
+    """Room state and duplicate suppression, in process memory or shared (Redis).
 
-    async def load(self, room: str) -> RoomState:
-        """The room's state, or a fresh one (version 0) if it has none."""
+    A room is kept in parts (its decisions, and one roster entry per participant) so that a
+    participant's own command costs the same in a room of 10,000 as in a room of 10. Every write is
+    fenced by the room's one version: it succeeds only if the stored version is still the loaded one,
+    and bumps it, whichever part it writes. A per-entry version would not do: what a join answers
+    depends on the decisions, and what a room-wide command acts on depends on the whole roster, so a
+    write must fail when *any* part changed since its load. Within a replica a room's commands run one
+    at a time, so the single version costs nothing there; it only makes one of two replicas that both
+    handle the room during a hand-over retry instead of interleaving.
+    """
 
-    async def save(self, room: str, state: RoomState) -> None:
-        """Store ``state`` if the stored version is still ``state.version``, and bump the version.
+    async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
+        """The room's state (version 0 if it has none): its decisions and its whole roster, or with
+        ``participants`` only those of their entries that exist (a cost that does not grow with the
+        room)."""
+
+    async def save_entry(self, room: str, state: RoomState, participant: str) -> None:
+        """Store ``participant``'s entry as it is in ``state.participants`` (absent: removed), if the
+        stored version is still ``state.version``; bump the version. The rest of the room is untouched.
 
         Raises ``StaleState`` when another writer got there first.
         """
+
+    async def save_decisions(self, room: str, state: RoomState) -> None:
+        """Store ``state.decisions``, fenced and versioned like ``save_entry``; the roster is untouched."""
 
     async def delete(self, room: str) -> None: ...
 

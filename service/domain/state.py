@@ -1,4 +1,10 @@
-"""Room state: the roster and the moderators' decisions, kept by a ``StateStore``."""
+"""Room state: the roster and the moderators' decisions, kept by a ``StateStore``.
+
+A room is stored as parts, so that what a command costs does not grow with the room (issue 14): one
+roster entry per participant, and the room's decisions (restrictions, screen-share decisions) as one
+small value beside them. A participant's own command (join, leave, token refresh, popout) reads and
+writes only its entry and the decisions; only room-wide commands read the whole roster.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import msgspec
 from service.schemas.commands import Kind, Role
 
 
-class RosterEntry(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
-    """One participant of a room. Stored as a compact array: a large room holds thousands of these."""
+class RosterEntry(msgspec.Struct, array_like=True, gc=False, omit_defaults=True, frozen=True):
+    """One participant of a room. Stored as a compact array: a large room holds thousands of these.
+    Frozen, so that a store can hand out and share one instance per distinct value."""
 
     role: Role
     kind: Kind
@@ -17,15 +24,9 @@ class RosterEntry(msgspec.Struct, array_like=True, gc=False, omit_defaults=True)
     popouts: int = 0
 
 
-class RoomState(msgspec.Struct, omit_defaults=True):
-    """Everything the service remembers about a room.
+class RoomDecisions(msgspec.Struct, omit_defaults=True):
+    """What the room's moderators decided; every participant's permissions depend on it."""
 
-    ``version`` fences writes: a store refuses to save a state whose version is not the one it loaded,
-    so two replicas that briefly both handle a room during a partition handover cannot interleave.
-    """
-
-    version: int = 0
-    participants: dict[str, RosterEntry] = msgspec.field(default_factory=dict)
     #: ``None`` while restrictions are disabled; the unrestricted participants while enabled (an empty
     #: list is "enabled, nobody unrestricted", not "disabled").
     microphone_restrictions: list[str] | None = None
@@ -33,9 +34,19 @@ class RoomState(msgspec.Struct, omit_defaults=True):
     #: the ``SCREEN_SHARE_REQUIRES_PERMISSION`` default.
     screen_share: dict[str, bool] = msgspec.field(default_factory=dict)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.participants and self.microphone_restrictions is None and not self.screen_share
+
+class RoomState(msgspec.Struct):
+    """A room as a command sees it: the decisions and the roster, or the part of the roster the command
+    asked for (``StateStore.load`` with ``participants``).
+
+    ``version`` fences writes: every write of any part of the room checks that the stored version is
+    still the one loaded and bumps it, so two replicas that briefly both handle a room during a
+    partition handover cannot interleave (see ``StateStore``).
+    """
+
+    version: int = 0
+    decisions: RoomDecisions = msgspec.field(default_factory=RoomDecisions)
+    participants: dict[str, RosterEntry] = msgspec.field(default_factory=dict)
 
 
 def popout_identity(participant: str, number: int) -> str:

@@ -1,23 +1,32 @@
-"""Room state is kept encoded (MessagePack) by both stores.
+"""The parts of a room's state are kept encoded (MessagePack) by both stores.
 
-Both stores hand out a freshly decoded ``RoomState`` on every load, so a handler that mutates it and then
-fails leaves the stored state untouched; the encoded form is also several times smaller than live objects
-(issue 6's memory budget).
+Both stores hand out freshly decoded decisions on every load (roster entries are immutable), so a
+handler that changes a loaded state and then fails leaves the stored state untouched; the encoded form
+is also several times smaller than live objects (issue 6's memory budget).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from service.domain.state import RoomState
+from service.domain.state import RoomDecisions, RosterEntry
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(RoomState)
+_decisions_decoder = msgspec.msgpack.Decoder(RoomDecisions)
+_entry_decoder = msgspec.msgpack.Decoder(RosterEntry)
 
 
-def encode_state(state: RoomState) -> bytes:
-    return _encoder.encode(state)
+def encode_decisions(decisions: RoomDecisions) -> bytes:
+    return _encoder.encode(decisions)
 
 
-def decode_state(data: bytes) -> RoomState:
-    return _decoder.decode(data)
+def decode_decisions(data: bytes) -> RoomDecisions:
+    return _decisions_decoder.decode(data)
+
+
+def encode_entry(entry: RosterEntry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> RosterEntry:
+    return _entry_decoder.decode(data)

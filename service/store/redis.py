@@ -3,42 +3,64 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from service.domain.errors import StaleState, StoreUnavailable
-from service.domain.state import RoomState
+from service.domain.state import RoomDecisions, RoomState
 from service.store.connection import RedisConnection, RedisTarget, is_transient
-from service.store.encoding import decode_state, encode_state
+from service.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
 from service.store.replication import ReplicationGuard
 
 T = TypeVar("T")
 
-# Compare-and-set of a room's state on its version, in one atomic step: the fence that keeps two
-# replicas from interleaving writes while a partition changes hands. It also refreshes the idle expiry
-# and the index of restricted rooms (a sorted set scored by expiry, so expired rooms drop out of counts),
-# and stamps the write for the replication guard (``w``, see service/store/replication.py).
-_SAVE_SCRIPT = """
-local stored = redis.call('HGET', KEYS[1], 'v')
+#: Hash fields of a room besides its participants' (a participant id cannot contain ``.``).
+_VERSION_FIELD = ".v"
+_DECISIONS_FIELD = ".d"
+#: The write stamp of the replication guard (see service/store/replication.py).
+_STAMP_FIELD = ".w"
+
+# Every write of a room, in one atomic step: a compare-and-set on the room's version (the fence that
+# keeps two replicas from interleaving writes while a partition changes hands), then the part written
+# (the decisions, or one participant's entry: set, or removed when empty), the write's stamp for the
+# replication guard (when replicas are required), the idle expiry of the whole room, and the index of restricted rooms (a sorted set
+# scored by expiry, so that expired rooms drop out of counts: set or removed with the decisions, and
+# otherwise only kept in step with the key's expiry). Returns the new version, or 0 when fenced. Nothing
+# in it reads or writes more than one entry.
+_WRITE_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], '.v')
 if (stored or '0') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 'w', ARGV[8])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+local version = tonumber(ARGV[1]) + 1
+redis.call('HSET', KEYS[1], '.v', version)
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], '.w', ARGV[8]) end
+if ARGV[5] == 'decisions' then
+  redis.call('HSET', KEYS[1], '.d', ARGV[6])
+  if ARGV[7] == '1' then
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  else
+    redis.call('ZREM', KEYS[2], ARGV[4])
+  end
 else
-  redis.call('ZREM', KEYS[2], ARGV[7])
+  if ARGV[7] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[6])
+  else
+    redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
+  end
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
 end
-return 1
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return version
 """
 
 
 class RedisStateStore:
-    """Keys: ``<prefix>:room:<room>`` (hash: version ``v``, encoded state ``s``, write stamp ``w``;
-    expires when idle), ``<prefix>:restricted`` (rooms with microphone restrictions),
-    ``<prefix>:msg:<message id>`` (processed commands, for the duplicate-suppression window),
-    ``<prefix>:replication-probe`` (written by replication barriers).
+    """Keys: ``<prefix>:room:<room>`` (a hash: version ``.v``, encoded decisions ``.d``, write stamp
+    ``.w``, and one field per participant holding its encoded roster entry; the whole room expires when
+    idle), ``<prefix>:restricted`` (rooms with microphone restrictions), ``<prefix>:msg:<message id>``
+    (processed commands, for the duplicate-suppression window), ``<prefix>:replication-probe`` (written
+    by replication barriers).
 
     With ``min_replicas`` > 0, room writes and deletions count only once that many replicas hold them,
     and a read of a room not known to be replicated waits until it is (``ReplicationGuard``)."""
@@ -86,43 +108,71 @@ class RedisStateStore:
             await self._connection.after_error(error)
             raise StoreUnavailable(f"Redis: {type(error).__name__}") from error
 
-    async def load(self, room: str) -> RoomState:
+    async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self._room_key(room)
-        fields: list[Any] = await self._call(lambda: self._redis.hmget(key, ["s", "w"]))
-        data: bytes | None = fields[0]
-        stamp: bytes | None = fields[1]
+        if participants is None:
+            fields: dict[bytes, bytes] = await self._call(lambda: self._redis.hgetall(key))  # type: ignore[arg-type,return-value]
+            version = fields.pop(_VERSION_FIELD.encode(), None)
+            decisions = fields.pop(_DECISIONS_FIELD.encode(), None)
+            stamp = fields.pop(_STAMP_FIELD.encode(), None)
+            entries = {name.decode(): decode_entry(data) for name, data in fields.items()}
+        else:
+            names = list(participants)
+            values: list[bytes | None] = await self._call(
+                lambda: self._redis.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names])  # type: ignore[arg-type,return-value]
+            )
+            version, decisions, stamp = values[0], values[1], values[2]
+            entries = {
+                name: decode_entry(data)
+                for name, data in zip(names, values[3:], strict=True)
+                if data is not None
+            }
         await self._call(
             lambda: self._replication.confirm_read(self._redis, room, stamp.decode() if stamp else None)
         )
-        return decode_state(data) if data is not None else RoomState()
+        return RoomState(
+            version=int(version) if version is not None else 0,
+            decisions=decode_decisions(decisions) if decisions is not None else RoomDecisions(),
+            participants=entries,
+        )
 
-    async def save(self, room: str, state: RoomState) -> None:
-        expected = state.version
-        state.version += 1
-        restricted = state.microphone_restrictions is not None
-        stamp = self._replication.new_stamp()
+    async def save_entry(self, room: str, state: RoomState, participant: str) -> None:
+        entry = state.participants.get(participant)
+        await self._write(
+            room, state, "entry", participant, encode_entry(entry) if entry is not None else b""
+        )
+
+    async def save_decisions(self, room: str, state: RoomState) -> None:
+        restricted = state.decisions.microphone_restrictions is not None
+        await self._write(
+            room, state, "decisions", encode_decisions(state.decisions), b"1" if restricted else b"0"
+        )
+
+    async def _write(self, room: str, state: RoomState, part: str, *values: str | bytes) -> None:
+        """The one write path of room state: one script call (fence, part, stamp, expiry, index) and,
+        with replicas required, its ``WAIT`` in the same pipeline."""
+        stamp = self._replication.new_stamp() if self._replication.enabled else ""
         args: list[str | bytes | int | float] = [
-            str(expected),
             str(state.version),
-            encode_state(state),
             self._room_idle,
-            "1" if restricted else "0",
             time.time() + self._room_idle,
             room,
+            part,
+            *values,
             stamp,
         ]
         # EVAL rather than EVALSHA: a master promoted by a fail-over has no scripts loaded, and Redis
         # caches the compiled script by its hash anyway.
-        saved: Any
-        (saved,) = await self._call(
+        version: Any
+        (version,) = await self._call(
             lambda: self._replication.write(
                 self._redis,
-                lambda pipe: pipe.eval(_SAVE_SCRIPT, 2, self._room_key(room), self._restricted_key, *args),
+                lambda pipe: pipe.eval(_WRITE_SCRIPT, 2, self._room_key(room), self._restricted_key, *args),
             )
         )
-        if saved != 1:
-            state.version = expected
-            raise StaleState(f"room {room}: another writer saved since version {expected}")
+        if not version:
+            raise StaleState(f"room {room}: another writer saved since version {state.version}")
+        state.version = int(version)
         self._replication.confirmed(room, stamp)
 
     async def delete(self, room: str) -> None:

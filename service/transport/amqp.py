@@ -162,6 +162,28 @@ class EventRefused(Exception):
     ``x-overflow: reject-publish``."""
 
 
+#: An open AMQP channel events are published on (aiormq's, underneath aio-pika's robust channel).
+PublishingChannel = aiormq.Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """Events handed to a publishing channel, in order; one future per event for its confirm."""
+
+    channel: PublishingChannel
+    confirms: list[asyncio.Future[None]]
+
+    def is_ahead_on(self, channel: PublishingChannel) -> bool:
+        """Whether events published on ``channel`` now leave after these: the same channel, still open
+        (a closed channel loses what it had not sent, and its events are published again later), and
+        none of these refused by the broker so far (a refused event is published again later too)."""
+        return channel is self.channel and not channel.is_closed and not any(map(_refused, self.confirms))
+
+
+def _refused(confirm: asyncio.Future[None]) -> bool:
+    return confirm.done() and not confirm.cancelled() and isinstance(confirm.exception(), EventRefused)
+
+
 DeliveryCallback = Callable[[Delivery], None]
 
 
@@ -455,13 +477,34 @@ class AmqpTransport:
 
     # -- publishing -----------------------------------------------------------------------------------
 
-    async def publish_event(self, event: OutgoingEvent) -> None:
-        """Publish and wait for the broker's confirm; ``UnroutableEvent`` if no queue took it,
-        ``EventRefused`` if the broker nacked it."""
+    async def publishing_channel(self) -> PublishingChannel:
+        """The publishing channel's current underlying channel; waits while the connection is being
+        restored. Raises a ``CONNECTION_ERRORS`` error when there is none."""
         assert self._publish_channel is not None
+        # aiormq's abstract channel does not declare ``wait`` for basic_publish; the channel it hands
+        # out does.
+        return cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+
+    def publish_on(self, channel: PublishingChannel, events: Sequence[OutgoingEvent]) -> Publication:
+        """Hand ``events`` to ``channel`` in this order without waiting for their confirms.
+
+        Each publish runs as a task; tasks start in the order they were made, and each one's first step
+        (synchronous in aiormq's ``basic_publish``) either writes its frames to the connection's write
+        queue or queues on the channel's lock, which is first-come first-served. So events published on
+        one channel leave in the order of ``publish_on`` calls, which is what lets a room's next command
+        publish before the previous one's confirms came back (issue 14). A task ends with the confirm,
+        ``UnroutableEvent`` for a mandatory event the broker returned, ``EventRefused`` for a nack, or a
+        ``CONNECTION_ERRORS`` error when the channel closed first.
+        """
+        return Publication(
+            channel, [asyncio.ensure_future(self._publish(channel, event)) for event in events]
+        )
+
+    async def _publish(self, channel: PublishingChannel, event: OutgoingEvent) -> None:
+        """One event, persistent and mandatory, with publisher confirms; see ``publish_confirmed`` for
+        why through aiormq directly and with ``wait=False``."""
         try:
-            await publish_confirmed(
-                self._publish_channel,
+            await channel.basic_publish(
                 event.body,
                 exchange=self.topology.event_exchange,
                 routing_key=event.routing_key,
@@ -474,6 +517,7 @@ class AmqpTransport:
                     message_id=event.message_id,
                 ),
                 mandatory=True,
+                wait=False,
             )
         except aiormq.exceptions.PublishError as error:  # a return (mandatory): before DeliveryError
             raise UnroutableEvent(event.routing_key) from error

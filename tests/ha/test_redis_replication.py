@@ -15,10 +15,10 @@ import pytest
 from service.domain.errors import StoreUnavailable
 from service.domain.handler import CommandHandler, ConnectionUrls
 from service.domain.permissions import PublishPolicy
-from service.domain.state import RoomState, RosterEntry
+from service.domain.state import RoomDecisions, RoomState, RosterEntry
 from service.schemas.commands import EnableMicrophoneRestrictions, Envelope
 from service.store.connection import RedisTarget
-from service.store.encoding import decode_state
+from service.store.encoding import decode_decisions
 from service.store.redis import RedisStateStore
 from service.store.replication import ReplicationNotConfirmed
 from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
@@ -64,18 +64,20 @@ async def store(group: RedisSentinelGroup) -> AsyncIterator[RedisStateStore]:
     await opened.close()
 
 
-def stored(group: RedisSentinelGroup, node: RedisNode, store: RedisStateStore, room: str) -> RoomState | None:
-    """The room's state as one node holds it (not through the store)."""
+def stored(
+    group: RedisSentinelGroup, node: RedisNode, store: RedisStateStore, room: str
+) -> RoomDecisions | None:
+    """The room's decisions as one node holds them (not through the store)."""
     with group.client(node) as client:
-        data = client.hget(store._room_key(room), "s")
+        data = client.hget(store._room_key(room), ".d")
     assert data is None or isinstance(data, bytes)
-    return decode_state(data) if data is not None else None
+    return decode_decisions(data) if data is not None else None
 
 
 def restricted() -> RoomState:
     state = RoomState()
     state.participants["m"] = RosterEntry(role="moderator", kind="user", popouts=0)
-    state.microphone_restrictions = ["m"]
+    state.decisions.microphone_restrictions = ["m"]
     return state
 
 
@@ -83,15 +85,15 @@ async def test_a_write_counts_once_the_replica_holds_it(
     group: RedisSentinelGroup, store: RedisStateStore
 ) -> None:
     replica = group.replicas()[0]
-    await store.save("r", restricted())
+    await store.save_decisions("r", restricted())
     held = stored(group, replica, store, "r")
     assert held is not None and held.microphone_restrictions == ["m"]  # there at once, not eventually
 
     group.stop_node(replica)
     state = await store.load("r")  # a room this process saw confirmed: no barrier, no WAIT
-    state.microphone_restrictions = None
+    state.decisions.microphone_restrictions = None
     with pytest.raises(ReplicationNotConfirmed):
-        await store.save("r", state)
+        await store.save_decisions("r", state)
     on_master = stored(group, group.master(), store, "r")
     assert on_master is not None and on_master.microphone_restrictions is None  # the master has it
 
@@ -100,8 +102,8 @@ async def test_min_replicas_zero_does_not_wait(group: RedisSentinelGroup) -> Non
     store = store_for(group, min_replicas=0)
     try:
         group.stop_node(group.replicas()[0])
-        await store.save("r", restricted())
-        assert (await store.load("r")).microphone_restrictions == ["m"]
+        await store.save_decisions("r", restricted())
+        assert (await store.load("r")).decisions.microphone_restrictions == ["m"]
     finally:
         await store.close()
 
@@ -123,7 +125,7 @@ async def test_the_retry_of_a_command_whose_wait_fell_short_does_not_answer_unco
     command = EnableMicrophoneRestrictions(unrestricted_participants=["m"])
     state = RoomState()
     state.participants["m"] = RosterEntry(role="moderator", kind="user", popouts=0)
-    await store.save("r", state)
+    await store.save_entry("r", state, "m")
 
     replica = group.replicas()[0]
     group.stop_node(replica)
@@ -156,7 +158,7 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
     try:
         group.stop_node(replica)
         with pytest.raises(ReplicationNotConfirmed):
-            await writer.save("r", restricted())
+            await writer.save_decisions("r", restricted())
     finally:
         await writer.close()
     reader = store_for(group, prefix=prefix)
@@ -164,7 +166,7 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
         with pytest.raises(StoreUnavailable):
             await reader.load("r")
         group.start_as_replica(replica)
-        assert (await reader.load("r")).microphone_restrictions == ["m"]
+        assert (await reader.load("r")).decisions.microphone_restrictions == ["m"]
     finally:
         await reader.close()
 
@@ -181,8 +183,8 @@ async def test_more_rooms_at_work_than_connections_wait_their_turn(
         for _ in range(3):
             try:
                 state = await store.load(name)
-                state.screen_share["p"] = not state.screen_share.get("p", False)
-                await store.save(name, state)
+                state.decisions.screen_share["p"] = not state.decisions.screen_share.get("p", False)
+                await store.save_decisions(name, state)
             except StoreUnavailable as error:
                 failures.append(str(error.__cause__ or error))
 
@@ -192,7 +194,7 @@ async def test_more_rooms_at_work_than_connections_wait_their_turn(
 
 
 async def test_closing_a_room_is_confirmed_too(group: RedisSentinelGroup, store: RedisStateStore) -> None:
-    await store.save("r", restricted())
+    await store.save_decisions("r", restricted())
     replica = group.replicas()[0]
     group.stop_node(replica)
     with pytest.raises(ReplicationNotConfirmed):
@@ -213,19 +215,19 @@ async def test_closing_a_room_is_confirmed_too(group: RedisSentinelGroup, store:
 async def test_the_store_follows_a_fail_over_and_keeps_what_was_confirmed(
     group: RedisSentinelGroup, store: RedisStateStore
 ) -> None:
-    await store.save("r", restricted())
+    await store.save_decisions("r", restricted())
     old = group.kill_master()
     with pytest.raises(StoreUnavailable):
         await store.load("r")  # the master is gone and the Sentinels still name it
     new, failover_seconds = await asyncio.to_thread(group.wait_failover, old)
     # The confirmed write survived on the promoted replica.
     state = await store.load("r")
-    assert state.microphone_restrictions == ["m"]
+    assert state.decisions.microphone_restrictions == ["m"]
     # With one replica, the new master has none until the old node is back as its replica: writes
     # cannot be confirmed meanwhile ...
-    state.microphone_restrictions = None
+    state.decisions.microphone_restrictions = None
     with pytest.raises(ReplicationNotConfirmed):
-        await store.save("r", state)
+        await store.save_decisions("r", state)
     await asyncio.to_thread(group.start_as_replica, old)
     # ... and then are (the retry reads what the short write left, confirms it, finds it done). The
     # Sentinels reconfigure the returning node on their own schedule, which can break its link once
@@ -239,9 +241,9 @@ async def test_the_store_follows_a_fail_over_and_keeps_what_was_confirmed(
         except ReplicationNotConfirmed:
             assert time.monotonic() < deadline, "never confirmed after the old master returned"
             await asyncio.sleep(0.2)
-    assert state.microphone_restrictions is None
+    assert state.decisions.microphone_restrictions is None
     with group.client(old) as client:
-        assert client.hget(store._room_key("r"), "v") == str(state.version).encode()
+        assert client.hget(store._room_key("r"), ".v") == str(state.version).encode()
     print(f"\nfail-over to {new.address} in {failover_seconds:.1f} s")
 
 
@@ -254,21 +256,21 @@ async def test_the_store_follows_a_manual_fail_over(
     there (split brain). WAIT finds no replica behind it, so such a write is never acknowledged, and the
     store then asks the Sentinels where the master is now. (Two replicas, so that the new master has
     one at once.)"""
-    await store.save("r", restricted())
+    await store.save_decisions("r", restricted())
     old = group.master()
     with group.client(group.sentinel_nodes[0]) as sentinel:
         sentinel.execute_command("SENTINEL", "FAILOVER", group.master_name)
     new, seconds = await asyncio.to_thread(group.wait_failover, old)
     state = await store.load("r")
-    state.microphone_restrictions = None
+    state.decisions.microphone_restrictions = None
     outcomes: list[str] = []
     for _ in range(50):
         try:
-            await store.save("r", state)
+            await store.save_decisions("r", state)
         except StoreUnavailable as error:
             outcomes.append(type(error).__name__)
             state = await _load_when_available(store, "r")
-            state.microphone_restrictions = None
+            state.decisions.microphone_restrictions = None
             await asyncio.sleep(0.1)
             continue
         outcomes.append("saved")
@@ -293,14 +295,14 @@ async def test_a_plain_url_client_treats_a_demoted_master_as_unavailable(group: 
         room_idle_seconds=600,
     )
     try:
-        await store.save("r", restricted())
+        await store.save_decisions("r", restricted())
         with group.client(replica) as client:
             client.execute_command("REPLICAOF", "NO", "ONE")
         with group.client(master) as client:
             client.execute_command("REPLICAOF", "127.0.0.1", replica.port)
         state = await _load_when_available(store, "r")
         with pytest.raises(StoreUnavailable):
-            await store.save("r", state)
+            await store.save_decisions("r", state)
     finally:
         await store.close()
 

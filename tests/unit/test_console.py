@@ -9,7 +9,7 @@ from service.console import traffic as traffic_module
 from service.console.rooms import is_gone, room_view
 from service.console.traffic import Traffic, token_claims
 from service.domain.permissions import TokenGrant
-from service.domain.state import RoomState, RosterEntry
+from service.domain.state import RoomDecisions, RoomState, RosterEntry
 from service.livekit.tokens import TokenMinter
 
 
@@ -112,7 +112,7 @@ def test_room_view_puts_roster_popouts_and_unknown_identities_side_by_side() -> 
             "mod": RosterEntry(role="moderator", kind="user"),
             "alice": RosterEntry(role="user", kind="user", popouts=2),
         },
-        microphone_restrictions=["mod"],
+        decisions=RoomDecisions(microphone_restrictions=["mod"]),
     )
     livekit = {
         "name": "r",
@@ -149,6 +149,6 @@ def test_a_room_is_gone_when_neither_side_knows_it() -> None:
     assert not is_gone(RoomState(), {"name": "r", "participants": []})
     assert not is_gone(RoomState(version=1, participants={"a": RosterEntry(role="user", kind="user")}), None)
     # Enabled restrictions with nobody in the room are still state worth showing.
-    assert not is_gone(RoomState(version=2, microphone_restrictions=[]), None)
+    assert not is_gone(RoomState(version=2, decisions=RoomDecisions(microphone_restrictions=[])), None)
     view = room_view("r", None, None, state_error="state store unavailable")
     assert (view["state"], view["state_error"], view["participants"]) == (None, "state store unavailable", [])

@@ -4,6 +4,7 @@ of who may publish what, and what each command answers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import msgspec
 import pytest
@@ -36,9 +37,10 @@ class FakeLiveKit:
         return list(self.connected.values())
 
     async def set_publish_sources(
-        self, room: str, participant: ConnectedParticipant, sources: frozenset[str]
+        self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
     ) -> None:
-        self._call("set_publish_sources", participant.identity, ",".join(sorted(sources)))
+        for participant, sources in changes:
+            self._call("set_publish_sources", participant.identity, ",".join(sorted(sources)))
 
     async def mute_track(self, room: str, identity: str, track_sid: str) -> None:
         self._call("mute_track", identity, track_sid)
