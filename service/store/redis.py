@@ -25,10 +25,10 @@ _STAMP_FIELD = ".w"
 # Every write of a room, in one atomic step: a compare-and-set on the room's version (the fence that
 # keeps two replicas from interleaving writes while a partition changes hands), then the part written
 # (the decisions, or one participant's entry: set, or removed when empty), the write's stamp for the
-# replication guard (when replicas are required), the idle expiry of the whole room, and the index of restricted rooms (a sorted set
-# scored by expiry, so that expired rooms drop out of counts: set or removed with the decisions, and
-# otherwise only kept in step with the key's expiry). Returns the new version, or 0 when fenced. Nothing
-# in it reads or writes more than one entry.
+# replication guard (when replicas are required), the idle expiry of the whole room, and the index of
+# restricted rooms (a sorted set scored by expiry, so that expired rooms drop out of counts: set or
+# removed with the decisions, and otherwise only kept in step with the key's expiry). Returns the new
+# version, or 0 when fenced. Nothing in it reads or writes more than one entry.
 _WRITE_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], '.v')
 if (stored or '0') ~= ARGV[1] then return 0 end
