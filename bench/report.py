@@ -51,17 +51,27 @@ def disturbed(results: dict[str, Any], workload: str) -> bool:
     return any(side.get("other_processes_cores", 0) > DISTURBED for side in sides.values())
 
 
+class _Rows:
+    """The rows of one results document being built: `add` takes a figure's service and baseline values."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+        self.out: list[Row] = []
+
+    def add(self, workload: str, label: str, figure: str, key: str, unit: str, **kwargs: Any) -> None:
+        service = _get(self.results, workload, "service", key)
+        baseline = _get(self.results, workload, "baseline", key)
+        self.out.append(Row(label, figure, service, baseline, unit, **kwargs))
+
+    def label(self, workload: str, text: str) -> str:
+        """The workload's first row's label, marked when other processes disturbed it."""
+        return text + (" *" if disturbed(self.results, workload) else "")
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """One row per figure, with the issue's targets evaluated."""
-    out: list[Row] = []
-
-    def add(workload: str, label: str, figure: str, key: str, unit: str, **kwargs: Any) -> None:
-        service = _get(results, workload, "service", key)
-        baseline = _get(results, workload, "baseline", key)
-        out.append(Row(label, figure, service, baseline, unit, **kwargs))
-
-    def label(workload: str, text: str) -> str:
-        return text + (" *" if disturbed(results, workload) else "")
+    built = _Rows(results)
+    add, label, out = built.add, built.label, built.out
 
     def both(workload: str, key: str) -> tuple[float | None, float | None]:
         return _get(results, workload, "service", key), _get(results, workload, "baseline", key)
@@ -119,15 +129,8 @@ def large_room_rows(results: dict[str, Any]) -> list[Row]:
     """W7-W9 (issue 14). W7 and W8 compare the service with itself (one room against many, the larger
     room against the smaller), so their ratio rows carry the service's ratio and, beside it, the
     baseline's same ratio."""
-    out: list[Row] = []
-
-    def add(workload: str, label: str, figure: str, key: str, unit: str, **kwargs: Any) -> None:
-        service = _get(results, workload, "service", key)
-        baseline = _get(results, workload, "baseline", key)
-        out.append(Row(label, figure, service, baseline, unit, **kwargs))
-
-    def label(workload: str, text: str) -> str:
-        return text + (" *" if disturbed(results, workload) else "")
+    built = _Rows(results)
+    add, label, out = built.add, built.label, built.out
 
     if "w7" in results:
         n = int(_get(results, "w7", "service", "joins") or 0)

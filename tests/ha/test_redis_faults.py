@@ -31,18 +31,6 @@ REPLICA_PAUSE_SECONDS = 1.5
 REPLICA_OUTAGE_SECONDS = 6.0
 
 
-@pytest.fixture(scope="module")
-def livekit() -> Iterator[EmulatorProcess]:
-    process = EmulatorProcess()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def topology() -> Names:
-    return Names()
-
-
 @pytest.fixture
 def group() -> Iterator[RedisSentinelGroup]:
     with RedisSentinelGroup() as started:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from tests.support.amqp import delete_topology
+from tests.support.amqp import declare_partition_queues_as_before, delete_topology
 from tests.support.broker_admin import BrokerUser, vhost_with_user
 from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
 
@@ -84,22 +84,6 @@ def test_refused_hash_exchange_is_named_with_its_fix_and_heals_once_granted(
         service.stop()
 
 
-async def _declare_partition_queue(names: Names, delivery_limit: int) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        await channel.declare_queue(
-            f"{names.queue}.0",
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-single-active-consumer": True,
-                "x-delivery-limit": delivery_limit,
-                "x-dead-letter-exchange": names.dead_letter,
-            },
-        )
-
-
 async def _delete_queue(name: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -111,7 +95,7 @@ def test_queue_declared_with_other_arguments_names_the_argument_and_setting(
     emulator_process: EmulatorProcess,
 ) -> None:
     names = Names()
-    asyncio.run(_declare_partition_queue(names, delivery_limit=99))
+    asyncio.run(declare_partition_queues_as_before(names, 1, delivery_limit=99))
     service = ServiceProcess(
         names, emulator_process.url, partitions=PARTITIONS, env={"SIGNALING_DELIVERY_LIMIT": "5"}
     )

@@ -10,10 +10,8 @@ import json
 import subprocess
 import uuid
 
-import aio_pika
-
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
+from tests.support.amqp import SignalingClient, declare_partition_queues_as_before, delete_topology
+from tests.support.processes import EmulatorProcess, Names, ServiceProcess
 
 PARTITIONS = 4
 DELIVERY_LIMIT = 5
@@ -35,24 +33,6 @@ def partition_arguments(names: Names) -> dict[str, dict[str, object]]:
     }
 
 
-async def declare_as_the_previous_release(names: Names) -> None:
-    """The partition queues with the arguments releases before issue 11 declared them with."""
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for n in range(PARTITIONS):
-            await channel.declare_queue(
-                f"{names.queue}.{n}",
-                durable=True,
-                arguments={
-                    "x-queue-type": "quorum",
-                    "x-single-active-consumer": True,
-                    "x-delivery-limit": DELIVERY_LIMIT,
-                    "x-dead-letter-exchange": names.dead_letter,
-                },
-            )
-
-
 async def test_new_partition_queues_get_the_balanced_leader_locator(
     service: ServiceProcess, names: Names
 ) -> None:
@@ -65,7 +45,7 @@ async def test_queues_of_an_earlier_release_keep_their_arguments_and_are_consume
     emulator_process: EmulatorProcess,
 ) -> None:
     names = Names()
-    await declare_as_the_previous_release(names)
+    await declare_partition_queues_as_before(names, PARTITIONS, delivery_limit=DELIVERY_LIMIT)
     service = ServiceProcess(
         names,
         emulator_process.url,

@@ -208,3 +208,22 @@ async def delete_topology(names: Names, partitions: int, *, urls: Sequence[str] 
                 await channel.exchange_delete(exchange)
             except Exception:  # noqa: S110
                 pass
+
+
+async def declare_partition_queues_as_before(names: Names, partitions: int, *, delivery_limit: int) -> None:
+    """The partition queues with the arguments releases before issue 11 declared them with (no leader
+    locator): what an upgraded service finds on a broker that ran an earlier release."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for n in range(partitions):
+            await channel.declare_queue(
+                f"{names.queue}.{n}",
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-single-active-consumer": True,
+                    "x-delivery-limit": delivery_limit,
+                    "x-dead-letter-exchange": names.dead_letter,
+                },
+            )
