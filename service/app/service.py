@@ -45,7 +45,9 @@ def redis_target(settings: Settings) -> RedisTarget:
         url=settings.redis_url,
         sentinels=settings.redis_sentinels or (),
         sentinel_master=settings.redis_sentinel_master,
+        username=settings.redis_username,
         password=settings.redis_password,
+        sentinel_username=settings.redis_sentinel_username,
         sentinel_password=settings.redis_sentinel_password,
     )
 

@@ -246,10 +246,19 @@ class Settings:
     redis_sentinel_master: str = _env(
         "REDIS_SENTINEL_MASTER", "Name of the master the Sentinels monitor.", default="mymaster"
     )
+    redis_username: str | None = _env(
+        "REDIS_USERNAME",
+        "ACL user of the Redis nodes (Redis 6+), with `REDIS_PASSWORD`; unset = the `default` user. With "
+        "Sentinel, or with a `REDIS_URL` that names none.",
+    )
     redis_password: str | None = _env(
         "REDIS_PASSWORD",
         "Password of the Redis nodes (with Sentinel, or with a `REDIS_URL` that carries none).",
         secret=True,
+    )
+    redis_sentinel_username: str | None = _env(
+        "REDIS_SENTINEL_USERNAME",
+        "ACL user of the Sentinels themselves (Redis 6.2+), with `REDIS_SENTINEL_PASSWORD`.",
     )
     redis_sentinel_password: str | None = _env(
         "REDIS_SENTINEL_PASSWORD", "Password of the Sentinels themselves, if they require one.", secret=True
@@ -406,13 +415,27 @@ def _check_redis(settings: Settings, environ: Mapping[str, str]) -> None:
     if settings.redis_url and settings.redis_sentinels:
         raise SettingsError("REDIS_URL and REDIS_SENTINELS are alternatives: set one of them")
     if not settings.uses_redis:
-        for name in ("REDIS_MIN_REPLICAS", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"):
+        for name in (
+            "REDIS_MIN_REPLICAS",
+            "REDIS_USERNAME",
+            "REDIS_PASSWORD",
+            "REDIS_SENTINEL_USERNAME",
+            "REDIS_SENTINEL_PASSWORD",
+        ):
             if _raw_value(name, environ) is not None:
                 raise SettingsError(f"{name} needs REDIS_URL or REDIS_SENTINELS")
-    if settings.redis_sentinel_password and not settings.redis_sentinels:
-        raise SettingsError("REDIS_SENTINEL_PASSWORD needs REDIS_SENTINELS")
-    if settings.redis_url and settings.redis_password and urlsplit(settings.redis_url).password:
+    for name, value in (
+        ("REDIS_SENTINEL_USERNAME", settings.redis_sentinel_username),
+        ("REDIS_SENTINEL_PASSWORD", settings.redis_sentinel_password),
+    ):
+        if value and not settings.redis_sentinels:
+            raise SettingsError(f"{name} needs REDIS_SENTINELS")
+    # redis-py lets the URL's credentials win over separate ones: refuse the ambiguity instead.
+    in_url = urlsplit(settings.redis_url) if settings.redis_url else None
+    if in_url and settings.redis_password and in_url.password:
         raise SettingsError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give it once")
+    if in_url and settings.redis_username and in_url.username:
+        raise SettingsError("REDIS_USERNAME is set and REDIS_URL names a user too: give it once")
 
 
 def settings_table() -> str:

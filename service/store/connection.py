@@ -41,7 +41,10 @@ class RedisTarget:
     url: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
+    #: An ACL user (Redis 6+) for the data nodes and for the Sentinels; None = the ``default`` user.
+    username: str | None = None
     password: str | None = None
+    sentinel_username: str | None = None
     sentinel_password: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,12 +104,19 @@ class RedisConnection:
         self._sentinel: Sentinel | None = None
         if target.url is not None:
             self.client: redis.Redis = redis.Redis.from_pool(
-                BlockingConnectionPool.from_url(target.url, password=target.password, **common, **pool)
+                BlockingConnectionPool.from_url(
+                    target.url, username=target.username, password=target.password, **common, **pool
+                )
             )
         else:
             self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 list(target.sentinels),
-                sentinel_kwargs={**common, "password": target.sentinel_password},
+                sentinel_kwargs={
+                    **common,
+                    "username": target.sentinel_username,
+                    "password": target.sentinel_password,
+                },
+                username=target.username,
                 password=target.password,
                 **common,
             )

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
+import redis
 
 from service.domain.errors import StoreUnavailable
 from service.domain.handler import CommandHandler, ConnectionUrls
@@ -31,9 +32,16 @@ WAIT_SECONDS = 0.2
 
 @pytest.fixture
 def group(request: pytest.FixtureRequest) -> Iterator[RedisSentinelGroup]:
-    replicas = getattr(request, "param", 1)
+    """Passwords on the nodes and the Sentinels; ``param``: the number of replicas (1), or ``"acl"`` for
+    one replica and ACL users instead of the ``default`` user (switched off), as on a managed Redis."""
+    param = getattr(request, "param", 1)
+    acl = param == "acl"
     with RedisSentinelGroup(
-        replicas=replicas, password="node-pw", sentinel_password="sentinel-pw"
+        replicas=1 if acl else param,
+        password="node-pw",
+        sentinel_password="sentinel-pw",
+        username="signaling" if acl else None,
+        sentinel_username="sentinel-peer" if acl else None,
     ) as started:
         yield started
 
@@ -44,7 +52,9 @@ def store_for(
     target = RedisTarget(
         sentinels=tuple(("127.0.0.1", node.port) for node in group.sentinel_nodes),
         sentinel_master=group.master_name,
+        username=group.username,
         password=group.password,
+        sentinel_username=group.sentinel_username,
         sentinel_password=group.sentinel_password,
     )
     return RedisStateStore(
@@ -212,6 +222,7 @@ async def test_closing_a_room_is_confirmed_too(group: RedisSentinelGroup, store:
     assert await store.load("r") == RoomState()
 
 
+@pytest.mark.parametrize("group", [1, "acl"], indirect=True)
 async def test_the_store_follows_a_fail_over_and_keeps_what_was_confirmed(
     group: RedisSentinelGroup, store: RedisStateStore
 ) -> None:
@@ -314,3 +325,24 @@ async def _load_when_available(store: RedisStateStore, room: str) -> RoomState:
         except StoreUnavailable:
             await asyncio.sleep(0.1)
     raise AssertionError("the store never became available")
+
+
+@pytest.mark.parametrize("group", ["acl"], indirect=True)
+async def test_with_acl_users_only_those_users_get_in(
+    group: RedisSentinelGroup, store: RedisStateStore
+) -> None:
+    """``REDIS_USERNAME`` / ``REDIS_SENTINEL_USERNAME``: the right password without the user name is
+    refused by the nodes and the Sentinels (``default`` is off), and the store, with both users, writes
+    through the Sentinels' master and has its writes confirmed by the replica (which syncs as that user).
+    The fail-over under ACL users is the parametrised test above."""
+    for node, password in (
+        (group.master(), group.password),
+        (group.sentinel_nodes[0], group.sentinel_password),
+    ):
+        anonymous = redis.Redis(host="127.0.0.1", port=node.port, password=password)
+        with anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+    await store.save_decisions("r", restricted())
+    held = stored(group, group.replicas()[0], store, "r")
+    assert held is not None and held.microphone_restrictions == ["m"]
+    assert (await store.load("r")).decisions.microphone_restrictions == ["m"]

@@ -89,6 +89,12 @@ class RedisNode:
                 self.process.wait(10)
 
 
+def _acl_user(name: str, password: str | None) -> list[str]:
+    """Config lines: the ``default`` user off, ``name`` with ``password`` allowed everything (what a
+    Sentinel needs of the nodes it manages, and what the service needs)."""
+    return ["user default off", f"user {name} on >{password} ~* &* +@all"]
+
+
 class RedisSentinelGroup:
     """A Sentinel-managed Redis on loopback: one master, ``replicas`` replicas, ``sentinels`` Sentinels."""
 
@@ -101,12 +107,20 @@ class RedisSentinelGroup:
         quorum: int = 2,
         password: str | None = None,
         sentinel_password: str | None = None,
+        username: str | None = None,
+        sentinel_username: str | None = None,
         down_after_milliseconds: int = 1000,
         failover_timeout_milliseconds: int = 5000,
     ) -> None:
         self.master_name = master_name
         self.password = password
         self.sentinel_password = sentinel_password
+        #: With a username the ``default`` user is switched off: only that ACL user (with the password)
+        #: gets in, as on a managed Redis with ACLs.
+        self.username = username
+        self.sentinel_username = sentinel_username
+        if (username and not password) or (sentinel_username and not sentinel_password):
+            raise ValueError("an ACL user here needs its password")
         self._quorum = quorum
         self._down_after = down_after_milliseconds
         self._failover_timeout = failover_timeout_milliseconds
@@ -128,10 +142,14 @@ class RedisSentinelGroup:
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {"REDIS_SENTINELS": self.sentinels_setting, "REDIS_SENTINEL_MASTER": self.master_name}
-        if self.password:
-            env["REDIS_PASSWORD"] = self.password
-        if self.sentinel_password:
-            env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        for name, value in (
+            ("REDIS_USERNAME", self.username),
+            ("REDIS_PASSWORD", self.password),
+            ("REDIS_SENTINEL_USERNAME", self.sentinel_username),
+            ("REDIS_SENTINEL_PASSWORD", self.sentinel_password),
+        ):
+            if value:
+                env[name] = value
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -190,7 +208,10 @@ class RedisSentinelGroup:
         # Redis waits 5 s by default before a full sync, for more replicas to share it; a replica that
         # (re)joins here should not.
         lines = [*self._common_config(node), "repl-diskless-sync-delay 0"]
-        if self.password:
+        if self.username:
+            lines += [*_acl_user(self.username, self.password), f"masteruser {self.username}"]
+            lines.append(f"masterauth {self.password}")
+        elif self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
         if replica_of is not None:
             lines.append(f"replicaof {HOST} {replica_of.port}")
@@ -205,9 +226,18 @@ class RedisSentinelGroup:
             f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
             f"sentinel parallel-syncs {self.master_name} 1",
         ]
+        if self.username:
+            lines.append(f"sentinel auth-user {self.master_name} {self.username}")
         if self.password:
             lines.append(f"sentinel auth-pass {self.master_name} {self.password}")
-        if self.sentinel_password:
+        if self.sentinel_username:
+            # Sentinels authenticate to each other as this user (Redis 6.2+).
+            lines += [
+                *_acl_user(self.sentinel_username, self.sentinel_password),
+                f"sentinel sentinel-user {self.sentinel_username}",
+                f"sentinel sentinel-pass {self.sentinel_password}",
+            ]
+        elif self.sentinel_password:
             # Sentinels authenticate to each other with their own requirepass.
             lines += [
                 f"requirepass {self.sentinel_password}",
@@ -220,10 +250,12 @@ class RedisSentinelGroup:
     def client(self, node: RedisNode, *, timeout: float = 2.0) -> redis.Redis:
         """A client of one process (data node or Sentinel), with the right password."""
         is_sentinel = node in self.sentinel_nodes
+        username = self.sentinel_username if is_sentinel else self.username
         password = self.sentinel_password if is_sentinel else self.password
         return redis.Redis(
             host=HOST,
             port=node.port,
+            username=username,
             password=password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,

@@ -52,16 +52,38 @@ def test_a_bad_sentinel_address_is_named(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("REDIS_MIN_REPLICAS", "1"), ("REDIS_PASSWORD", "pw"), ("REDIS_SENTINEL_PASSWORD", "pw")],
+    [
+        ("REDIS_MIN_REPLICAS", "1"),
+        ("REDIS_USERNAME", "signaling"),
+        ("REDIS_PASSWORD", "pw"),
+        ("REDIS_SENTINEL_USERNAME", "sentinel-peer"),
+        ("REDIS_SENTINEL_PASSWORD", "pw"),
+    ],
 )
 def test_redis_options_without_redis_are_refused(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^{name} needs REDIS_URL or REDIS_SENTINELS"):
         load_settings({**BASE, name: value})
 
 
-def test_sentinel_password_needs_sentinels() -> None:
-    with pytest.raises(SettingsError, match=r"^REDIS_SENTINEL_PASSWORD needs REDIS_SENTINELS"):
-        load_settings({**BASE, "REDIS_URL": "redis://r/0", "REDIS_SENTINEL_PASSWORD": "pw"})
+@pytest.mark.parametrize("name", ["REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"])
+def test_sentinel_credentials_need_sentinels(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} needs REDIS_SENTINELS"):
+        load_settings({**BASE, "REDIS_URL": "redis://r/0", name: "x"})
+
+
+def test_a_username_is_given_once() -> None:
+    environ = {**BASE, "REDIS_URL": "redis://in-url:pw@r/0", "REDIS_USERNAME": "separate"}
+    with pytest.raises(SettingsError, match=r"^REDIS_USERNAME is set and REDIS_URL names a user too"):
+        load_settings(environ)
+
+
+async def test_a_username_beside_a_url_reaches_the_connections() -> None:
+    settings = load_settings({**BASE, "REDIS_URL": "redis://r/0", "REDIS_USERNAME": "signaling"})
+    connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
+    try:
+        assert connection.client.connection_pool.connection_kwargs["username"] == "signaling"
+    finally:
+        await connection.close()
 
 
 def test_a_password_is_given_once() -> None:
@@ -100,18 +122,29 @@ def test_passwords_from_files_are_never_shown(tmp_path: Path) -> None:
 
 
 async def test_sentinel_settings_build_a_sentinel_managed_master_client() -> None:
-    settings = load_settings({**BASE, **SENTINELS, "REDIS_PASSWORD": "pw", "REDIS_SENTINEL_PASSWORD": "spw"})
+    settings = load_settings(
+        {
+            **BASE,
+            **SENTINELS,
+            "REDIS_USERNAME": "signaling",
+            "REDIS_PASSWORD": "pw",
+            "REDIS_SENTINEL_USERNAME": "sentinel-peer",
+            "REDIS_SENTINEL_PASSWORD": "spw",
+        }
+    )
     connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
     try:
         pool = connection.client.connection_pool
         assert isinstance(pool, SentinelConnectionPool)
         assert pool.is_master
         assert pool.service_name == "signaling"
+        assert pool.connection_kwargs["username"] == "signaling"
         assert pool.connection_kwargs["password"] == "pw"
         assert pool.connection_kwargs["socket_timeout"] == 3.0
         sentinels = pool.sentinel_manager.sentinels
         assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380, 26381]
         assert {s.connection_pool.connection_kwargs["password"] for s in sentinels} == {"spw"}
+        assert {s.connection_pool.connection_kwargs["username"] for s in sentinels} == {"sentinel-peer"}
     finally:
         await connection.close()
 
