@@ -298,7 +298,7 @@ class CommandProcessor:
             log.warning("state store step failed (%s); retrying in place", type(error).__name__)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((StoreUnavailable, StaleState)),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
             stop=stop_after_delay(self._transient_retry_seconds),
             reraise=True,
         )

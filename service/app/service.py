@@ -219,7 +219,7 @@ class SignalingService:
         shown on ``/readyz`` and retried like an outage: a fix on the broker (the plugin, a permission, a
         drained queue deleted) then takes effect without restarting the replica (README, First run)."""
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.5, max=10.0),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
             retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError, BrokerRefusal)),
             reraise=True,
         )

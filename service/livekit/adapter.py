@@ -244,7 +244,7 @@ class LiveKitAdapter:
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(self._attempts - 1), _OutOfTime(self._request_timeout)),
             # Attempt n of this loop is attempt n + 1 of the call: its back-off is twice the first's.
-            wait=wait_exponential_jitter(initial=2 * _FIRST_BACKOFF, max=_MAX_BACKOFF, jitter=_JITTER),
+            wait=wait_exponential_jitter(multiplier=2 * _FIRST_BACKOFF, max=_MAX_BACKOFF, jitter=_JITTER),
             retry=retry_if_exception(_is_transient),
             before_sleep=count_retry,
             reraise=True,
