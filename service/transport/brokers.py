@@ -25,6 +25,8 @@ from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
+from service.transport.refusals import explain_refusal
+
 log = logging.getLogger(__name__)
 
 SCHEMES = ("amqp", "amqps")
@@ -91,10 +93,20 @@ class FailoverConnection(RobustConnection):
             self._index = (self._index + 1) % len(self._urls)
             self.url = self._urls[self._index]
         reason = _reason(closing)
-        if was_connected:
+        if _refused(closing):
+            # A configuration error, not a lost node: the service says it once, with its fix.
+            log.debug("RabbitMQ node %s refused the service (%s); next: %s", left, reason, self.node)
+        elif was_connected:
             log.warning("connection to RabbitMQ node %s lost (%s); next: %s", left, reason, self.node)
         else:
             log.warning("RabbitMQ node %s did not answer (%s); next: %s", left, reason, self.node)
+
+
+def _refused(closing: asyncio.Future[Any]) -> bool:
+    if not closing.done() or closing.cancelled():
+        return False
+    error = closing.exception()
+    return error is not None and explain_refusal(error) is not None
 
 
 def _reason(closing: asyncio.Future[Any]) -> str:

@@ -8,9 +8,12 @@ words plus the fix, for one log line and the ``/readyz`` body.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import aiormq.exceptions
+from aiormq.connection import exception_by_code
+from pamqp import commands as spec
 
 #: The plugin the partitioned topology needs, and the command that enables it on a node.
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
@@ -95,3 +98,26 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
             "check that the vhost in AMQP_URL exists and that its user has permissions on it",
         )
     return None
+
+
+class ExplainedCloseFilter(logging.Filter):
+    """For aiormq's logger: drops its error line for a ``Connection.Close`` that is a refusal the service
+    explains itself. aiormq logs every close as an error, at each reconnection attempt, so a refusal
+    (the consistent-hash exchange on a stock broker closes the whole connection) would repeat it every
+    few seconds and bury the one line that says what to do. Other closes (a node shutting down,
+    ``CONNECTION_FORCED``) keep aiormq's line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Unexpected connection close")
+            and isinstance(args, tuple)
+            and len(args) == 3
+        ):
+            return True
+        _connection, reply_code, reply_text = args
+        if not isinstance(reply_code, int) or not isinstance(reply_text, str):
+            return True
+        close = spec.Connection.Close(reply_code=reply_code, reply_text=reply_text)
+        return explain_refusal(exception_by_code(close)) is None

@@ -15,6 +15,7 @@ import pytest
 from tests.support.amqp import declare_partition_queues_as_before, delete_topology
 from tests.support.broker_admin import BrokerUser, vhost_with_user
 from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
+from tests.support.rabbit_cluster import HASH_PLUGIN, RabbitCluster
 
 PARTITIONS = 4
 
@@ -114,3 +115,37 @@ def test_queue_declared_with_other_arguments_names_the_argument_and_setting(
     finally:
         service.stop()
         asyncio.run(delete_topology(names, PARTITIONS))
+
+
+@pytest.mark.slow
+def test_a_stock_broker_without_the_hash_plugin_is_named_with_the_plugin_command(
+    emulator_process: EmulatorProcess,
+) -> None:
+    """The issue's first run, literally: default settings (16 partitions) against a broker on which the
+    consistent-hash plugin was never enabled. The plugin is node-wide, so the broker is a node of its
+    own (tests/support/rabbit_cluster.py, one node, no plugins; needs root or the rabbitmq user, as
+    tests/ha do). The fix the line names, run on the node, heals the replica without a restart."""
+    with RabbitCluster(size=1, plugins=()) as stock:
+        service = ServiceProcess(Names(), emulator_process.url, env={"AMQP_URL": stock.amqp_url()})
+        del service.env["SIGNALING_PARTITIONS"]  # the default
+        service.start(wait_ready=False)
+        try:
+            body = _wait_refused(service, timeout=30)
+            assert "unknown exchange type 'x-consistent-hash'" in body
+            assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in body and "SIGNALING_PARTITIONS=1" in body
+            time.sleep(3)  # several retries: the cause is still said once
+            errors = _refusal_log(service)
+            assert len(errors) == 1, errors
+            assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in errors[0]
+            # The broker closes the whole connection for it: neither aiormq's error line nor a "lost"
+            # warning repeats at every attempt.
+            lost = [line for line in _log_lines(service) if "lost" in str(line.get("message"))]
+            assert not lost, lost
+            assert service.metric("livekit_signaling_amqp_refused") == 1
+
+            stock.enable_plugin("a", HASH_PLUGIN)
+            service.wait_ready(timeout=30)
+            assert "amqp_refused" not in service.http("/readyz")[1]
+            assert service.metric("livekit_signaling_amqp_refused") == 0
+        finally:
+            service.stop()

@@ -1,0 +1,69 @@
+"""Broker refusals turned into cause and fix (service/transport/refusals.py), and aiormq's repeated
+error line for a refusal kept out of the log (tests/integration/test_first_run.py runs them for real)."""
+
+from __future__ import annotations
+
+import logging
+
+import aiormq.exceptions
+import pytest
+
+from service.transport.refusals import HASH_PLUGIN, ExplainedCloseFilter, explain_refusal
+
+UNKNOWN_TYPE = "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'"
+
+
+def test_a_stock_broker_is_told_the_plugin_command_and_the_alternative() -> None:
+    refusal = explain_refusal(aiormq.exceptions.ConnectionCommandInvalid(UNKNOWN_TYPE))
+    assert refusal is not None
+    assert refusal.cause == UNKNOWN_TYPE
+    assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in refusal.fix
+    assert "SIGNALING_PARTITIONS=1" in refusal.fix
+
+
+def test_a_queue_declared_with_another_delivery_limit_names_the_setting() -> None:
+    text = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q.0' in vhost '/': "
+        "received '5' but current is '99'"
+    )
+    refusal = explain_refusal(aiormq.exceptions.ChannelPreconditionFailed(text))
+    assert refusal is not None
+    assert "SIGNALING_DELIVERY_LIMIT" in refusal.fix and "rabbitmqctl delete_queue 'q.0'" in refusal.fix
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionResetError("reset"), aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")],
+)
+def test_an_outage_is_not_a_refusal(error: BaseException) -> None:
+    assert explain_refusal(error) is None
+
+
+def _close_record(reply_code: int, reply_text: str) -> logging.LogRecord:
+    """The record aiormq's connection logs when the broker closes the connection."""
+    return logging.LogRecord(
+        "aiormq.connection",
+        logging.ERROR,
+        __file__,
+        1,
+        'Unexpected connection close from remote "%s", Connection.Close(reply_code=%r, reply_text=%r)',
+        ("amqp://127.0.0.1:5672/", reply_code, reply_text),
+        None,
+    )
+
+
+def test_aiormq_line_for_an_explained_refusal_is_dropped() -> None:
+    assert not ExplainedCloseFilter().filter(_close_record(503, UNKNOWN_TYPE))
+
+
+@pytest.mark.parametrize(
+    ("reply_code", "reply_text"),
+    [(320, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"), (541, "x")],
+)
+def test_aiormq_line_for_an_outage_stays(reply_code: int, reply_text: str) -> None:
+    assert ExplainedCloseFilter().filter(_close_record(reply_code, reply_text))
+
+
+def test_other_aiormq_lines_stay() -> None:
+    record = logging.LogRecord("aiormq.connection", logging.ERROR, __file__, 1, "other %s", ("x",), None)
+    assert ExplainedCloseFilter().filter(record)
