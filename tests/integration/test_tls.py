@@ -23,6 +23,9 @@ import pytest
 import redis
 import redis.asyncio
 
+from service.app.service import redis_target
+from service.app.settings import load_settings
+from service.domain.errors import StoreUnavailable
 from service.domain.state import RosterEntry
 from service.store.redis import RedisStateStore
 from tests.support.amqp import SignalingClient, delete_topology
@@ -262,3 +265,91 @@ async def test_service_keeps_its_state_in_tls_redis(
         await delete_topology(names, 1)
     async with redis.asyncio.Redis.from_url(url) as direct:
         assert await direct.hexists(f"{names.redis_prefix}:room:{room}", "alice")
+
+
+# -- Redis Sentinel -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_sentinels(tls: TlsFiles) -> Iterator[RedisSentinelGroup]:
+    """A master, a replica and three Sentinels, every one listening with TLS only; replication and the
+    Sentinels' own links over TLS too (``tls-replication yes``)."""
+    with RedisSentinelGroup(tls=tls) as group:
+        yield group
+
+
+async def test_store_through_tls_sentinels_writes_replicated_state_and_follows_a_fail_over(
+    tls_sentinels: RedisSentinelGroup, tls: TlsFiles
+) -> None:
+    """``RedisStateStore`` with Sentinels and TLS (``REDIS_TLS``, the CA as PEM): the master is found
+    through the Sentinels, a write counts once the replica acknowledged it (``WAIT 1``: replication
+    over TLS works), after the master is killed the store reaches the new one, over TLS again, and the
+    old one returns as a replica that acknowledges writes. Fails if the Sentinels or the master were
+    reached without TLS (every process listens with TLS only) or without the CA (a self-made one)."""
+    group = tls_sentinels
+    settings = load_settings(
+        {
+            "LIVEKIT_URL": "http://unused",
+            "LIVEKIT_API_KEY": "unused",
+            "LIVEKIT_API_SECRET": "unused",
+            **group.service_env(),
+        }
+    )
+    assert settings.redis_tls and settings.redis_tls_ca == tls.ca.read_text()
+    store = RedisStateStore(
+        redis_target(settings),
+        prefix=f"test-{uuid.uuid4().hex[:8]}",
+        dedup_window_seconds=60,
+        room_idle_seconds=600,
+        min_replicas=1,
+        wait_timeout_seconds=2.0,
+    )
+    entry = RosterEntry(role="moderator", kind="user")
+    try:
+        state = await store.load("room", ["alice"])
+        state.participants["alice"] = entry
+        await store.save_entry("room", state, "alice")
+        assert (await store.load("room", ["alice"])).participants["alice"] == entry
+
+        old = group.kill_master()
+        await asyncio.to_thread(group.wait_failover, old)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                again = await store.load("room", ["alice"])
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store never reached the new master"
+                await asyncio.sleep(0.2)
+        # Acknowledged by the replica before the kill, so the promoted replica has it.
+        assert again.participants["alice"] == entry
+        # The killed node back as a replica of the new master: a full sync over TLS (and the group has
+        # a replica again for the next test's writes).
+        await asyncio.to_thread(group.start_as_replica, old)
+        state = await store.load("room", ["bob"])
+        state.participants["bob"] = entry
+        await store.save_entry("room", state, "bob")  # WAIT 1: the re-synced replica acknowledged it
+    finally:
+        await store.close()
+
+
+async def test_service_joins_through_tls_sentinels(
+    tls_sentinels: RedisSentinelGroup, emulator_process: EmulatorProcess
+) -> None:
+    """The real service with ``REDIS_SENTINELS``, ``REDIS_TLS=true`` and ``REDIS_TLS_CA_FILE`` (on the
+    shared broker): a join answered, its room on the master the Sentinels name."""
+    group = tls_sentinels
+    names = Names()
+    service = ServiceProcess(names, emulator_process.url, partitions=1, env=group.service_env())
+    service.start(timeout=30)
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    try:
+        async with SignalingClient(names) as client:
+            event = await client.reply(room, "alice", {"action": "join"})
+            assert event.message == "join_success", event.body
+        assert "(TLS)" in service.logs()
+    finally:
+        service.stop()
+        await delete_topology(names, 1)
+    with group.client(group.master()) as direct:
+        assert direct.hexists(f"{names.redis_prefix}:room:{room}", "alice")

@@ -155,6 +155,8 @@ class RedisSentinelGroup:
         ):
             if value:
                 env[name] = value
+        if self.tls is not None:
+            env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(self.tls.ca)}
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
