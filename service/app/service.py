@@ -49,6 +49,8 @@ def redis_target(settings: Settings) -> RedisTarget:
         password=settings.redis_password,
         sentinel_username=settings.redis_sentinel_username,
         sentinel_password=settings.redis_sentinel_password,
+        tls=settings.redis_tls,
+        tls_ca=settings.redis_tls_ca,
     )
 
 

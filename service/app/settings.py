@@ -80,6 +80,12 @@ def _user_names(value: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _pem_certificates(value: str) -> str:
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise ValueError("expected PEM certificates (for a file's path use REDIS_TLS_CA_FILE)")
+    return value + "\n"
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -263,6 +269,17 @@ class Settings:
     redis_sentinel_password: str | None = _env(
         "REDIS_SENTINEL_PASSWORD", "Password of the Sentinels themselves, if they require one.", secret=True
     )
+    redis_tls: bool = _env(
+        "REDIS_TLS",
+        "With `REDIS_SENTINELS`: TLS to the Sentinels and to the master they name (a `REDIS_URL` says it "
+        "by its scheme, `rediss://`).",
+        default=False,
+    )
+    redis_tls_ca: str | None = _env(
+        "REDIS_TLS_CA",
+        "PEM of the CA that signed the Redis (and Sentinel) certificates, with `REDIS_TLS` or a "
+        "`rediss://` URL; as `REDIS_TLS_CA_FILE` from a mounted file. Unset = the system CAs.",
+    )
     redis_min_replicas: int | None = _env(
         "REDIS_MIN_REPLICAS",
         "A room's state write counts (and its command's events go out) only once this many replicas "
@@ -342,6 +359,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "amqp_url": _broker_urls,
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "redis_sentinels": _host_ports,
+    "redis_tls": _bool,
+    "redis_tls_ca": _pem_certificates,
     "redis_min_replicas": _non_negative_int,
     "redis_wait_timeout_seconds": _positive_float,
     "livekit_url": _url,
@@ -424,6 +443,7 @@ def _check_redis(settings: Settings, environ: Mapping[str, str]) -> None:
         ):
             if _raw_value(name, environ) is not None:
                 raise SettingsError(f"{name} needs REDIS_URL or REDIS_SENTINELS")
+    _check_redis_tls(settings)
     for name, value in (
         ("REDIS_SENTINEL_USERNAME", settings.redis_sentinel_username),
         ("REDIS_SENTINEL_PASSWORD", settings.redis_sentinel_password),
@@ -436,6 +456,22 @@ def _check_redis(settings: Settings, environ: Mapping[str, str]) -> None:
         raise SettingsError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give it once")
     if in_url and settings.redis_username and in_url.username:
         raise SettingsError("REDIS_USERNAME is set and REDIS_URL names a user too: give it once")
+
+
+def _check_redis_tls(settings: Settings) -> None:
+    """TLS is said by a ``REDIS_URL``'s scheme, or by ``REDIS_TLS`` for Sentinels; a CA needs either."""
+    if settings.redis_tls and settings.redis_url:
+        raise SettingsError("REDIS_TLS is for REDIS_SENTINELS: a REDIS_URL says TLS by its scheme, rediss://")
+    if settings.redis_tls and not settings.redis_sentinels:
+        raise SettingsError("REDIS_TLS needs REDIS_SENTINELS")
+    if not settings.redis_tls_ca:
+        return
+    if not settings.uses_redis:
+        raise SettingsError("REDIS_TLS_CA needs REDIS_URL or REDIS_SENTINELS")
+    if settings.redis_url and urlsplit(settings.redis_url).scheme != "rediss":
+        raise SettingsError("REDIS_TLS_CA needs a rediss:// REDIS_URL (TLS)")
+    if settings.redis_sentinels and not settings.redis_tls:
+        raise SettingsError("REDIS_TLS_CA needs REDIS_TLS=true with REDIS_SENTINELS")
 
 
 def settings_table() -> str:

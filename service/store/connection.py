@@ -46,16 +46,34 @@ class RedisTarget:
     password: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    #: TLS to the Sentinels and to the nodes they name (a URL says it by its scheme, ``rediss://``).
+    tls: bool = False
+    #: PEM of the CA the servers' certificates must be signed by (None = the system CAs), for the
+    #: Sentinels and nodes with ``tls``, or for a ``rediss://`` URL (beside any ``ssl_ca_certs`` in it).
+    tls_ca: str | None = None
 
     def __post_init__(self) -> None:
         if (self.url is None) == (not self.sentinels):
             raise ValueError("a Redis target is either a URL or a list of Sentinels")
+        if self.url is not None and self.tls:
+            raise ValueError("a Redis URL says TLS by its scheme (rediss://)")
+        if self.tls_ca is not None and not (self.tls or (self.url or "").startswith("rediss://")):
+            raise ValueError("a CA for Redis needs TLS (a rediss:// URL, or Sentinels with tls)")
+
+    @property
+    def tls_kwargs(self) -> dict[str, Any]:
+        """redis-py's connection arguments for TLS (the server's certificate and host are checked)."""
+        kwargs: dict[str, Any] = {"ssl": True} if self.tls else {}
+        if self.tls_ca is not None:
+            kwargs["ssl_ca_data"] = self.tls_ca
+        return kwargs
 
     def describe(self) -> str:
         """For logs: never the URL (it may carry a password)."""
         if self.sentinels:
             addresses = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-            return f"Sentinel master {self.sentinel_master!r} via {addresses}"
+            tls = " (TLS)" if self.tls else ""
+            return f"Sentinel master {self.sentinel_master!r} via {addresses}{tls}"
         return "Redis at REDIS_URL"
 
 
@@ -105,7 +123,12 @@ class RedisConnection:
         if target.url is not None:
             self.client: redis.Redis = redis.Redis.from_pool(
                 BlockingConnectionPool.from_url(
-                    target.url, username=target.username, password=target.password, **common, **pool
+                    target.url,
+                    username=target.username,
+                    password=target.password,
+                    **target.tls_kwargs,
+                    **common,
+                    **pool,
                 )
             )
         else:
@@ -113,11 +136,13 @@ class RedisConnection:
                 list(target.sentinels),
                 sentinel_kwargs={
                     **common,
+                    **target.tls_kwargs,
                     "username": target.sentinel_username,
                     "password": target.sentinel_password,
                 },
                 username=target.username,
                 password=target.password,
+                **target.tls_kwargs,
                 **common,
             )
             self.client = self._sentinel.master_for(

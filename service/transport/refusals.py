@@ -4,12 +4,17 @@ An unknown exchange type (the consistent-hash plugin is not enabled), a queue or
 with other arguments, missing permissions, a refused login or vhost: the broker is reachable, so "not
 reachable, retrying" would send the operator the wrong way. Each refusal is turned into the broker's own
 words plus the fix, for one log line and the ``/readyz`` body.
+
+A TLS certificate the service does not accept (signed by another CA than ``cafile`` in ``AMQP_URL``, or
+not naming the URL's host) counts as one too: the node answered, the fix is in the configuration, and
+every retry without it fails the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import ssl
 
 import aiormq.exceptions
 from aiormq.connection import exception_by_code
@@ -68,9 +73,29 @@ def _inequivalent(text: str) -> str:
     )
 
 
+def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``error``: aiormq re-raises the TLS handshake's
+    ``SSLCertVerificationError`` as an ``AMQPConnectionError`` (``from`` it)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0911 - one return a case
     """A ``BrokerRefusal`` when ``error`` is the broker refusing us, ``None`` for anything else (an
     outage, a network fault), which is retried as such."""
+    certificate = _certificate_error(error)
+    if certificate is not None:
+        return BrokerRefusal(
+            f"the node's TLS certificate was not accepted: {certificate.verify_message}",
+            "check the CA in AMQP_URL's cafile (it must be the CA that signed the node's certificate; "
+            "without cafile the system CAs are used) and that the certificate names the host in AMQP_URL",
+        )
     if isinstance(error, aiormq.exceptions.ProbableAuthenticationError):
         return BrokerRefusal(_reply_text(error), "check the user name and password in AMQP_URL")
     if isinstance(error, aiormq.exceptions.ConnectionCommandInvalid):
@@ -100,15 +125,24 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
     return None
 
 
+#: aiormq's error line for a connection attempt that failed before AMQP started (TCP or TLS).
+_TRANSPORT_ERROR = "error when creating transport: %r"
+
+
 class ExplainedCloseFilter(logging.Filter):
     """For aiormq's logger: drops its error line for a ``Connection.Close`` that is a refusal the service
     explains itself. aiormq logs every close as an error, at each reconnection attempt, so a refusal
     (the consistent-hash exchange on a stock broker closes the whole connection) would repeat it every
     few seconds and bury the one line that says what to do. Other closes (a node shutting down,
-    ``CONNECTION_FORCED``) keep aiormq's line."""
+    ``CONNECTION_FORCED``) keep aiormq's line. Likewise its "error when creating transport" line for a
+    certificate the service does not accept; for a refused or unreachable address it stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
+        if record.msg == _TRANSPORT_ERROR and isinstance(args, tuple) and len(args) == 1:
+            # The same for its line about a TLS handshake that failed on the node's certificate.
+            (error,) = args
+            return not (isinstance(error, BaseException) and explain_refusal(error) is not None)
         if not (
             isinstance(record.msg, str)
             and record.msg.startswith("Unexpected connection close")

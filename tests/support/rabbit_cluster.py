@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import free_port
+from tests.support.tls import TlsFiles
 
 #: What the service's default topology needs (``SIGNALING_PARTITIONS`` > 1).
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
@@ -61,10 +62,19 @@ class RabbitNode:
     directory: Path
     #: Enabled from the start (the ``enabled_plugins`` file).
     plugins: tuple[str, ...] = (HASH_PLUGIN,)
+    #: With these, a TLS listener on ``tls_port`` too (the plain one stays, for the helpers' checks).
+    tls: TlsFiles | None = None
+    tls_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    def tls_url(self, cafile: Path | str | None = None) -> str:
+        """``amqps://`` to the TLS listener; ``cafile`` (default: the node's own CA) in the query, as
+        aiormq reads it."""
+        assert self.tls is not None and self.tls_port is not None, "a node without tls="
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?cafile={cafile or self.tls.ca}"
 
     @property
     def address(self) -> str:
@@ -105,9 +115,22 @@ class RabbitNode:
             "loopback_users = none\n"
             # The nodes share two cores with everything else: keep their own overhead down.
             "management_agent.disable_metrics_collector = true\n"
-            "collect_statistics = none\n"
+            "collect_statistics = none\n" + self._tls_config()
         )
         (d / "advanced.config").write_text("[].\n")
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        return (
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca}\n"
+            f"ssl_options.certfile = {self.tls.cert}\n"
+            f"ssl_options.keyfile = {self.tls.key}\n"
+            # No client certificates here: the service authenticates with user and password.
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
 
     def pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
@@ -117,10 +140,17 @@ class RabbitNode:
 
 class RabbitCluster:
     """Three (``size``) clustered nodes; node letters ``a``, ``b``, ``c`` name them in every method.
-    ``plugins``: enabled on every node from the start (``()`` = a stock broker)."""
+    ``plugins``: enabled on every node from the start (``()`` = a stock broker). ``tls``: certificate
+    files (tests/support/tls.py) for a TLS listener on every node besides the plain one
+    (``RabbitNode.tls_url``)."""
 
     def __init__(
-        self, size: int = 3, *, plugins: Sequence[str] = (HASH_PLUGIN,), startup_timeout: float = 120.0
+        self,
+        size: int = 3,
+        *,
+        plugins: Sequence[str] = (HASH_PLUGIN,),
+        startup_timeout: float = 120.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:6]
         self.startup_timeout = startup_timeout
@@ -134,6 +164,8 @@ class RabbitCluster:
                 dist_port=free_port(),
                 directory=self.directory / letter,
                 plugins=tuple(plugins),
+                tls=tls,
+                tls_port=free_port() if tls is not None else None,
             )
             for letter in letters
         }

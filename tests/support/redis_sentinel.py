@@ -28,6 +28,7 @@ from types import TracebackType
 import redis
 
 from tests.support.processes import free_port
+from tests.support.tls import TlsFiles
 
 HOST = "127.0.0.1"
 
@@ -111,8 +112,12 @@ class RedisSentinelGroup:
         sentinel_username: str | None = None,
         down_after_milliseconds: int = 1000,
         failover_timeout_milliseconds: int = 5000,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.master_name = master_name
+        #: With certificate files (tests/support/tls.py) every process listens with TLS only (``port 0``,
+        #: ``tls-port``), replicas and Sentinels connect with TLS too; clients need no certificate.
+        self.tls = tls
         self.password = password
         self.sentinel_password = sentinel_password
         #: With a username the ``default`` user is switched off: only that ACL user (with the password)
@@ -150,6 +155,8 @@ class RedisSentinelGroup:
         ):
             if value:
                 env[name] = value
+        if self.tls is not None:
+            env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(self.tls.ca)}
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -195,7 +202,7 @@ class RedisSentinelGroup:
 
     def _common_config(self, node: RedisNode) -> list[str]:
         return [
-            f"port {node.port}",
+            f"port {0 if self.tls else node.port}",
             f"bind {HOST}",
             f'dir "{node.directory}"',
             f'logfile "{node.log}"',
@@ -204,10 +211,30 @@ class RedisSentinelGroup:
             "appendonly no",
         ]
 
+    def _tls_config(self, node: RedisNode) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"tls-port {node.port}",
+            f'tls-cert-file "{self.tls.cert}"',
+            f'tls-key-file "{self.tls.key}"',
+            f'tls-ca-cert-file "{self.tls.ca}"',
+            "tls-auth-clients no",
+            # Replicas to their master, Sentinels to the nodes and to each other: TLS too.
+            "tls-replication yes",
+        ]
+
+    def url(self, node: RedisNode) -> str:
+        """A ``REDIS_URL`` for one data node: ``rediss://`` with the CA in the query (redis-py's
+        ``ssl_ca_certs``) when the group runs with TLS."""
+        if self.tls is None:
+            return f"redis://{node.address}/0"
+        return f"rediss://{node.address}/0?ssl_ca_certs={self.tls.ca}"
+
     def _write_data_config(self, node: RedisNode, *, replica_of: RedisNode | None) -> None:
         # Redis waits 5 s by default before a full sync, for more replicas to share it; a replica that
         # (re)joins here should not.
-        lines = [*self._common_config(node), "repl-diskless-sync-delay 0"]
+        lines = [*self._common_config(node), *self._tls_config(node), "repl-diskless-sync-delay 0"]
         if self.username:
             lines += [*_acl_user(self.username, self.password), f"masteruser {self.username}"]
             lines.append(f"masterauth {self.password}")
@@ -221,6 +248,7 @@ class RedisSentinelGroup:
         # Sentinel rewrites this file (fail-overs, discovered peers): it must be its own, and writable.
         lines = [
             *self._common_config(node)[:5],
+            *self._tls_config(node),
             f"sentinel monitor {self.master_name} {HOST} {master.port} {self._quorum}",
             f"sentinel down-after-milliseconds {self.master_name} {self._down_after}",
             f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
@@ -259,6 +287,7 @@ class RedisSentinelGroup:
             password=password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            **({"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}),
         )
 
     def _query(self, node: RedisNode, *command: str | int) -> object:

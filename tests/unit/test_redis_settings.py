@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
@@ -168,3 +169,56 @@ def test_a_target_is_a_url_or_sentinels() -> None:
 )
 def test_which_redis_errors_are_transient(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+
+
+async def test_tls_with_sentinels_reaches_the_sentinels_and_the_master_connections(tmp_path: Path) -> None:
+    """``REDIS_TLS`` and the CA (from a mounted file): SSL connections to the Sentinels and the master, with
+    the CA's PEM (tests/integration/test_tls.py connects through them for real)."""
+    (tmp_path / "ca.pem").write_text(CA_PEM + "\n")
+    settings = load_settings(
+        {**BASE, **SENTINELS, "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(tmp_path / "ca.pem")}
+    )
+    assert settings.redis_tls_ca == CA_PEM + "\n"
+    target = redis_target(settings)
+    assert target.describe().endswith("(TLS)")
+    connection = RedisConnection(target, timeout_seconds=3.0)
+    try:
+        pool = connection.client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert issubclass(pool.connection_class, SSLConnection)
+        assert pool.connection_kwargs["ssl_ca_data"] == CA_PEM + "\n"
+        for sentinel in pool.sentinel_manager.sentinels:
+            assert issubclass(sentinel.connection_pool.connection_class, SSLConnection)
+            assert sentinel.connection_pool.connection_kwargs["ssl_ca_data"] == CA_PEM + "\n"
+    finally:
+        await connection.close()
+
+
+async def test_a_ca_beside_a_rediss_url_reaches_its_connections() -> None:
+    settings = load_settings({**BASE, "REDIS_URL": "rediss://r:6380/0", "REDIS_TLS_CA": CA_PEM})
+    connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
+    try:
+        pool = connection.client.connection_pool
+        assert issubclass(pool.connection_class, SSLConnection)
+        assert pool.connection_kwargs["ssl_ca_data"] == CA_PEM + "\n"
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"REDIS_URL": "rediss://r/0", "REDIS_TLS": "true"}, "REDIS_TLS is for REDIS_SENTINELS"),
+        ({"REDIS_TLS": "true"}, "REDIS_TLS needs REDIS_SENTINELS"),
+        ({"REDIS_URL": "redis://r/0", "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs a rediss:// REDIS_URL"),
+        ({**SENTINELS, "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_TLS=true"),
+        ({"REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_URL or REDIS_SENTINELS"),
+        ({**SENTINELS, "REDIS_TLS": "true", "REDIS_TLS_CA": "/etc/ca.pem"}, "REDIS_TLS_CA: '/etc/ca.pem' is"),
+    ],
+)
+def test_tls_settings_that_do_not_fit_are_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{message}"):
+        load_settings({**BASE, **environ})
