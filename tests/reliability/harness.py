@@ -44,6 +44,9 @@ class Command:
     confirmed: bool = False
     attempts: int = 0
     confirmed_at: float | None = None
+    #: Why attempts failed, by exception type (``DeliveryError``: nacked; ``TimeoutError``: no confirm
+    #: within ``publish_once``'s bound; connection errors while the client reconnects).
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -206,8 +209,12 @@ class Accounting:
             f"outcomes={self.outcomes}"
         )
 
-    def assert_exactly_once_in_order(self) -> None:
-        assert self.confirmed == self.published, self.summary()
+    def assert_exactly_once_in_order(self, *, every_publish_confirmed: bool = True) -> None:
+        """Every confirmed command answered once, in its room's order. ``every_publish_confirmed``:
+        also that no command stayed unconfirmed (its retries ran out); a fault test whose broker cannot
+        confirm for long sets it False, and such commands are then neither counted nor checked."""
+        if every_publish_confirmed:
+            assert self.confirmed == self.published, self.summary()
         assert not self.missing, f"{len(self.missing)} confirmed commands never answered; {self.summary()}"
         assert not self.duplicated, f"answered more than once: {self.duplicated}; {self.summary()}"
         assert not self.out_of_order, f"per-room order broken: {self.out_of_order[:3]}; {self.summary()}"
@@ -350,7 +357,8 @@ class LoadClient:
             command.attempts += 1
             try:
                 await self.publish_once(body, f"room.{room}", message_id=message_id)
-            except Exception:
+            except Exception as error:
+                command.failures[type(error).__name__] += 1
                 if time.monotonic() > deadline:
                     return command
                 await asyncio.sleep(0.2)
