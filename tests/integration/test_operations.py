@@ -15,7 +15,7 @@ import aiohttp
 
 from tests.support.amqp import SignalingClient
 from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
-from tests.support.processes import API_SECRET, ServiceProcess
+from tests.support.processes import API_SECRET, ServiceProcess, cli_send
 
 
 async def test_stale_token_loses_its_microphone_through_the_webhook(
@@ -72,32 +72,20 @@ async def test_forged_webhooks_are_refused(service: ServiceProcess) -> None:
 
 
 async def test_operator_cli_sends_a_command_and_prints_its_answer(service: ServiceProcess, room: str) -> None:
-    env = {**service.env, "SIGNALING_HTTP_PORT": "0"}
-    completed = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "service", "send", "--room", room, "--participant", "operator",
-         "--role", "moderator", "--timeout", "2", '{"action": "create_new_access_token"}'],
-        env=env, capture_output=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr.decode()
-    routing_key, _, body = completed.stdout.decode().strip().partition(" ")
+    routing_key, answer = await asyncio.to_thread(
+        cli_send, service.env, room, "operator", {"action": "create_new_access_token"}, role="moderator"
+    )
     assert routing_key == f"room.{room}.participant.operator"
-    assert json.loads(body)["payload"]["message"] == "credentials"
+    assert answer["payload"]["message"] == "credentials"
 
 
 async def test_operator_cli_acts_as_a_user_unless_told_otherwise(service: ServiceProcess, room: str) -> None:
     # The least privileged role is the default: a moderator command without --role moderator is refused.
-    env = {**service.env, "SIGNALING_HTTP_PORT": "0"}
-    completed = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "service", "send", "--room", room, "--participant", "operator",
-         "--timeout", "2", '{"action": "force_mute", "participants": ["someone"]}'],
-        env=env, capture_output=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr.decode()
-    routing_key, _, body = completed.stdout.decode().strip().partition(" ")
+    routing_key, answer = await asyncio.to_thread(
+        cli_send, service.env, room, "operator", {"action": "force_mute", "participants": ["someone"]}
+    )
     assert routing_key == f"room.{room}.participant.operator"
-    assert json.loads(body)["payload"] == {"message": "error", "error": "insufficient_permissions"}
+    assert answer["payload"] == {"message": "error", "error": "insufficient_permissions"}
 
 
 def test_missing_setting_stops_start_up_with_one_line() -> None:

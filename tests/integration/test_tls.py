@@ -29,7 +29,7 @@ from service.domain.errors import StoreUnavailable
 from service.domain.state import RosterEntry
 from service.store.redis import RedisStateStore
 from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from tests.support.processes import EmulatorProcess, Names, ServiceProcess, cli_send
 from tests.support.rabbit_cluster import RabbitCluster, RabbitNode
 from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
 from tests.support.tls import TlsFiles, throwaway_certificates
@@ -191,15 +191,9 @@ def test_operator_cli_send_and_watch_over_amqps(
     )  # fmt: skip
     try:
         time.sleep(2)  # the watcher's queue bound before the command goes out
-        completed = subprocess.run(
-            [sys.executable, "-m", "service", "send", "--room", room, "--participant", "operator",
-             "--role", "moderator", "--timeout", "2", '{"action": "join"}'],
-            env=env, capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
-        assert completed.returncode == 0, completed.stderr.decode()
-        routing_key, _, body = completed.stdout.decode().strip().partition(" ")
+        routing_key, answer = cli_send(env, room, "operator", {"action": "join"}, role="moderator")
         assert routing_key == f"room.{room}.participant.operator"
-        assert json.loads(body)["payload"]["message"] == "join_success"
+        assert answer["payload"]["message"] == "join_success"
     finally:
         watcher.terminate()
         out, err = watcher.communicate(timeout=20)
@@ -246,14 +240,11 @@ async def test_store_writes_and_reads_over_rediss(tls_redis: RedisSentinelGroup,
         await stranger.close()
 
 
-async def test_service_keeps_its_state_in_tls_redis(
-    tls_redis: RedisSentinelGroup, emulator_process: EmulatorProcess
-) -> None:
-    """The real service with ``REDIS_URL=rediss://…`` (on the shared broker): a join answered, and the room
-    it wrote is in the TLS-only Redis."""
+async def _join_through_the_service(livekit: EmulatorProcess, env: dict[str, str]) -> tuple[str, str]:
+    """The real service with ``env`` (on the shared broker) answers alice's join; then it is stopped.
+    The Redis key of the room it joined and the service's log."""
     names = Names()
-    url = tls_redis.url(_master(tls_redis))
-    service = ServiceProcess(names, emulator_process.url, partitions=1, env={"REDIS_URL": url})
+    service = ServiceProcess(names, livekit.url, partitions=1, env=env)
     service.start(timeout=30)
     room = f"room-{uuid.uuid4().hex[:8]}"
     try:
@@ -263,8 +254,18 @@ async def test_service_keeps_its_state_in_tls_redis(
     finally:
         service.stop()
         await delete_topology(names, 1)
+    return f"{names.redis_prefix}:room:{room}", service.logs()
+
+
+async def test_service_keeps_its_state_in_tls_redis(
+    tls_redis: RedisSentinelGroup, emulator_process: EmulatorProcess
+) -> None:
+    """The real service with ``REDIS_URL=rediss://…`` (on the shared broker): a join answered, and the room
+    it wrote is in the TLS-only Redis."""
+    url = tls_redis.url(_master(tls_redis))
+    key, _log = await _join_through_the_service(emulator_process, {"REDIS_URL": url})
     async with redis.asyncio.Redis.from_url(url) as direct:
-        assert await direct.hexists(f"{names.redis_prefix}:room:{room}", "alice")
+        assert await direct.hexists(key, "alice")
 
 
 # -- Redis Sentinel -------------------------------------------------------------------------------------
@@ -339,17 +340,7 @@ async def test_service_joins_through_tls_sentinels(
     """The real service with ``REDIS_SENTINELS``, ``REDIS_TLS=true`` and ``REDIS_TLS_CA_FILE`` (on the
     shared broker): a join answered, its room on the master the Sentinels name."""
     group = tls_sentinels
-    names = Names()
-    service = ServiceProcess(names, emulator_process.url, partitions=1, env=group.service_env())
-    service.start(timeout=30)
-    room = f"room-{uuid.uuid4().hex[:8]}"
-    try:
-        async with SignalingClient(names) as client:
-            event = await client.reply(room, "alice", {"action": "join"})
-            assert event.message == "join_success", event.body
-        assert "(TLS)" in service.logs()
-    finally:
-        service.stop()
-        await delete_topology(names, 1)
+    key, log = await _join_through_the_service(emulator_process, group.service_env())
+    assert "(TLS)" in log
     with group.client(group.master()) as direct:
-        assert direct.hexists(f"{names.redis_prefix}:room:{room}", "alice")
+        assert direct.hexists(key, "alice")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,7 +15,7 @@ from tests.security.conftest import wait_dead_letter
 from tests.support.amqp import SignalingClient
 from tests.support.broker_accounts import BrokerAccounts
 from tests.support.emulator import Emulator, microphone_tracks
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, cli_send
 
 
 def pid() -> str:
@@ -123,14 +122,8 @@ async def test_send_cli_publishes_as_its_own_user(
         "SIGNALING_COMMAND_EXCHANGE": accounts.names.command_exchange,
         "SIGNALING_EVENT_EXCHANGE": accounts.names.event_exchange,
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "send", "--room", room, "--participant", participant,
-        "--role", "moderator", "--timeout", "3", '{"action": "join"}',
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()
-    [answer] = stdout.decode().splitlines()
-    routing_key, _, body = answer.partition(" ")
+    routing_key, answer = await asyncio.to_thread(
+        cli_send, env, room, participant, {"action": "join"}, role="moderator", timeout=3
+    )
     assert routing_key == f"room.{room}.participant.{participant}"
-    assert json.loads(body)["payload"]["message"] == "join_success"
+    assert answer["payload"]["message"] == "join_success"

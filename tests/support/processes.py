@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 API_KEY = "testkey"
 API_SECRET = "test-secret-" + "x" * 32
@@ -233,3 +235,30 @@ class DevProcess(ServiceProcess):
     @property
     def livekit_url(self) -> str:
         return f"http://127.0.0.1:{self.livekit_port}"
+
+
+def cli_send(
+    env: Mapping[str, str],
+    room: str,
+    participant: str,
+    command: Mapping[str, Any],
+    *,
+    role: str | None = None,
+    timeout: float = 2.0,
+) -> tuple[str, dict[str, Any]]:
+    """``livekit-signaling send`` as an operator runs it (``env`` names the broker and exchanges): the
+    routing key and the decoded body of the one answer it prints. ``role`` None = the CLI's default."""
+    args = ["--room", room, "--participant", participant, "--timeout", str(timeout)]
+    args += ["--role", role] if role is not None else []
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "send", *args, json.dumps(command)],
+        env={**env, "SIGNALING_HTTP_PORT": "0"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    [answer] = completed.stdout.decode().splitlines()
+    routing_key, _, body = answer.partition(" ")
+    decoded: dict[str, Any] = json.loads(body)
+    return routing_key, decoded
