@@ -295,7 +295,8 @@ class CommandProcessor:
                 raise _Abandoned
             return await step()
         except (StoreUnavailable, StaleState) as error:
-            log.warning("state store step failed (%s); retrying in place", type(error).__name__)
+            # The store's message says what failed (and the fix for a configuration error), no secrets.
+            log.warning("state store step failed (%s: %s); retrying in place", type(error).__name__, error)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((StoreUnavailable, StaleState)),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0),

@@ -172,6 +172,18 @@ class RedisConnection:
             await self._sentinel.aclose()
 
 
+def failure_text(error: BaseException) -> str:
+    """What went wrong, for a log line (redis-py's messages name the address, never a password), with
+    the fix where a retry cannot help: a server certificate the service does not accept."""
+    text = f"{type(error).__name__}: {error}"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        text += (
+            "; fix: REDIS_TLS_CA (or ssl_ca_certs in a rediss:// REDIS_URL) must be the CA that signed the "
+            "Redis certificate, and the certificate must name the host the service connects to"
+        )
+    return text
+
+
 def is_transient(error: BaseException) -> bool:
     """Redis cannot serve us right now, but will (or another node will) once it recovers or fails over."""
     if isinstance(

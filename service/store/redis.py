@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from service.domain.errors import StaleState, StoreUnavailable
 from service.domain.state import RoomDecisions, RoomState
-from service.store.connection import RedisConnection, RedisTarget, is_transient
+from service.store.connection import RedisConnection, RedisTarget, failure_text, is_transient
 from service.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
 from service.store.replication import ReplicationGuard
 
@@ -106,7 +106,7 @@ class RedisStateStore:
             if not is_transient(error):
                 raise
             await self._connection.after_error(error)
-            raise StoreUnavailable(f"Redis: {type(error).__name__}") from error
+            raise StoreUnavailable(f"Redis: {failure_text(error)}") from error
 
     async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self._room_key(room)

@@ -236,6 +236,9 @@ async def test_store_writes_and_reads_over_rediss(tls_redis: RedisSentinelGroup,
             chain.append(seen)
             seen = seen.__cause__ or seen.__context__
         assert any(isinstance(error, ssl.SSLCertVerificationError) for error in chain), chain
+        # The store's failure, as the command processor logs it, names the setting to fix.
+        assert isinstance(raised.value, StoreUnavailable)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value) and "REDIS_TLS_CA" in str(raised.value)
     finally:
         await stranger.close()
 
