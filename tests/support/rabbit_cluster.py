@@ -65,6 +65,9 @@ class RabbitNode:
     #: With these, a TLS listener on ``tls_port`` too (the plain one stays, for the helpers' checks).
     tls: TlsFiles | None = None
     tls_port: int | None = None
+    #: ``cluster_partition_handling``: RabbitMQ's default ``ignore``, or ``pause_minority`` (the Cluster
+    #: Operator's default), as ``RabbitCluster.set_partition_handling`` last set it.
+    partition_handling: str = "ignore"
 
     @property
     def url(self) -> str:
@@ -110,14 +113,19 @@ class RabbitNode:
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
-        (d / "rabbitmq.conf").write_text(
+        self.write_config()
+        (d / "advanced.config").write_text("[].\n")
+
+    def write_config(self) -> None:
+        """``rabbitmq.conf``, read when the node boots."""
+        (self.directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             "loopback_users = none\n"
             # The nodes share two cores with everything else: keep their own overhead down.
             "management_agent.disable_metrics_collector = true\n"
-            "collect_statistics = none\n" + self._tls_config()
+            "collect_statistics = none\n"
+            f"cluster_partition_handling = {self.partition_handling}\n" + self._tls_config()
         )
-        (d / "advanced.config").write_text("[].\n")
 
     def _tls_config(self) -> str:
         if self.tls is None:
@@ -234,9 +242,13 @@ class RabbitCluster:
             raise ClusterError(f"rabbitmq-server {node.name}: {result.stderr.decode()[-1000:]}")
 
     def start(self, letter: str) -> float:
-        """Start a stopped or killed node again; the seconds until it runs (it rejoins by itself)."""
+        """Start a stopped or killed node again; the seconds until it runs (it rejoins by itself). A node
+        whose VM is alive (paused as a minority under ``pause_minority``) is only waited for: it starts
+        its own RabbitMQ application once it sees a majority of the cluster again."""
         started = time.monotonic()
-        self._launch(letter)
+        pid = self.nodes[letter].pid()
+        if pid is None or not _alive(pid):
+            self._launch(letter)
         self.wait_running(letter)
         return time.monotonic() - started
 
@@ -257,12 +269,33 @@ class RabbitCluster:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def set_partition_handling(self, mode: str) -> None:
+        """``cluster_partition_handling`` on every node: on the running ones at once (RabbitMQ reads the
+        setting each time it sees a node go down, ``rabbit_node_monitor:handle_dead_node``) and in every
+        node's ``rabbitmq.conf`` for its next boot, as a configured cluster has it."""
+        if mode not in ("ignore", "pause_minority", "autoheal"):
+            raise ValueError(f"unknown cluster_partition_handling {mode!r}")
+        running = set(self.running_guess())
+        for letter, node in self.nodes.items():
+            node.partition_handling = mode
+            node.write_config()
+            if letter in running:
+                self.ctl(letter, "eval", f"application:set_env(rabbit, cluster_partition_handling, {mode}).")
+
     def enable_plugin(self, letter: str, plugin: str) -> None:
         """``rabbitmq-plugins enable`` on a running node, as an operator fixes a stock broker."""
         result = self._cli("rabbitmq-plugins", letter, "enable", plugin, timeout=120)
         if result.returncode != 0:
             failure = result.stderr.decode()[-800:]
             raise ClusterError(f"rabbitmq-plugins enable {plugin} on {letter}: {failure}")
+
+    def listening(self, letter: str) -> bool:
+        """Whether the node accepts AMQP connections now (a paused or stopped node does not)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.nodes[letter].amqp_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def is_running(self, letter: str) -> bool:
         return self._cli("rabbitmq-diagnostics", letter, "-q", "check_running", timeout=30).returncode == 0
@@ -273,10 +306,8 @@ class RabbitCluster:
         node = self.nodes[letter]
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", node.amqp_port), timeout=1).close()
-                if self.is_running(letter):
-                    return
+            if self.listening(letter) and self.is_running(letter):
+                return
             if time.monotonic() > deadline:
                 raise ClusterError(f"{node.name} not running after {self.startup_timeout}s")
             time.sleep(0.2)
