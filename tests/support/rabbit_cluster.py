@@ -269,6 +269,12 @@ class RabbitCluster:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def start_stopped(self) -> None:
+        """Start every node that does not run: after a test that stopped some, passed or failed."""
+        for letter in self.nodes:
+            if not self.is_running(letter):
+                self.start(letter)
+
     def set_partition_handling(self, mode: str) -> None:
         """``cluster_partition_handling`` on every node: on the running ones at once (RabbitMQ reads the
         setting each time it sees a node go down, ``rabbit_node_monitor:handle_dead_node``) and in every
