@@ -5,7 +5,7 @@ Run as its own process, configured by the same environment variables as the serv
 
     python -m bench.baseline        # prints "READY" on stdout once it consumes
 
-Topology, as ``service/transport/amqp.py`` declares it: the command topic exchange, with more than one
+Topology, as the service's ``transport/amqp.py`` declares it: the command topic exchange, with more than one
 partition a consistent-hash exchange ``<queue>.partitions`` bound with ``room.*`` and ``<queue>.<n>``
 quorum queues (single active consumer, delivery limit, dead-lettering) bound with weight ``"1"``; with one
 partition the queue is bound to the command exchange directly. One consuming channel with

@@ -89,7 +89,7 @@ def _names(kind: str) -> Names:
 
 @dataclass
 class ServiceTarget:
-    """``python -m service run`` with production defaults (in-memory store unless ``redis``)."""
+    """``python -m livekit_signaling run`` with production defaults (in-memory store unless ``redis``)."""
 
     livekit_url: str
     partitions: int

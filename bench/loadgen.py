@@ -17,8 +17,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq import spec
 
-from service.transport.amqp import PERSISTENT, publish_confirmed
-from service.transport.brokers import connect_failover
+from livekit_signaling.transport.amqp import PERSISTENT, publish_confirmed
+from livekit_signaling.transport.brokers import connect_failover
 from tests.support.processes import AMQP_URL, Names
 
 

@@ -123,11 +123,14 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "delivery hand-over (aio-pika consumer, on_delivery)",
         ("aio_pika/queue.py", "on_message", "on_delivery"),
     ),
-    ("state store", ("service/store/",)),
+    ("state store", ("service/livekit_signaling/store/",)),
     ("Prometheus metrics", ("prometheus_client/",)),
-    ("logging", ("logging/", "service/app/logging.py")),
+    ("logging", ("logging/", "service/livekit_signaling/app/logging.py")),
     ("command decoding", ("schemas/codec.py",)),
-    ("handler and processor (rest)", ("service/domain/", "service/app/processor.py", "ordering.py")),
+    (
+        "handler and processor (rest)",
+        ("service/livekit_signaling/domain/", "service/livekit_signaling/app/processor.py", "ordering.py"),
+    ),
 )
 
 

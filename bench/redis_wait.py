@@ -29,9 +29,9 @@ from typing import Any
 from bench.harness import RESULTS, _clean_up
 from bench.loadgen import LoadGenerator, command
 from bench.workloads import latency_figures
-from service.domain.state import RosterEntry
-from service.store.connection import RedisTarget
-from service.store.redis import RedisStateStore
+from livekit_signaling.domain.state import RosterEntry
+from livekit_signaling.store.connection import RedisTarget
+from livekit_signaling.store.redis import RedisStateStore
 from tests.support.processes import EmulatorProcess, Names, ServiceProcess
 from tests.support.redis_sentinel import RedisSentinelGroup
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 SPECS_VERSION=6.11.1
 specs_dir=build/asyncapi-specs-$SPECS_VERSION
-"$PYTHON" -m service.schemas.asyncapi --check
+"$PYTHON" -m livekit_signaling.schemas.asyncapi --check
 if [ ! -f "$specs_dir/package/schemas/3.0.0-without-\$id.json" ]; then
   mkdir -p "$specs_dir"
   (cd "$specs_dir" && npm pack "@asyncapi/specs@$SPECS_VERSION" --silent >/dev/null && tar xzf ./*.tgz)

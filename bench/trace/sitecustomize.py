@@ -5,7 +5,7 @@ It patches nothing in the service's behaviour; it wraps functions to take timest
 exit. All timestamps are ``time.perf_counter()``, which is CLOCK_MONOTONIC on Linux and therefore
 comparable across the processes of one machine.
 
-- the service (``python -m service run``): per command, when the delivery reached the processor, when
+- the service (``livekit-signaling run``): per command, when the delivery reached the processor, when
   its execution started, when its events were handed to the transport and when their confirms came
   back, and when it was acknowledged; the event loop's lag (a 2 ms sleep's overshoot); every callback
   that ran longer than 5 ms; every garbage collection of generation 1-2 (or longer than 3 ms).
@@ -85,7 +85,7 @@ def _trace_service() -> None:
     gc.callbacks.append(on_gc)
 
     def patch_processor() -> None:
-        from service.app import processor
+        from livekit_signaling.app import processor
 
         cls = processor.CommandProcessor
         on_delivery, process, publish = cls.on_delivery, cls._process, cls._publish
@@ -124,7 +124,7 @@ def _trace_service() -> None:
         cls._process = traced_process  # type: ignore[method-assign]
         cls._publish = traced_publish  # type: ignore[method-assign]
 
-    _after_import("service.app.service", patch_processor)
+    _after_import("livekit_signaling.app.service", patch_processor)
 
     def dump() -> None:
         with open(_path("service"), "w") as out:

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from service.console import Console
-from service.domain.state import RoomState, RosterEntry
+from livekit_signaling.console import Console
+from livekit_signaling.domain.state import RoomState, RosterEntry
 from tests.support.processes import AMQP_URL, DevProcess
 
 JSON_HEADERS = {"Content-Type": "application/json"}

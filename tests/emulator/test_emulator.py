@@ -36,7 +36,7 @@ from livekit.protocol.room import (
 )
 from livekit.protocol.webhook import WebhookEvent
 
-from service.emulator import EmulatorFault, LiveKitEmulator
+from livekit_signaling.emulator import EmulatorFault, LiveKitEmulator
 
 KEY = "devkey"
 # PyJWT warns about HMAC keys shorter than 32 bytes.
@@ -627,7 +627,7 @@ async def test_module_runs_as_process() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service.emulator",
+        "livekit_signaling.emulator",
         "--host",
         "127.0.0.1",
         "--port",

@@ -13,15 +13,15 @@ import msgspec
 import pytest
 import redis
 
-from service.domain.errors import StoreUnavailable
-from service.domain.handler import CommandHandler, ConnectionUrls
-from service.domain.permissions import PublishPolicy
-from service.domain.state import RoomDecisions, RoomState, RosterEntry
-from service.schemas.commands import EnableMicrophoneRestrictions, Envelope
-from service.store.connection import RedisTarget
-from service.store.encoding import decode_decisions
-from service.store.redis import RedisStateStore
-from service.store.replication import ReplicationNotConfirmed
+from livekit_signaling.domain.errors import StoreUnavailable
+from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
+from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
+from livekit_signaling.schemas.commands import EnableMicrophoneRestrictions, Envelope
+from livekit_signaling.store.connection import RedisTarget
+from livekit_signaling.store.encoding import decode_decisions
+from livekit_signaling.store.redis import RedisStateStore
+from livekit_signaling.store.replication import ReplicationNotConfirmed
 from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
 from tests.unit.test_handler import FakeLiveKit, FakeTokens
 

@@ -91,7 +91,11 @@ async def test_operator_cli_acts_as_a_user_unless_told_otherwise(service: Servic
 def test_missing_setting_stops_start_up_with_one_line() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LIVEKIT_", "SIGNALING_"))}
     completed = subprocess.run(
-        [sys.executable, "-m", "service", "run"], env=env, capture_output=True, timeout=30, check=False
+        [sys.executable, "-m", "livekit_signaling", "run"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     assert completed.returncode == 2
     assert (

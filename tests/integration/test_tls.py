@@ -23,11 +23,11 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.app.service import redis_target
-from service.app.settings import load_settings
-from service.domain.errors import StoreUnavailable
-from service.domain.state import RosterEntry
-from service.store.redis import RedisStateStore
+from livekit_signaling.app.service import redis_target
+from livekit_signaling.app.settings import load_settings
+from livekit_signaling.domain.errors import StoreUnavailable
+from livekit_signaling.domain.state import RosterEntry
+from livekit_signaling.store.redis import RedisStateStore
 from tests.support.amqp import SignalingClient, delete_topology
 from tests.support.processes import EmulatorProcess, Names, ServiceProcess, cli_send
 from tests.support.rabbit_cluster import RabbitCluster, RabbitNode
@@ -186,7 +186,7 @@ def test_operator_cli_send_and_watch_over_amqps(
     room = f"room-{uuid.uuid4().hex[:8]}"
     env = {**service.env, "SIGNALING_HTTP_PORT": "0"}
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "service", "watch", "--room", room],
+        [sys.executable, "-m", "livekit_signaling", "watch", "--room", room],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -23,7 +23,7 @@ import aio_pika
 import redis
 from aio_pika.abc import AbstractIncomingMessage
 
-from service.transport.brokers import connect_failover
+from livekit_signaling.transport.brokers import connect_failover
 from tests.support.amqp import delete_topology
 from tests.support.processes import AMQP_URL, REDIS_URL, Names, ServiceProcess
 from tests.support.proxy import TcpProxy

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.schemas.codec import InvalidPayload, MalformedEnvelope, decode_command, decode_envelope
-from service.schemas.commands import (
+from livekit_signaling.schemas.codec import InvalidPayload, MalformedEnvelope, decode_command, decode_envelope
+from livekit_signaling.schemas.commands import (
     MODERATOR_COMMANDS,
     Close,
     CreateNewAccessToken,

@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from service.transport.brokers import connect_failover
+from livekit_signaling.transport.brokers import connect_failover
 from tests.support.processes import AMQP_URL, Names
 
 

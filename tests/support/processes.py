@@ -35,7 +35,7 @@ def free_port() -> int:
 class EmulatorProcess:
     def __init__(self, *, webhook_url: str | None = None, mute_delay: float = 1.0) -> None:
         args = [
-            sys.executable, "-m", "service.emulator", "--port", "0",
+            sys.executable, "-m", "livekit_signaling.emulator", "--port", "0",
             "--api-key", API_KEY, "--api-secret", API_SECRET,
             "--unknown-participant-mute-delay", str(mute_delay),
         ]  # fmt: skip
@@ -134,7 +134,7 @@ class ServiceProcess:
     def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", *self.command], env=self.env, stdout=log, stderr=log
+            [sys.executable, "-m", "livekit_signaling", *self.command], env=self.env, stdout=log, stderr=log
         )
         log.close()
         if wait_ready:
@@ -251,7 +251,7 @@ def cli_send(
     args = ["--room", room, "--participant", participant, "--timeout", str(timeout)]
     args += ["--role", role] if role is not None else []
     completed = subprocess.run(
-        [sys.executable, "-m", "service", "send", *args, json.dumps(command)],
+        [sys.executable, "-m", "livekit_signaling", "send", *args, json.dumps(command)],
         env={**env, "SIGNALING_HTTP_PORT": "0"},
         capture_output=True,
         timeout=30,

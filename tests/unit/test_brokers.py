@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from yarl import URL
 
-from service.transport.brokers import FailoverConnection, node_label
+from livekit_signaling.transport.brokers import FailoverConnection, node_label
 
 
 @pytest.mark.parametrize(

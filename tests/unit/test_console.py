@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
-from service.console import traffic as traffic_module
-from service.console.rooms import is_gone, room_view
-from service.console.traffic import Traffic, token_claims
-from service.domain.permissions import TokenGrant
-from service.domain.state import RoomDecisions, RoomState, RosterEntry
-from service.livekit.tokens import TokenMinter
+from livekit_signaling.console import traffic as traffic_module
+from livekit_signaling.console.rooms import is_gone, room_view
+from livekit_signaling.console.traffic import Traffic, token_claims
+from livekit_signaling.domain.permissions import TokenGrant
+from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
+from livekit_signaling.livekit.tokens import TokenMinter
 
 
 def token(room: str, identity: str, ttl: int = 60) -> str:

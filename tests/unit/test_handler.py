@@ -9,13 +9,13 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 
-from service.domain.errors import LiveKitUnavailable
-from service.domain.handler import CommandHandler, ConnectionUrls
-from service.domain.permissions import ALL_SOURCES, PublishPolicy, TokenGrant
-from service.domain.ports import ConnectedParticipant
-from service.schemas import codec
-from service.schemas.commands import Envelope
-from service.store.memory import MemoryStateStore
+from livekit_signaling.domain.errors import LiveKitUnavailable
+from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
+from livekit_signaling.domain.permissions import ALL_SOURCES, PublishPolicy, TokenGrant
+from livekit_signaling.domain.ports import ConnectedParticipant
+from livekit_signaling.schemas import codec
+from livekit_signaling.schemas.commands import Envelope
+from livekit_signaling.store.memory import MemoryStateStore
 
 
 class FakeLiveKit:

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.app.metrics import Metrics
-from service.domain.errors import LiveKitRejected, LiveKitUnavailable
-from service.emulator import EmulatorFault, LiveKitEmulator
-from service.livekit.adapter import LiveKitAdapter
+from livekit_signaling.app.metrics import Metrics
+from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable
+from livekit_signaling.emulator import EmulatorFault, LiveKitEmulator
+from livekit_signaling.livekit.adapter import LiveKitAdapter
 
 KEY, SECRET = "adapter-key", "adapter-secret-" + "x" * 32
 ATTEMPTS = 3

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from service.app.logging import JsonFormatter, TextFormatter
+from livekit_signaling.app.logging import JsonFormatter, TextFormatter
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])

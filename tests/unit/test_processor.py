@@ -16,12 +16,12 @@ import pytest
 from aiormq import spec
 from aiormq.exceptions import DeliveryError
 
-from service.app.metrics import Metrics
-from service.app.processor import CommandProcessor
-from service.domain.handler import CommandHandler, ConnectionUrls
-from service.domain.permissions import PublishPolicy
-from service.store.memory import MemoryStateStore
-from service.transport.amqp import Delivery, OutgoingEvent, Publication
+from livekit_signaling.app.metrics import Metrics
+from livekit_signaling.app.processor import CommandProcessor
+from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
+from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.store.memory import MemoryStateStore
+from livekit_signaling.transport.amqp import Delivery, OutgoingEvent, Publication
 from tests.unit.test_handler import FakeLiveKit, FakeTokens
 
 ROOM = "room-1"

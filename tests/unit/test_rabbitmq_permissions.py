@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from service.app.processor import command_routing_key, participant_routing_key
-from service.app.settings import Settings
-from service.transport.amqp import Topology
+from livekit_signaling.app.processor import command_routing_key, participant_routing_key
+from livekit_signaling.app.settings import Settings
+from livekit_signaling.transport.amqp import Topology
 from tests.unit.test_deploy import one, rendered
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 
-from service.app.service import redis_target
-from service.app.settings import SettingsError, load_settings
-from service.store.connection import RedisConnection, RedisTarget, is_transient
+from livekit_signaling.app.service import redis_target
+from livekit_signaling.app.settings import SettingsError, load_settings
+from livekit_signaling.store.connection import RedisConnection, RedisTarget, is_transient
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 SENTINELS = {"REDIS_SENTINELS": "s1:26379, s2:26380,[fd00::3]:26381", "REDIS_SENTINEL_MASTER": "signaling"}

@@ -1,5 +1,6 @@
-"""Broker refusals turned into cause and fix (service/transport/refusals.py), and aiormq's repeated
-error line for a refusal kept out of the log (tests/integration/test_first_run.py runs them for real)."""
+"""Broker refusals turned into cause and fix (``livekit_signaling.transport.refusals``), and aiormq's
+repeated error line for a refusal kept out of the log (tests/integration/test_first_run.py runs them
+for real)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ssl
 import aiormq.exceptions
 import pytest
 
-from service.transport.refusals import HASH_PLUGIN, ExplainedCloseFilter, explain_refusal
+from livekit_signaling.transport.refusals import HASH_PLUGIN, ExplainedCloseFilter, explain_refusal
 
 UNKNOWN_TYPE = "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'"
 

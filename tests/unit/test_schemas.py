@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from service.schemas import asyncapi, codec
-from service.schemas.events import (
+from livekit_signaling.schemas import asyncapi, codec
+from livekit_signaling.schemas.events import (
     CredentialsEvent,
     ErrorEvent,
     Event,
@@ -20,8 +20,8 @@ from service.schemas.events import (
     PopoutStreamAccessToken,
     ScreenSharePermissionsUpdated,
 )
-from service.schemas.jsonschema import main as jsonschema_main
-from service.schemas.jsonschema import normalise_prose, schemas
+from livekit_signaling.schemas.jsonschema import main as jsonschema_main
+from livekit_signaling.schemas.jsonschema import normalise_prose, schemas
 
 IDS = [
     "00000000-0000-0000-0000-000000000001",

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from service.app.settings import SettingsError, load_settings
-from service.domain.publishers import TrustedPublishers
-from service.schemas.codec import REDACTED, encode_event, redact_tokens
-from service.schemas.events import (
+from livekit_signaling.app.settings import SettingsError, load_settings
+from livekit_signaling.domain.publishers import TrustedPublishers
+from livekit_signaling.schemas.codec import REDACTED, encode_event, redact_tokens
+from livekit_signaling.schemas.events import (
     Credentials,
     CredentialsEvent,
     EventEnvelope,
@@ -19,7 +19,7 @@ from service.schemas.events import (
     PopoutStreamAccessToken,
     RestrictionsDisabledState,
 )
-from service.transport.client import connection_user
+from livekit_signaling.transport.client import connection_user
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 

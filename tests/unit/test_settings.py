@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app.settings import SettingsError, load_settings, settings_table
+from livekit_signaling.app.settings import SettingsError, load_settings, settings_table
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 

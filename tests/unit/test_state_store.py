@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from service.domain.errors import StaleState
-from service.domain.ports import StateStore
-from service.domain.state import RoomDecisions, RoomState, RosterEntry
-from service.store.memory import MemoryStateStore
-from service.store.redis import RedisStateStore
+from livekit_signaling.domain.errors import StaleState
+from livekit_signaling.domain.ports import StateStore
+from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
+from livekit_signaling.store.memory import MemoryStateStore
+from livekit_signaling.store.redis import RedisStateStore
 from tests.support.processes import REDIS_URL
 
 USER = RosterEntry(role="user", kind="user")

@@ -8,8 +8,8 @@ import jwt
 import pytest
 from livekit.api import AccessToken, TokenVerifier, VideoGrants
 
-from service.domain.permissions import ALL_SOURCES, TokenGrant
-from service.livekit.tokens import TokenMinter
+from livekit_signaling.domain.permissions import ALL_SOURCES, TokenGrant
+from livekit_signaling.livekit.tokens import TokenMinter
 
 KEY, SECRET = "key", "secret-" + "s" * 32
 

@@ -1,3 +1,0 @@
-from service.app.cli import main
-
-raise SystemExit(main())

@@ -1,2 +1,0 @@
-"""What a command means: pure decisions about rooms and permissions, and the handler that carries them out
-through the ports in ``service.domain.ports`` (LiveKit, state store). No AMQP here."""

@@ -1,0 +1,3 @@
+from livekit_signaling.app.cli import main
+
+raise SystemExit(main())

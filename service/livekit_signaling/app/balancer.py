@@ -1,0 +1,111 @@
+"""Fair sharing of partition queues between replicas.
+
+Every replica subscribes to every partition; single-active-consumer makes one of them active per
+partition (the first to subscribe) and keeps the others waiting, ready to take over at once when the
+active one goes. Left alone, the first replica would stay active everywhere. So each replica regularly
+compares the partitions it is active on (those that delivered to it since it subscribed) with its fair
+share (``partitions / live replicas``, the remainder going to the first replicas by id), and hands the
+surplus over: it cancels its consumer and subscribes again, so the longest-waiting consumer, another
+replica's, becomes active. Live replicas are known from a registry in Redis (heartbeats); without Redis
+there is one replica and nothing to balance.
+
+Limits: a partition that carries no traffic is not known to be held, so it is balanced once traffic
+arrives; after a replica dies, its partitions fail over at once, and the shares are recomputed when its
+registration expires (two intervals). A hand-over keeps order: the releasing replica holds the
+partition's commands that have not started, lets the started ones finish, then closes the partition's
+channel, so the broker takes everything back in queue order before the next consumer sees any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from livekit_signaling.app.metrics import Metrics
+from livekit_signaling.domain.errors import StoreUnavailable
+from livekit_signaling.transport.amqp import AmqpTransport
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaRegistry(Protocol):
+    async def heartbeat(self, replica: str) -> list[str]: ...
+
+    async def leave(self, replica: str) -> None: ...
+
+
+def replica_rank(replicas: list[str], replica: str) -> int:
+    """This replica's place in the registry's order (last if the registry does not list it yet)."""
+    return replicas.index(replica) if replica in replicas else max(0, len(replicas) - 1)
+
+
+def fair_share(partitions: int, replicas: list[str], replica: str) -> int:
+    """This replica's quota: ``partitions // n``, plus one for the first ``partitions % n`` replicas in
+    the registry's order. The quotas add up to exactly ``partitions``, so no partition is passed around
+    for ever while every replica sees the same membership."""
+    count = max(1, len(replicas))
+    return partitions // count + (1 if replica_rank(replicas, replica) < partitions % count else 0)
+
+
+class PartitionBalancer:
+    def __init__(
+        self,
+        *,
+        transport: AmqpTransport,
+        hand_over: Callable[[int], Awaitable[None]],
+        registry: ReplicaRegistry | None,
+        replica: str,
+        partitions: int,
+        interval_seconds: float,
+        metrics: Metrics,
+    ) -> None:
+        self._transport = transport
+        self._hand_over = hand_over
+        self._registry = registry
+        self._replica = replica
+        self._partitions = partitions
+        self._interval = interval_seconds
+        self._metrics = metrics
+        self.replicas: list[str] = [replica]
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self._interval)
+
+    async def step(self) -> None:
+        if self._registry is not None:
+            try:
+                self.replicas = await self._registry.heartbeat(self._replica)
+            except StoreUnavailable as error:
+                log.warning("replica registry unavailable (%s); keeping partitions as they are", error)
+                self._report()
+                return
+        share = fair_share(self._partitions, self.replicas, self._replica)
+        active = sorted(self._transport.active_partitions)
+        surplus = len(active) - share
+        if surplus > 0 and self._transport.is_connected:
+            # Prefer giving away partitions that a round-robin layout would give to others, so that
+            # replicas tend to settle on disjoint sets instead of passing the same ones around.
+            rank = replica_rank(self.replicas, self._replica)
+            ordered = sorted(active, key=lambda p: p % len(self.replicas) == rank)
+            for partition in ordered[:surplus]:
+                log.info(
+                    "handing partition %d over (active on %d, fair share %d)", partition, len(active), share
+                )
+                await self._hand_over(partition)
+        self._report()
+
+    def _report(self) -> None:
+        active = self._transport.active_partitions
+        self._metrics.partitions_active.set(len(active))
+        for partition in range(self._partitions):
+            self._metrics.partition_active.labels(str(partition)).set(1 if partition in active else 0)
+
+    async def leave(self) -> None:
+        if self._registry is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._registry.leave(self._replica)

@@ -1,0 +1,99 @@
+"""Structured logs: JSON lines (or readable text on a terminal), with the command's identifying fields
+(room, participant, action, message id) on every line logged while it is handled."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from livekit_signaling.transport.refusals import ExplainedCloseFilter
+
+_command_context: ContextVar[dict[str, str] | None] = ContextVar("command_log_context", default=None)
+_CONTEXT_FIELDS = ("room", "participant", "action", "message_id")
+#: The ``user:password@`` of a URL. aiormq names a connection by its URL in its own error lines (the
+#: password masked, the user name not); our lines name nodes as host:port/vhost. Dropped from every line.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s\"']+@")
+
+
+def without_credentials(text: str) -> str:
+    return _URL_CREDENTIALS.sub("", text)
+
+
+@contextlib.contextmanager
+def command_context(**fields: str | None) -> Iterator[None]:
+    """Every log line inside carries these fields (tasks started inside inherit them)."""
+    current = dict(_command_context.get() or {})
+    current.update({key: value for key, value in fields.items() if value is not None})
+    token = _command_context.set(current)
+    try:
+        yield
+    finally:
+        _command_context.reset(token)
+
+
+def update_command_context(**fields: str | None) -> None:
+    current = _command_context.get()
+    if current is not None:
+        current.update({key: value for key, value in fields.items() if value is not None})
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_command_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": without_credentials(record.getMessage()),
+        }
+        for key in _CONTEXT_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = without_credentials(self.formatException(record.exc_info))
+        return json.dumps(line, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = without_credentials(super().format(record))
+        context = " ".join(
+            f"{key}={getattr(record, key)}" for key in _CONTEXT_FIELDS if getattr(record, key, None)
+        )
+        return f"{text} [{context}]" if context else text
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aio-pika logs every reconnect attempt with a traceback at WARNING; ours say it once.
+    logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # ... and its error line for a broker's refusal, repeated at every attempt, would bury ours.
+    closes = logging.getLogger("aiormq.connection")
+    if not any(isinstance(existing, ExplainedCloseFilter) for existing in closes.filters):
+        closes.addFilter(ExplainedCloseFilter())

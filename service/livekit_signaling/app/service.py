@@ -1,0 +1,301 @@
+"""Wiring and lifecycle: start everything, take commands until asked to stop, then drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import socket
+import uuid
+
+from livekit.api import TokenVerifier, WebhookReceiver
+from livekit.protocol.webhook import WebhookEvent
+from prometheus_client import CollectorRegistry
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from livekit_signaling.app.balancer import PartitionBalancer
+from livekit_signaling.app.http import HttpServer
+from livekit_signaling.app.metrics import Metrics
+from livekit_signaling.app.processor import CommandProcessor
+from livekit_signaling.app.settings import Settings
+from livekit_signaling.domain.deadline import command_deadline
+from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable, StoreUnavailable
+from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
+from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.domain.ports import StateStore
+from livekit_signaling.domain.publishers import TrustedPublishers
+from livekit_signaling.livekit.adapter import LiveKitAdapter
+from livekit_signaling.livekit.tokens import TokenMinter
+from livekit_signaling.store.connection import RedisTarget
+from livekit_signaling.store.memory import MemoryStateStore
+from livekit_signaling.store.redis import RedisReplicaRegistry, RedisStateStore
+from livekit_signaling.transport.amqp import AmqpTransport, Topology
+from livekit_signaling.transport.refusals import BrokerRefusal
+
+log = logging.getLogger(__name__)
+
+#: Webhooks that may reveal a participant whose permission lags behind the room's state.
+RECHECK_WEBHOOKS = frozenset({"participant_joined", "track_published"})
+
+
+def redis_target(settings: Settings) -> RedisTarget:
+    return RedisTarget(
+        url=settings.redis_url,
+        sentinels=settings.redis_sentinels or (),
+        sentinel_master=settings.redis_sentinel_master,
+        username=settings.redis_username,
+        password=settings.redis_password,
+        sentinel_username=settings.redis_sentinel_username,
+        sentinel_password=settings.redis_sentinel_password,
+        tls=settings.redis_tls,
+        tls_ca=settings.redis_tls_ca,
+    )
+
+
+def build_store(settings: Settings) -> StateStore:
+    if settings.uses_redis:
+        target = redis_target(settings)
+        log.info("state in %s; writes wait for %d replica(s)", target.describe(), settings.required_replicas)
+        return RedisStateStore(
+            target,
+            prefix=settings.redis_key_prefix,
+            dedup_window_seconds=settings.dedup_window_seconds,
+            room_idle_seconds=settings.room_idle_seconds,
+            min_replicas=settings.required_replicas,
+            wait_timeout_seconds=settings.redis_wait_timeout_seconds,
+        )
+    return MemoryStateStore(
+        dedup_window_seconds=settings.dedup_window_seconds, room_idle_seconds=settings.room_idle_seconds
+    )
+
+
+class SignalingService:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.metrics.partitions_total.set(settings.partitions)
+        self.store = build_store(settings)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._ready = False
+        self._stopping = False
+        #: What RabbitMQ refused at start-up and how to fix it, while it does (``/readyz`` shows it).
+        self.broker_refusal: BrokerRefusal | None = None
+        self.transport = AmqpTransport(
+            urls=settings.amqp_urls,
+            topology=Topology(
+                command_exchange=settings.command_exchange,
+                event_exchange=settings.event_exchange,
+                queue=settings.queue,
+                partitions=settings.partitions,
+                dead_letter_exchange=settings.dead_letter_exchange,
+                delivery_limit=settings.delivery_limit,
+            ),
+            prefetch=settings.amqp_prefetch,
+            heartbeat_seconds=settings.amqp_heartbeat_seconds,
+            reconnect_interval_seconds=settings.amqp_reconnect_seconds,
+            connect_timeout_seconds=settings.amqp_connect_timeout_seconds,
+            connection_name=f"livekit-signaling@{self.replica}",
+        )
+        self.transport.on_connection_change = self._on_connection_change
+        self.http = HttpServer(
+            host=settings.http_host,
+            port=settings.http_port,
+            metrics=self.metrics,
+            is_ready=self.is_ready,
+            describe=self.describe,
+            webhook_receiver=WebhookReceiver(
+                TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+            ),
+            on_webhook=self._on_webhook,
+            before_scrape=self._refresh_gauges,
+        )
+        self.livekit: LiveKitAdapter | None = None
+        self.processor: CommandProcessor | None = None
+        self._balancing: asyncio.Task[None] | None = None
+
+    def is_ready(self) -> bool:
+        return self._ready and not self._stopping and self.transport.is_connected
+
+    def describe(self) -> str:
+        """What ``/readyz`` shows: the connection and the partitions this replica holds."""
+        active = ",".join(str(p) for p in sorted(self.transport.active_partitions)) or "-"
+        refused = (
+            f"amqp_refused: {self.broker_refusal.cause}\nfix: {self.broker_refusal.fix}\n"
+            if self.broker_refusal is not None
+            else ""
+        )
+        return (
+            f"replica: {self.replica}\n"
+            f"amqp_connected: {str(self.transport.is_connected).lower()}\n"
+            f"amqp_node: {self.transport.node or '-'}\n"
+            f"{refused}"
+            f"partitions: {self.settings.partitions}\n"
+            f"active_partitions: {active}\n"
+        )
+
+    async def _refresh_gauges(self) -> None:
+        """Gauges read from the shared state at scrape time (the store is the truth, not this replica)."""
+        try:
+            self.metrics.restricted_rooms.set(await self.store.count_restricted_rooms())
+        except StoreUnavailable:
+            log.warning("state store unavailable; rooms_with_microphone_restrictions not refreshed")
+
+    def _on_connection_change(self, connected: bool) -> None:
+        self.metrics.amqp_connected.set(1 if connected else 0)
+        for node in self.transport.nodes:
+            self.metrics.amqp_node.labels(node).set(1 if connected and node == self.transport.node else 0)
+        if connected and self._ready:
+            self.metrics.amqp_reconnects.inc()
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully."""
+        settings = self.settings
+        await self.http.start()
+        log.info("HTTP endpoints on port %s", self.http.port)
+        self.livekit = LiveKitAdapter(
+            url=settings.livekit_url,
+            api_key=settings.livekit_api_key,
+            api_secret=settings.livekit_api_secret,
+            request_timeout_seconds=settings.livekit_request_timeout_seconds,
+            attempts=settings.livekit_retry_attempts,
+            max_concurrent_requests=settings.livekit_max_concurrent_requests,
+            metrics=self.metrics,
+            room_cache_seconds=settings.livekit_room_cache_seconds,
+        )
+        await self.livekit.start()
+        handler = CommandHandler(
+            livekit=self.livekit,
+            tokens=TokenMinter(
+                settings.livekit_api_key, settings.livekit_api_secret, ttl_seconds=settings.token_ttl_seconds
+            ),
+            store=self.store,
+            policy=PublishPolicy(screen_share_requires_permission=settings.screen_share_requires_permission),
+            urls=ConnectionUrls(public_url=settings.public_url, service_url=settings.livekit_service_url),
+        )
+        self.handler = handler
+        self.processor = CommandProcessor(
+            handler=handler,
+            store=self.store,
+            transport=self.transport,
+            metrics=self.metrics,
+            command_deadline_seconds=settings.command_deadline_seconds,
+            max_body_bytes=settings.max_body_bytes,
+            delivery_limit=settings.delivery_limit,
+            transient_retry_seconds=settings.transient_retry_seconds,
+            trusted_publishers=TrustedPublishers(settings.trusted_publishers),
+        )
+        try:
+            if not await self._connect(stop):
+                return
+            await self.transport.start_consuming(self.processor.on_delivery)
+            self._ready = True
+            self.metrics.ready.set(1)
+            self.balancer = PartitionBalancer(
+                transport=self.transport,
+                hand_over=self.processor.hand_over,
+                registry=(
+                    RedisReplicaRegistry(self.store, ttl_seconds=2 * settings.rebalance_interval_seconds)
+                    if isinstance(self.store, RedisStateStore)
+                    else None
+                ),
+                replica=self.replica,
+                partitions=settings.partitions,
+                interval_seconds=settings.rebalance_interval_seconds,
+                metrics=self.metrics,
+            )
+            self._balancing = asyncio.create_task(self.balancer.run(), name="partition-balancer")
+            log.info("start-up objects frozen out of the garbage collector: %d", _freeze_start_up_objects())
+            log.info("consuming %d partition(s) of %s", settings.partitions, settings.command_exchange)
+            if settings.trusted_publishers is not None:
+                log.info("acting only on commands of %s", ", ".join(sorted(settings.trusted_publishers)))
+            await stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        """Connect to RabbitMQ, retrying with backoff until it answers and accepts the topology, or we
+        are told to stop. A refusal (a configuration error) is logged once as an error naming the fix,
+        shown on ``/readyz`` and retried like an outage: a fix on the broker (the plugin, a permission, a
+        drained queue deleted) then takes effect without restarting the replica (README, First run)."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
+            retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError, BrokerRefusal)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            if stop.is_set():
+                return False
+            with attempt:
+                try:
+                    await self.transport.connect()
+                except BrokerRefusal as refusal:
+                    if self.broker_refusal is None or str(self.broker_refusal) != str(refusal):
+                        log.error("RabbitMQ refused the service: %s", refusal)
+                    self.broker_refusal = refusal
+                    self.metrics.amqp_refused.set(1)
+                    await self.transport.close()
+                    raise
+                except Exception as error:
+                    log.warning("RabbitMQ not reachable (%s); retrying", type(error).__name__)
+                    await self.transport.close()
+                    raise
+        if self.broker_refusal is not None:
+            log.info("RabbitMQ accepts the service now")
+        self.broker_refusal = None
+        self.metrics.amqp_refused.set(0)
+        return True
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self.metrics.ready.set(0)
+        if self._balancing is not None:
+            self._balancing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._balancing
+            await self.balancer.leave()
+        log.info("shutting down: releasing partitions, finishing commands in flight")
+        if self.processor is not None:
+            await self.processor.drain(self.settings.shutdown_grace_seconds)
+        await self.transport.close()
+        if self.livekit is not None:
+            await self.livekit.close()
+        await self.store.close()
+        await self.http.stop()
+        log.info("stopped")
+
+    async def _on_webhook(self, event: WebhookEvent) -> None:
+        """Re-apply the room's permissions to a participant who joined or published, in the room's
+        command order (a token minted before a restriction still carries the old sources)."""
+        if event.event not in RECHECK_WEBHOOKS or self.processor is None:
+            self.metrics.webhooks.labels(event.event or "unknown", "ignored").inc()
+            return
+        room, identity = event.room.name, event.participant.identity
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def recheck() -> None:
+            try:
+                with command_deadline(self.settings.command_deadline_seconds):
+                    await self.handler.reapply_permissions(room, identity)
+                self.metrics.webhooks.labels(event.event, "ok").inc()
+            except (LiveKitUnavailable, LiveKitRejected) as error:
+                log.warning("webhook re-check failed: %s", type(error).__name__, extra={"room": room})
+                self.metrics.webhooks.labels(event.event, "failed").inc()
+            finally:
+                done.set_result(None)
+
+        self.processor.serializer.submit(room, recheck)
+        await done
+
+
+def _freeze_start_up_objects() -> int:
+    """Move everything allocated so far (modules, classes, the connection: ~70,000 objects) out of the
+    garbage collector's reach. A full collection otherwise walks all of them, and one measured 45-85 ms on
+    the bench's contended cores: every command arriving meanwhile waited that long (the W2 p99 tail,
+    issue 6). These objects live for the whole process anyway; later allocations are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
