@@ -125,11 +125,15 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("state store", ("service/livekit_signaling/store/",)),
     ("Prometheus metrics", ("prometheus_client/",)),
-    ("logging", ("logging/", "service/livekit_signaling/app/logging.py")),
+    ("logging", ("logging/", "service/livekit_signaling/telemetry/logging.py")),
     ("command decoding", ("schemas/codec.py",)),
     (
         "handler and processor (rest)",
-        ("service/livekit_signaling/domain/", "service/livekit_signaling/app/processor.py", "ordering.py"),
+        (
+            "service/livekit_signaling/domain/",
+            "service/livekit_signaling/pipeline/processor.py",
+            "ordering.py",
+        ),
     ),
 )
 

@@ -30,8 +30,8 @@ from bench.harness import RESULTS, _clean_up
 from bench.loadgen import LoadGenerator, command
 from bench.workloads import latency_figures
 from livekit_signaling.domain.state import RosterEntry
-from livekit_signaling.store.connection import RedisTarget
 from livekit_signaling.store.redis import RedisStateStore
+from livekit_signaling.store.target import RedisTarget
 from tests.support.processes import EmulatorProcess, Names, ServiceProcess
 from tests.support.redis_sentinel import RedisSentinelGroup
 

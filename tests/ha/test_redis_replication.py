@@ -18,10 +18,10 @@ from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.schemas.commands import EnableMicrophoneRestrictions, Envelope
-from livekit_signaling.store.connection import RedisTarget
 from livekit_signaling.store.encoding import decode_decisions
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.store.replication import ReplicationNotConfirmed
+from livekit_signaling.store.target import RedisTarget
 from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
 from tests.unit.test_handler import FakeLiveKit, FakeTokens
 

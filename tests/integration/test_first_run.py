@@ -149,3 +149,18 @@ def test_a_stock_broker_without_the_hash_plugin_is_named_with_the_plugin_command
             assert service.metric("livekit_signaling_amqp_refused") == 0
         finally:
             service.stop()
+
+        # Disabled again: the node still knows the type's name, has no module for it, and says
+        # "invalid exchange type" instead of "unknown"; the fix is the same plugin command.
+        stock.disable_plugin("a", HASH_PLUGIN)
+        service = ServiceProcess(Names(), emulator_process.url, env={"AMQP_URL": stock.amqp_url()})
+        del service.env["SIGNALING_PARTITIONS"]
+        service.start(wait_ready=False)
+        try:
+            body = _wait_refused(service, timeout=30)
+            assert "invalid exchange type 'x-consistent-hash'" in body
+            assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in body and "SIGNALING_PARTITIONS=1" in body
+            errors = _refusal_log(service)
+            assert len(errors) == 1 and f"rabbitmq-plugins enable {HASH_PLUGIN}" in errors[0], errors
+        finally:
+            service.stop()

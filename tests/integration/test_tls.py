@@ -23,7 +23,6 @@ import pytest
 import redis
 import redis.asyncio
 
-from livekit_signaling.app.service import redis_target
 from livekit_signaling.app.settings import load_settings
 from livekit_signaling.domain.errors import StoreUnavailable
 from livekit_signaling.domain.state import RosterEntry
@@ -301,7 +300,7 @@ async def test_store_through_tls_sentinels_writes_replicated_state_and_follows_a
     )
     assert settings.redis_tls and settings.redis_tls_ca == tls.ca.read_text()
     store = RedisStateStore(
-        redis_target(settings),
+        settings.redis,
         prefix=f"test-{uuid.uuid4().hex[:8]}",
         dedup_window_seconds=60,
         room_idle_seconds=600,

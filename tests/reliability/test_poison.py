@@ -63,7 +63,7 @@ async def test_a_command_that_keeps_failing_is_dead_lettered_after_the_delivery_
             lines = [
                 line
                 for line in service_log_lines(service)
-                if line.get("logger") == "livekit_signaling.app.processor" and line.get("room") == room
+                if line.get("logger") == "livekit_signaling.pipeline.processor" and line.get("room") == room
             ]
             requeued = [line for line in lines if line["message"].startswith("command failed, requeued")]
             dead = [line for line in lines if "dead-lettered" in line["message"]]

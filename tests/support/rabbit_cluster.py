@@ -290,10 +290,17 @@ class RabbitCluster:
 
     def enable_plugin(self, letter: str, plugin: str) -> None:
         """``rabbitmq-plugins enable`` on a running node, as an operator fixes a stock broker."""
-        result = self._cli("rabbitmq-plugins", letter, "enable", plugin, timeout=120)
+        self._plugins(letter, "enable", plugin)
+
+    def disable_plugin(self, letter: str, plugin: str) -> None:
+        """``rabbitmq-plugins disable`` on a running node."""
+        self._plugins(letter, "disable", plugin)
+
+    def _plugins(self, letter: str, verb: str, plugin: str) -> None:
+        result = self._cli("rabbitmq-plugins", letter, verb, plugin, timeout=120)
         if result.returncode != 0:
             failure = result.stderr.decode()[-800:]
-            raise ClusterError(f"rabbitmq-plugins enable {plugin} on {letter}: {failure}")
+            raise ClusterError(f"rabbitmq-plugins {verb} {plugin} on {letter}: {failure}")
 
     def listening(self, letter: str) -> bool:
         """Whether the node accepts AMQP connections now (a paused or stopped node does not)."""

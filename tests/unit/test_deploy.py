@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from livekit_signaling.app.metrics import Metrics
 from livekit_signaling.app.settings import Settings, load_settings
+from livekit_signaling.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "livekit-signaling.json"

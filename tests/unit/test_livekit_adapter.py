@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from livekit_signaling.app.metrics import Metrics
 from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable
 from livekit_signaling.emulator import EmulatorFault, LiveKitEmulator
 from livekit_signaling.livekit.adapter import LiveKitAdapter
+from livekit_signaling.telemetry.metrics import Metrics
 
 KEY, SECRET = "adapter-key", "adapter-secret-" + "x" * 32
 ATTEMPTS = 3

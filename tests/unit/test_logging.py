@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from livekit_signaling.app.logging import JsonFormatter, TextFormatter
+from livekit_signaling.telemetry.logging import JsonFormatter, TextFormatter
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])

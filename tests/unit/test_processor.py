@@ -16,12 +16,19 @@ import pytest
 from aiormq import spec
 from aiormq.exceptions import DeliveryError
 
-from livekit_signaling.app.metrics import Metrics
-from livekit_signaling.app.processor import CommandProcessor
 from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.pipeline.ports import (
+    ChannelLost,
+    CommandTransport,
+    Delivery,
+    OutgoingEvent,
+    Publication,
+    PublishingChannel,
+)
+from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
-from livekit_signaling.transport.amqp import Delivery, OutgoingEvent, Publication
+from livekit_signaling.telemetry.metrics import Metrics
 from tests.unit.test_handler import FakeLiveKit, FakeTokens
 
 ROOM = "room-1"
@@ -39,12 +46,14 @@ class FakeTransport:
 
     channel: FakeChannel = field(default_factory=FakeChannel)
     #: (channel, message id of the command, event) in the order they were handed to a channel.
-    published: list[tuple[FakeChannel, str, OutgoingEvent]] = field(default_factory=list)
+    published: list[tuple[PublishingChannel, str, OutgoingEvent]] = field(default_factory=list)
     confirms: list[asyncio.Future[None]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     dead: set[int] = field(default_factory=set)
     subscribed_partitions: Sequence[int] = ()
+    active_partitions: set[int] = field(default_factory=set)
+    is_connected: bool = True
     #: Set whenever something was published or settled.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -70,27 +79,27 @@ class FakeTransport:
         self.changed.set()
         return True
 
-    async def publishing_channel(self) -> FakeChannel:
+    async def publishing_channel(self) -> PublishingChannel:
         return self.channel
 
-    def publish_on(self, channel: FakeChannel, events: Sequence[OutgoingEvent]) -> Publication:
+    def publish_on(self, channel: PublishingChannel, events: Sequence[OutgoingEvent]) -> Publication:
         futures = []
         for event in events:
             self.published.append((channel, event.correlation_id or "", event))
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if channel.is_closed:
-                future.set_exception(ConnectionError("channel closed"))
+                future.set_exception(ChannelLost("channel closed"))
             futures.append(future)
         self.confirms += futures
         self.changed.set()
-        return Publication(channel, futures)  # type: ignore[arg-type]
+        return Publication(channel, futures)
 
     def lose_channel(self) -> None:
         """The publishing channel dies: unconfirmed publishes fail; a new channel takes its place."""
         self.channel.is_closed = True
         for future in self.confirms:
             if not future.done():
-                future.set_exception(ConnectionError("channel closed"))
+                future.set_exception(ChannelLost("channel closed"))
         self.channel = FakeChannel()
 
     async def wait_connected(self, seconds: float) -> bool:
@@ -102,7 +111,10 @@ class FakeTransport:
     async def release(self, partition: int) -> None:
         pass
 
-    def order(self, *, channel: FakeChannel | None = None) -> list[str]:
+    async def subscribe(self, partition: int) -> None:
+        pass
+
+    def order(self, *, channel: PublishingChannel | None = None) -> list[str]:
         return [command for ch, command, _ in self.published if channel is None or ch is channel]
 
 
@@ -113,7 +125,9 @@ def store() -> MemoryStateStore:
 
 @pytest.fixture
 def transport() -> FakeTransport:
-    return FakeTransport()
+    fake = FakeTransport()
+    _: CommandTransport = fake  # the fake satisfies the port the processor is typed against
+    return fake
 
 
 @pytest.fixture
@@ -128,7 +142,7 @@ def processor(transport: FakeTransport, store: MemoryStateStore) -> CommandProce
     return CommandProcessor(
         handler=handler,
         store=store,
-        transport=transport,  # type: ignore[arg-type]
+        transport=transport,
         metrics=Metrics(),
         command_deadline_seconds=2,
         max_body_bytes=65536,

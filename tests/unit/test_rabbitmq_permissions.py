@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from livekit_signaling.app.processor import command_routing_key, participant_routing_key
 from livekit_signaling.app.settings import Settings
+from livekit_signaling.schemas.routing import command_routing_key, participant_routing_key
 from livekit_signaling.transport.amqp import Topology
 from tests.unit.test_deploy import one, rendered
 

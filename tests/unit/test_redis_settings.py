@@ -11,9 +11,9 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 
-from livekit_signaling.app.service import redis_target
 from livekit_signaling.app.settings import SettingsError, load_settings
-from livekit_signaling.store.connection import RedisConnection, RedisTarget, is_transient
+from livekit_signaling.store.connection import RedisConnection, is_transient
+from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 SENTINELS = {"REDIS_SENTINELS": "s1:26379, s2:26380,[fd00::3]:26381", "REDIS_SENTINEL_MASTER": "signaling"}
@@ -80,7 +80,7 @@ def test_a_username_is_given_once() -> None:
 
 async def test_a_username_beside_a_url_reaches_the_connections() -> None:
     settings = load_settings({**BASE, "REDIS_URL": "redis://r/0", "REDIS_USERNAME": "signaling"})
-    connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
+    connection = RedisConnection(settings.redis, timeout_seconds=3.0)
     try:
         assert connection.client.connection_pool.connection_kwargs["username"] == "signaling"
     finally:
@@ -118,7 +118,7 @@ def test_passwords_from_files_are_never_shown(tmp_path: Path) -> None:
     assert settings.redis_sentinel_password == "sentinel-secret"
     assert "redis-secret" not in repr(settings)
     assert "sentinel-secret" not in repr(settings)
-    target = redis_target(settings)
+    target = settings.redis
     assert target.describe() == "Sentinel master 'signaling' via s1:26379,s2:26380,fd00::3:26381"
 
 
@@ -133,7 +133,7 @@ async def test_sentinel_settings_build_a_sentinel_managed_master_client() -> Non
             "REDIS_SENTINEL_PASSWORD": "spw",
         }
     )
-    connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
+    connection = RedisConnection(settings.redis, timeout_seconds=3.0)
     try:
         pool = connection.client.connection_pool
         assert isinstance(pool, SentinelConnectionPool)
@@ -151,9 +151,9 @@ async def test_sentinel_settings_build_a_sentinel_managed_master_client() -> Non
 
 
 def test_a_target_is_a_url_or_sentinels() -> None:
-    with pytest.raises(ValueError, match="either a URL or a list of Sentinels"):
+    with pytest.raises(InvalidRedisTarget, match="either REDIS_URL or REDIS_SENTINELS"):
         RedisTarget()
-    with pytest.raises(ValueError, match="either a URL or a list of Sentinels"):
+    with pytest.raises(InvalidRedisTarget, match="REDIS_URL and REDIS_SENTINELS are alternatives"):
         RedisTarget(url="redis://r/0", sentinels=(("s", 1),))
 
 
@@ -182,7 +182,7 @@ async def test_tls_with_sentinels_reaches_the_sentinels_and_the_master_connectio
         {**BASE, **SENTINELS, "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(tmp_path / "ca.pem")}
     )
     assert settings.redis_tls_ca == CA_PEM + "\n"
-    target = redis_target(settings)
+    target = settings.redis
     assert target.describe().endswith("(TLS)")
     connection = RedisConnection(target, timeout_seconds=3.0)
     try:
@@ -199,7 +199,7 @@ async def test_tls_with_sentinels_reaches_the_sentinels_and_the_master_connectio
 
 async def test_a_ca_beside_a_rediss_url_reaches_its_connections() -> None:
     settings = load_settings({**BASE, "REDIS_URL": "rediss://r:6380/0", "REDIS_TLS_CA": CA_PEM})
-    connection = RedisConnection(redis_target(settings), timeout_seconds=3.0)
+    connection = RedisConnection(settings.redis, timeout_seconds=3.0)
     try:
         pool = connection.client.connection_pool
         assert issubclass(pool.connection_class, SSLConnection)

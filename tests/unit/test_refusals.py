@@ -13,12 +13,15 @@ import pytest
 from livekit_signaling.transport.refusals import HASH_PLUGIN, ExplainedCloseFilter, explain_refusal
 
 UNKNOWN_TYPE = "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'"
+#: What a node answers where the plugin was enabled once and then disabled.
+INVALID_TYPE = "COMMAND_INVALID - invalid exchange type 'x-consistent-hash'"
 
 
-def test_a_stock_broker_is_told_the_plugin_command_and_the_alternative() -> None:
-    refusal = explain_refusal(aiormq.exceptions.ConnectionCommandInvalid(UNKNOWN_TYPE))
+@pytest.mark.parametrize("text", [UNKNOWN_TYPE, INVALID_TYPE])
+def test_a_broker_without_the_plugin_is_told_the_plugin_command_and_the_alternative(text: str) -> None:
+    refusal = explain_refusal(aiormq.exceptions.ConnectionCommandInvalid(text))
     assert refusal is not None
-    assert refusal.cause == UNKNOWN_TYPE
+    assert refusal.cause == text
     assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in refusal.fix
     assert "SIGNALING_PARTITIONS=1" in refusal.fix
 

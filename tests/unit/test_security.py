@@ -19,7 +19,7 @@ from livekit_signaling.schemas.events import (
     PopoutStreamAccessToken,
     RestrictionsDisabledState,
 )
-from livekit_signaling.transport.client import connection_user
+from livekit_signaling.transport.controller import connection_user
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 

@@ -1,1 +1,1 @@
-"""App wiring: settings, start-up and shutdown, HTTP endpoints, metrics, logging, the CLI."""
+"""Wiring: settings, start-up and shutdown, the HTTP endpoints, the CLI."""

@@ -13,8 +13,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from livekit_signaling.app.logging import configure_logging
 from livekit_signaling.app.settings import Settings, SettingsError, load_settings, settings_table
+from livekit_signaling.telemetry.logging import configure_logging
 
 log = logging.getLogger("livekit_signaling")
 
@@ -135,7 +135,7 @@ def _client_settings() -> Settings:
 
 
 async def _send(args: argparse.Namespace) -> int:
-    from livekit_signaling.transport.client import send
+    from livekit_signaling.transport.controller import send
 
     settings = _client_settings()
     try:
@@ -166,7 +166,7 @@ async def _send(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from livekit_signaling.transport.client import watch
+    from livekit_signaling.transport.controller import watch
 
     settings = _client_settings()
     async for event in watch(settings.amqp_urls, settings.event_exchange, args.room):

@@ -12,7 +12,7 @@ from livekit.api import WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from livekit_signaling.app.metrics import Metrics
+from livekit_signaling.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,7 @@ from livekit.protocol.webhook import WebhookEvent
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from livekit_signaling.app.balancer import PartitionBalancer
 from livekit_signaling.app.http import HttpServer
-from livekit_signaling.app.metrics import Metrics
-from livekit_signaling.app.processor import CommandProcessor
 from livekit_signaling.app.settings import Settings
 from livekit_signaling.domain.deadline import command_deadline
 from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable, StoreUnavailable
@@ -28,9 +25,11 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.publishers import TrustedPublishers
 from livekit_signaling.livekit.adapter import LiveKitAdapter
 from livekit_signaling.livekit.tokens import TokenMinter
-from livekit_signaling.store.connection import RedisTarget
+from livekit_signaling.pipeline.balancer import PartitionBalancer
+from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisReplicaRegistry, RedisStateStore
+from livekit_signaling.telemetry.metrics import Metrics
 from livekit_signaling.transport.amqp import AmqpTransport, Topology
 from livekit_signaling.transport.refusals import BrokerRefusal
 
@@ -40,30 +39,16 @@ log = logging.getLogger(__name__)
 RECHECK_WEBHOOKS = frozenset({"participant_joined", "track_published"})
 
 
-def redis_target(settings: Settings) -> RedisTarget:
-    return RedisTarget(
-        url=settings.redis_url,
-        sentinels=settings.redis_sentinels or (),
-        sentinel_master=settings.redis_sentinel_master,
-        username=settings.redis_username,
-        password=settings.redis_password,
-        sentinel_username=settings.redis_sentinel_username,
-        sentinel_password=settings.redis_sentinel_password,
-        tls=settings.redis_tls,
-        tls_ca=settings.redis_tls_ca,
-    )
-
-
 def build_store(settings: Settings) -> StateStore:
-    if settings.uses_redis:
-        target = redis_target(settings)
-        log.info("state in %s; writes wait for %d replica(s)", target.describe(), settings.required_replicas)
+    target = settings.redis
+    if target is not None:
+        log.info("state in %s; writes wait for %d replica(s)", target.describe(), target.required_replicas)
         return RedisStateStore(
             target,
             prefix=settings.redis_key_prefix,
             dedup_window_seconds=settings.dedup_window_seconds,
             room_idle_seconds=settings.room_idle_seconds,
-            min_replicas=settings.required_replicas,
+            min_replicas=target.required_replicas,
             wait_timeout_seconds=settings.redis_wait_timeout_seconds,
         )
     return MemoryStateStore(
@@ -292,9 +277,8 @@ class SignalingService:
 
 def _freeze_start_up_objects() -> int:
     """Move everything allocated so far (modules, classes, the connection: ~70,000 objects) out of the
-    garbage collector's reach. A full collection otherwise walks all of them, and one measured 45-85 ms on
-    the bench's contended cores: every command arriving meanwhile waited that long (the W2 p99 tail,
-    issue 6). These objects live for the whole process anyway; later allocations are collected as usual.
+    garbage collector's reach: a full collection would otherwise walk them all and stall every command
+    for tens of milliseconds. They live as long as the process; later allocations are collected as usual.
     """
     gc.collect()
     gc.freeze()

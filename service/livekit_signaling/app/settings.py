@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget, redis_target
 from livekit_signaling.transport.brokers import split_broker_urls
 
 
@@ -333,16 +334,29 @@ class Settings:
         return self.livekit_public_url or self.livekit_url
 
     @property
+    def redis(self) -> RedisTarget | None:
+        """Where the shared state lives; None: in process memory (one replica)."""
+        return redis_target(
+            url=self.redis_url,
+            sentinels=self.redis_sentinels or (),
+            sentinel_master=self.redis_sentinel_master,
+            username=self.redis_username,
+            password=self.redis_password,
+            sentinel_username=self.redis_sentinel_username,
+            sentinel_password=self.redis_sentinel_password,
+            tls=self.redis_tls,
+            tls_ca=self.redis_tls_ca,
+            min_replicas=self.redis_min_replicas,
+        )
+
+    @property
     def uses_redis(self) -> bool:
-        return bool(self.redis_url or self.redis_sentinels)
+        return self.redis is not None
 
     @property
     def required_replicas(self) -> int:
-        """``REDIS_MIN_REPLICAS``, or its default: with Sentinel there are replicas to fail over to, and
-        an acknowledged write must survive that; a plain URL may well be a Redis without any."""
-        if self.redis_min_replicas is not None:
-            return self.redis_min_replicas
-        return 1 if self.redis_sentinels else 0
+        redis = self.redis
+        return redis.required_replicas if redis is not None else 0
 
     def __repr__(self) -> str:
         """Secrets masked, so that a logged ``Settings`` leaks nothing."""
@@ -425,53 +439,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             shown = "" if item.metadata["secret"] else f" {raw!r}"
             raise SettingsError(f"{name}:{shown} is invalid: {error}") from None
     settings = Settings(**values)
-    _check_redis(settings, environ)
+    try:
+        settings.redis  # noqa: B018 - the REDIS_* settings are checked together here, at start-up
+    except InvalidRedisTarget as error:
+        raise SettingsError(str(error)) from None
     return settings
-
-
-def _check_redis(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Settings that only make sense together (each message names them, never a value)."""
-    if settings.redis_url and settings.redis_sentinels:
-        raise SettingsError("REDIS_URL and REDIS_SENTINELS are alternatives: set one of them")
-    if not settings.uses_redis:
-        for name in (
-            "REDIS_MIN_REPLICAS",
-            "REDIS_USERNAME",
-            "REDIS_PASSWORD",
-            "REDIS_SENTINEL_USERNAME",
-            "REDIS_SENTINEL_PASSWORD",
-        ):
-            if _raw_value(name, environ) is not None:
-                raise SettingsError(f"{name} needs REDIS_URL or REDIS_SENTINELS")
-    _check_redis_tls(settings)
-    for name, value in (
-        ("REDIS_SENTINEL_USERNAME", settings.redis_sentinel_username),
-        ("REDIS_SENTINEL_PASSWORD", settings.redis_sentinel_password),
-    ):
-        if value and not settings.redis_sentinels:
-            raise SettingsError(f"{name} needs REDIS_SENTINELS")
-    # redis-py lets the URL's credentials win over separate ones: refuse the ambiguity instead.
-    in_url = urlsplit(settings.redis_url) if settings.redis_url else None
-    if in_url and settings.redis_password and in_url.password:
-        raise SettingsError("REDIS_PASSWORD is set and REDIS_URL carries a password too: give it once")
-    if in_url and settings.redis_username and in_url.username:
-        raise SettingsError("REDIS_USERNAME is set and REDIS_URL names a user too: give it once")
-
-
-def _check_redis_tls(settings: Settings) -> None:
-    """TLS is said by a ``REDIS_URL``'s scheme, or by ``REDIS_TLS`` for Sentinels; a CA needs either."""
-    if settings.redis_tls and settings.redis_url:
-        raise SettingsError("REDIS_TLS is for REDIS_SENTINELS: a REDIS_URL says TLS by its scheme, rediss://")
-    if settings.redis_tls and not settings.redis_sentinels:
-        raise SettingsError("REDIS_TLS needs REDIS_SENTINELS")
-    if not settings.redis_tls_ca:
-        return
-    if not settings.uses_redis:
-        raise SettingsError("REDIS_TLS_CA needs REDIS_URL or REDIS_SENTINELS")
-    if settings.redis_url and urlsplit(settings.redis_url).scheme != "rediss":
-        raise SettingsError("REDIS_TLS_CA needs a rediss:// REDIS_URL (TLS)")
-    if settings.redis_sentinels and not settings.redis_tls:
-        raise SettingsError("REDIS_TLS_CA needs REDIS_TLS=true with REDIS_SENTINELS")
 
 
 def settings_table() -> str:

@@ -36,7 +36,8 @@ from livekit_signaling.console.traffic import SentCommand, Traffic
 from livekit_signaling.domain.errors import StoreUnavailable
 from livekit_signaling.domain.state import RoomState
 from livekit_signaling.emulator.control import ControlAnswer, EmulatorControl
-from livekit_signaling.transport.client import ControllerLink, WatchedEvent
+from livekit_signaling.schemas.routing import command_routing_key
+from livekit_signaling.transport.controller import ControllerLink, WatchedEvent
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class Console:
                 text=json.dumps({"error": "not connected to RabbitMQ"}), content_type="application/json"
             )
         message_id = uuid.uuid4().hex
-        routing_key = f"room.{room}"
+        routing_key = command_routing_key(room)
         # Recorded before publishing: the answer can arrive before the confirm does.
         command = self.traffic.record_command(message_id, routing_key, envelope)
         self._rooms.setdefault(room, None)

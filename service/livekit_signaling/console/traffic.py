@@ -12,6 +12,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit_signaling.schemas.routing import addressee
+
 #: Events kept for the page (and replayed to a page that connects).
 EVENT_HISTORY = 500
 #: Commands kept, with their answers.
@@ -67,14 +69,6 @@ class SentCommand:
         }
 
 
-def _addressee(routing_key: str) -> tuple[str, str]:
-    """Room and participant of ``room.<room>.participant.<participant>`` (ids cannot contain ``.``)."""
-    parts = routing_key.split(".")
-    if len(parts) == 4 and parts[0] == "room" and parts[2] == "participant":
-        return parts[1], parts[3]
-    return "", ""
-
-
 def token_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT, *unverified*: only to tell whose token it is and until when (LiveKit, here
     the emulator, verifies it when the client connects)."""
@@ -106,7 +100,7 @@ class Traffic:
         self, routing_key: str, correlation_id: str | None, body: bytes
     ) -> tuple[SeenEvent, SentCommand | None]:
         """Keep an event; returns it and the sent command it answers, if any."""
-        room, recipient = _addressee(routing_key)
+        room, recipient = addressee(routing_key) or ("", "")
         decoded: Any
         try:
             decoded = json.loads(body)

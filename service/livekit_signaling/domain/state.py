@@ -1,6 +1,6 @@
 """Room state: the roster and the moderators' decisions, kept by a ``StateStore``.
 
-A room is stored as parts, so that what a command costs does not grow with the room (issue 14): one
+A room is stored as parts, so that what a command costs does not grow with the room: one
 roster entry per participant, and the room's decisions (restrictions, screen-share decisions) as one
 small value beside them. A participant's own command (join, leave, token refresh, popout) reads and
 writes only its entry and the decisions; only room-wide commands read the whole roster.

@@ -120,8 +120,7 @@ def connected_participant(info: ParticipantInfo) -> ConnectedParticipant:
 
 
 class LiveKitMetrics(Protocol):
-    """What the adapter counts. ``livekit_signaling.app.metrics.Metrics`` has these; it is injected, so that
-    nothing below ``service/livekit_signaling/app/`` imports from it."""
+    """What the adapter counts; ``livekit_signaling.telemetry.metrics.Metrics`` has these."""
 
     @property
     def livekit_requests(self) -> Counter: ...
@@ -222,7 +221,7 @@ class LiveKitAdapter:
 
     async def _attempts_of(self, method: str, request: Callable[[], Awaitable[T]]) -> T:
         """The first attempt runs without retry machinery: building tenacity's objects and iterating
-        them costs 35 µs, and a restriction in a room of 1,000 makes 1,000 calls (issue 6). After a
+        them costs 35 µs, and a restriction in a room of 1,000 makes 1,000 calls. After a
         transient failure the remaining attempts run under tenacity with the back-off the first would
         have started: ``_FIRST_BACKOFF`` (+ jitter), then doubling up to ``_MAX_BACKOFF``."""
         try:
@@ -311,8 +310,8 @@ class LiveKitAdapter:
         self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
     ) -> None:
         """One UpdateParticipant per participant, by as many workers as calls may be in flight rather
-        than a task per participant: a restriction in a room of 10,000 otherwise made 10,000 tasks wait
-        on the concurrency bound, about a tenth of its LiveKit calls' CPU (issue 14)."""
+        than a task per participant: 10,000 tasks waiting on the concurrency bound would cost about a
+        tenth of the calls' own CPU."""
         pending = iter(changes)
 
         async def worker() -> None:

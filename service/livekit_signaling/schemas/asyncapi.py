@@ -20,6 +20,7 @@ from livekit_signaling import __version__
 from livekit_signaling.schemas.commands import Command
 from livekit_signaling.schemas.events import Event
 from livekit_signaling.schemas.jsonschema import CommandEnvelope, EventMessage, normalise_prose
+from livekit_signaling.schemas.routing import COMMAND_ADDRESS, EVENT_ADDRESS
 
 _REF = "#/components/schemas/{name}"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
@@ -178,7 +179,7 @@ def build(
         },
         "channels": {
             "commands": {
-                "address": "room.{room}",
+                "address": COMMAND_ADDRESS,
                 "title": "Commands",
                 "description": f"Topic exchange `{command_exchange}` (SIGNALING_COMMAND_EXCHANGE). The "
                 "routing key's room must be the envelope's room. The AMQP message_id identifies the command.",
@@ -187,7 +188,7 @@ def build(
                 "bindings": exchange(command_exchange),
             },
             "events": {
-                "address": "room.{room}.participant.{participant}",
+                "address": EVENT_ADDRESS,
                 "title": "Events",
                 "description": f"Topic exchange `{event_exchange}` (SIGNALING_EVENT_EXCHANGE), one "
                 "persistent message per recipient; correlation_id = the command's message_id, type = "

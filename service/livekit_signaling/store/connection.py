@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
@@ -25,6 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from livekit_signaling.store.target import RedisTarget
+
 log = logging.getLogger(__name__)
 
 #: Error replies that mean "this node cannot take the command now", not "the command is wrong": a demoted
@@ -32,49 +33,6 @@ log = logging.getLogger(__name__)
 #: ``MasterDownError``), a master refusing writes for lack of replicas (NOREPLICAS, Redis's own
 #: ``min-replicas-to-write``; redis-py has no class for it).
 TRANSIENT_REPLIES = ("NOREPLICAS",)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RedisTarget:
-    """Where Redis is: ``url``, or ``sentinels`` (host, port) monitoring ``sentinel_master``."""
-
-    url: str | None = None
-    sentinels: tuple[tuple[str, int], ...] = ()
-    sentinel_master: str = "mymaster"
-    #: An ACL user (Redis 6+) for the data nodes and for the Sentinels; None = the ``default`` user.
-    username: str | None = None
-    password: str | None = None
-    sentinel_username: str | None = None
-    sentinel_password: str | None = None
-    #: TLS to the Sentinels and to the nodes they name (a URL says it by its scheme, ``rediss://``).
-    tls: bool = False
-    #: PEM of the CA the servers' certificates must be signed by (None = the system CAs), for the
-    #: Sentinels and nodes with ``tls``, or for a ``rediss://`` URL (beside any ``ssl_ca_certs`` in it).
-    tls_ca: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.url is None) == (not self.sentinels):
-            raise ValueError("a Redis target is either a URL or a list of Sentinels")
-        if self.url is not None and self.tls:
-            raise ValueError("a Redis URL says TLS by its scheme (rediss://)")
-        if self.tls_ca is not None and not (self.tls or (self.url or "").startswith("rediss://")):
-            raise ValueError("a CA for Redis needs TLS (a rediss:// URL, or Sentinels with tls)")
-
-    @property
-    def tls_kwargs(self) -> dict[str, Any]:
-        """redis-py's connection arguments for TLS (the server's certificate and host are checked)."""
-        kwargs: dict[str, Any] = {"ssl": True} if self.tls else {}
-        if self.tls_ca is not None:
-            kwargs["ssl_ca_data"] = self.tls_ca
-        return kwargs
-
-    def describe(self) -> str:
-        """For logs: never the URL (it may carry a password)."""
-        if self.sentinels:
-            addresses = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-            tls = " (TLS)" if self.tls else ""
-            return f"Sentinel master {self.sentinel_master!r} via {addresses}{tls}"
-        return "Redis at REDIS_URL"
 
 
 class _MasterPool(SentinelConnectionPool, BlockingConnectionPool):

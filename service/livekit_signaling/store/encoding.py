@@ -2,7 +2,7 @@
 
 Both stores hand out freshly decoded decisions on every load (roster entries are immutable), so a
 handler that changes a loaded state and then fails leaves the stored state untouched; the encoded form
-is also several times smaller than live objects (issue 6's memory budget).
+is also several times smaller than live objects.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from redis.exceptions import RedisError
 
 from livekit_signaling.domain.errors import StaleState, StoreUnavailable
 from livekit_signaling.domain.state import RoomDecisions, RoomState
-from livekit_signaling.store.connection import RedisConnection, RedisTarget, failure_text, is_transient
+from livekit_signaling.store.connection import RedisConnection, failure_text, is_transient
 from livekit_signaling.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
 from livekit_signaling.store.replication import ReplicationGuard
+from livekit_signaling.store.target import RedisTarget
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aio_pika
@@ -44,6 +44,16 @@ from aio_pika.abc import (
 )
 from aiormq import spec
 
+from livekit_signaling.pipeline.ports import (
+    ChannelLost,
+    Delivery,
+    EventRefused,
+    OutgoingEvent,
+    Publication,
+    PublishingChannel,
+    UnroutableEvent,
+)
+from livekit_signaling.schemas.routing import EVERY_ROOM_COMMAND
 from livekit_signaling.transport.brokers import FailoverConnection, connect_failover, node_label
 from livekit_signaling.transport.refusals import explain_refusal
 
@@ -76,31 +86,10 @@ class Topology:
 
 
 @dataclass(slots=True)
-class Delivery:
-    """A command as it came off the queue, without AMQP types; the transport keeps the message."""
+class AmqpDelivery(Delivery):
+    """A delivery with the message it came in, which settles it."""
 
-    body: bytes
-    routing_key: str
-    message_id: str | None
-    partition: int
-    #: Earlier deliveries of this message (quorum queues count them in ``x-delivery-count``).
-    delivery_count: int
-    #: The AMQP ``user_id`` property: the publishing connection's user, which RabbitMQ has checked.
-    user_id: str | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    _message: AbstractIncomingMessage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingEvent:
-    body: bytes
-    routing_key: str
-    type: str
-    correlation_id: str | None
-    #: Deterministic for a command with a message id (``<message id>:<n>``), so that the events of a
-    #: command run twice (a replica killed between publishing and recording it) carry the same ids and
-    #: consumers can drop the copies.
-    message_id: str
+    message: AbstractIncomingMessage | None = None
 
 
 #: What publishing raises while the connection is down or a channel is not yet restored.
@@ -123,22 +112,10 @@ async def publish_confirmed(
     properties: spec.Basic.Properties,
     mandatory: bool,
 ) -> None:
-    """Publish on a confirming channel and wait for the broker's confirm.
-
-    Goes to aiormq's ``basic_publish`` on the robust channel's current underlying channel, as
-    ``aio_pika.Exchange.publish`` does, with two differences measured in issue 6:
-
-    - no ``aio_pika.Message`` is built first: it validates every attribute on assignment (20 µs of the
-      ~1 ms of CPU a command takes, against 1 µs for the frame's properties written directly);
-    - ``wait=False``: by default aiormq holds the channel's lock until the writer task has flushed the
-      frame to the socket, so every publish on the channel queues behind the previous one for at least
-      two event-loop turns; under load that convoy, not the broker, was most of the time from publish to
-      confirm. Frames still leave in order (one write queue), the confirm is still awaited, and what can
-      be outstanding is bounded by the caller (for the service: prefetch times a command's events).
-
-    Raises aiormq's ``PublishError`` for a mandatory message the broker returned, ``DeliveryError`` for
-    a nack, and the connection errors of ``CONNECTION_ERRORS`` while the channel is down.
-    """
+    """Publish on a confirming channel and wait for the broker's confirm, through aiormq directly (no
+    ``aio_pika.Message`` to validate) and with ``wait=False``, so that publishes do not queue behind the
+    channel lock until each frame is flushed; frames still leave in order. Raises aiormq's
+    ``PublishError`` for a returned mandatory message, ``DeliveryError`` for a nack."""
     # aiormq's abstract channel does not declare ``wait``; the channel it hands out does.
     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
     await underlay.basic_publish(
@@ -149,39 +126,6 @@ async def publish_confirmed(
         mandatory=mandatory,
         wait=False,
     )
-
-
-class UnroutableEvent(Exception):
-    """The broker had no queue for an event's routing key."""
-
-
-class EventRefused(Exception):
-    """The broker nacked an event: a queue it was routed to did not take it. A quorum queue does that
-    while it has no reachable leader to register the publishing channel with (rabbit_fifo_client's
-    ``reject_publish``; seen for seconds after a node of the cluster stopped), or when it is full with
-    ``x-overflow: reject-publish``."""
-
-
-#: An open AMQP channel events are published on (aiormq's, underneath aio-pika's robust channel).
-PublishingChannel = aiormq.Channel
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """Events handed to a publishing channel, in order; one future per event for its confirm."""
-
-    channel: PublishingChannel
-    confirms: list[asyncio.Future[None]]
-
-    def is_ahead_on(self, channel: PublishingChannel) -> bool:
-        """Whether events published on ``channel`` now leave after these: the same channel, still open
-        (a closed channel loses what it had not sent, and its events are published again later), and
-        none of these refused by the broker so far (a refused event is published again later too)."""
-        return channel is self.channel and not channel.is_closed and not any(map(_refused, self.confirms))
-
-
-def _refused(confirm: asyncio.Future[None]) -> bool:
-    return confirm.done() and not confirm.cancelled() and isinstance(confirm.exception(), EventRefused)
 
 
 DeliveryCallback = Callable[[Delivery], None]
@@ -364,14 +308,14 @@ class AmqpTransport:
         source: AbstractExchange = commands
         if t.partitions > 1:
             source = await channel.declare_exchange(t.hash_exchange, "x-consistent-hash", durable=True)
-            await source.bind(commands, routing_key="room.*")
+            await source.bind(commands, routing_key=EVERY_ROOM_COMMAND)
             self._topology_objects.append(source)
         names = [t.partition_queue(partition) for partition in range(t.partitions)]
         self._partition_arguments = await self._partition_queue_arguments(names)
         for name in names:
             queue = await channel.declare_queue(name, durable=True, arguments=self._partition_arguments[name])
             # On the consistent-hash exchange the binding key is the partition's weight.
-            await queue.bind(source, routing_key="1" if t.partitions > 1 else "room.*")
+            await queue.bind(source, routing_key="1" if t.partitions > 1 else EVERY_ROOM_COMMAND)
             self._topology_objects.append(queue)
 
     # -- consuming ------------------------------------------------------------------------------------
@@ -396,7 +340,7 @@ class AmqpTransport:
             headers = dict(message.headers or {})
             count = headers.get("x-delivery-count", 0)
             self._on_delivery(
-                Delivery(
+                AmqpDelivery(
                     body=message.body,
                     routing_key=message.routing_key or "",
                     message_id=message.message_id,
@@ -404,7 +348,7 @@ class AmqpTransport:
                     delivery_count=count if isinstance(count, int) else 0,
                     user_id=message.user_id,
                     headers=headers,
-                    _message=message,
+                    message=message,
                 )
             )
 
@@ -438,7 +382,7 @@ class AmqpTransport:
         """False for a delivery whose channel was closed (its partition released) or died (a lost
         connection; aio-pika still hands over what that channel had prefetched): the broker gives it to
         a consumer again, so running it here would run it twice, and it cannot be settled anyway."""
-        message = delivery._message
+        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
         if message is None:
             return False
         try:
@@ -452,7 +396,7 @@ class AmqpTransport:
     async def _settle(delivery: Delivery, action: str, **kwargs: Any) -> bool:
         """Ack/nack; on a channel that died meanwhile it fails harmlessly (the broker redelivers, and
         duplicate suppression recognises the copy)."""
-        message = delivery._message
+        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
         if message is None:
             return False
         try:
@@ -479,30 +423,29 @@ class AmqpTransport:
 
     async def publishing_channel(self) -> PublishingChannel:
         """The publishing channel's current underlying channel; waits while the connection is being
-        restored. Raises a ``CONNECTION_ERRORS`` error when there is none."""
+        restored. Raises ``ChannelLost`` when there is none."""
         assert self._publish_channel is not None
-        # aiormq's abstract channel does not declare ``wait`` for basic_publish; the channel it hands
-        # out does.
-        return cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+        try:
+            return await self._publish_channel.get_underlay_channel()
+        except CONNECTION_ERRORS as error:
+            raise ChannelLost(f"no publishing channel ({type(error).__name__})") from error
 
     def publish_on(self, channel: PublishingChannel, events: Sequence[OutgoingEvent]) -> Publication:
         """Hand ``events`` to ``channel`` in this order without waiting for their confirms.
 
         Each publish runs as a task; tasks start in the order they were made, and each one's first step
-        (synchronous in aiormq's ``basic_publish``) either writes its frames to the connection's write
-        queue or queues on the channel's lock, which is first-come first-served. So events published on
-        one channel leave in the order of ``publish_on`` calls, which is what lets a room's next command
-        publish before the previous one's confirms came back (issue 14). A task ends with the confirm,
-        ``UnroutableEvent`` for a mandatory event the broker returned, ``EventRefused`` for a nack, or a
-        ``CONNECTION_ERRORS`` error when the channel closed first.
+        (synchronous in aiormq's ``basic_publish``) writes its frames to the connection's write queue, so
+        events published on one channel leave in the order of ``publish_on`` calls: a room's next command
+        may publish before the previous one's confirms are back.
         """
+        # aiormq's abstract channel does not declare ``wait``; the channel it hands out does.
+        underlay = cast(aiormq.Channel, channel)
         return Publication(
-            channel, [asyncio.ensure_future(self._publish(channel, event)) for event in events]
+            channel, [asyncio.ensure_future(self._publish(underlay, event)) for event in events]
         )
 
-    async def _publish(self, channel: PublishingChannel, event: OutgoingEvent) -> None:
-        """One event, persistent and mandatory, with publisher confirms; see ``publish_confirmed`` for
-        why through aiormq directly and with ``wait=False``."""
+    async def _publish(self, channel: aiormq.Channel, event: OutgoingEvent) -> None:
+        """One event, persistent and mandatory, confirmed; as ``publish_confirmed`` does it."""
         try:
             await channel.basic_publish(
                 event.body,
@@ -523,11 +466,14 @@ class AmqpTransport:
             raise UnroutableEvent(event.routing_key) from error
         except aiormq.exceptions.DeliveryError as error:
             raise EventRefused(event.routing_key) from error
+        except CONNECTION_ERRORS as error:
+            raise ChannelLost(f"publishing channel closed ({type(error).__name__})") from error
 
     async def dead_letter(
         self, body: bytes, *, reason: str, headers: dict[str, Any], routing_key: str
     ) -> None:
-        """Publish a copy with the reason (confirmed) to the dead-letter exchange."""
+        """Publish a copy with the reason (confirmed) to the dead-letter exchange; raises ``ChannelLost``
+        while the connection is down."""
         assert self._dead_letter_exchange is not None
         message = aio_pika.Message(
             body,
@@ -535,4 +481,7 @@ class AmqpTransport:
             headers={**headers, REASON_HEADER: reason[:1000], "x-original-routing-key": routing_key},
             message_id=uuid.uuid4().hex,
         )
-        await self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
+        try:
+            await self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
+        except CONNECTION_ERRORS as error:
+            raise ChannelLost(f"dead letter not published ({type(error).__name__})") from error

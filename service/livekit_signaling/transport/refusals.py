@@ -23,6 +23,10 @@ from pamqp import commands as spec
 #: The plugin the partitioned topology needs, and the command that enables it on a node.
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
 
+#: RabbitMQ's two wordings for the consistent-hash exchange type without its plugin: "unknown" on a
+#: node that never had it, "invalid" on one where it was enabled once and then disabled.
+_HASH_EXCHANGE_REFUSED = re.compile(r"(unknown|invalid) exchange type 'x-consistent-hash'")
+
 #: Queue arguments the service sets, and the setting each comes from.
 _ARGUMENT_SETTINGS = {
     "x-delivery-limit": "SIGNALING_DELIVERY_LIMIT",
@@ -100,13 +104,15 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
         return BrokerRefusal(_reply_text(error), "check the user name and password in AMQP_URL")
     if isinstance(error, aiormq.exceptions.ConnectionCommandInvalid):
         text = _reply_text(error)
-        if "unknown exchange type 'x-consistent-hash'" in text:
+        if _HASH_EXCHANGE_REFUSED.search(text):
             return BrokerRefusal(
                 text,
                 f"enable the plugin on every node (rabbitmq-plugins enable {HASH_PLUGIN}), "
                 "or set SIGNALING_PARTITIONS=1",
             )
-        return BrokerRefusal(text, "the service's topology does not fit this broker; see the README")
+        return BrokerRefusal(
+            text, "the service's topology does not fit this broker (docs: operations, first run)"
+        )
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed):
         text = _reply_text(error)
         return BrokerRefusal(text, _inequivalent(text))

@@ -26,6 +26,11 @@ from aio_pika.abc import (
     ExchangeType,
 )
 
+from livekit_signaling.schemas.routing import (
+    EVERY_EVENT,
+    command_routing_key,
+    room_events_binding,
+)
 from livekit_signaling.transport.brokers import FailoverConnection, connect_failover, connect_first
 
 
@@ -67,7 +72,7 @@ async def _event_queue(
 async def watch(urls: Sequence[str], event_exchange: str, room: str) -> AsyncIterator[WatchedEvent]:
     """Every event of ``room`` as it passes, until cancelled."""
     async with (
-        _event_queue(urls, event_exchange, f"room.{room}.#") as (queue, _),
+        _event_queue(urls, event_exchange, room_events_binding(room)) as (queue, _),
         queue.iterator() as messages,
     ):
         async for message in messages:
@@ -87,7 +92,7 @@ async def send(
     """Publish one command (confirmed) and collect the events correlated with it for ``timeout``."""
     message_id = uuid.uuid4().hex
     answers: list[WatchedEvent] = []
-    async with _event_queue(urls, event_exchange, f"room.{room}.#") as (queue, url):
+    async with _event_queue(urls, event_exchange, room_events_binding(room)) as (queue, url):
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             if message.correlation_id == message_id:
@@ -105,7 +110,7 @@ async def send(
                 # RabbitMQ refuses a user_id that is not the connection's own user.
                 user_id=connection_user(url),
             ),
-            routing_key=f"room.{room}",
+            routing_key=command_routing_key(room),
         )
         await asyncio.sleep(timeout)
     return answers
@@ -127,7 +132,7 @@ class ControllerLink:
         command_exchange: str,
         event_exchange: str,
         connection_name: str,
-        binding: str = "room.#",
+        binding: str = EVERY_EVENT,
     ) -> None:
         self._urls = tuple(urls)
         self._command_exchange_name = command_exchange

@@ -24,9 +24,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from livekit_signaling.app.metrics import Metrics
 from livekit_signaling.domain.errors import StoreUnavailable
-from livekit_signaling.transport.amqp import AmqpTransport
+from livekit_signaling.pipeline.ports import CommandTransport
+from livekit_signaling.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class PartitionBalancer:
     def __init__(
         self,
         *,
-        transport: AmqpTransport,
+        transport: CommandTransport,
         hand_over: Callable[[int], Awaitable[None]],
         registry: ReplicaRegistry | None,
         replica: str,

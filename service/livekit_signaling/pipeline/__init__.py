@@ -1,0 +1,1 @@
+"""The command pipeline: from a delivery to its acknowledgement, typed against a transport port."""
