@@ -14,16 +14,14 @@ import pytest
 import redis
 
 from livekit_signaling.domain.errors import StoreUnavailable
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.schemas.commands import EnableMicrophoneRestrictions, Envelope
 from livekit_signaling.store.encoding import decode_decisions
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.store.replication import ReplicationNotConfirmed
-from livekit_signaling.store.target import RedisTarget
-from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
-from tests.unit.test_handler import FakeLiveKit, FakeTokens
+from testkit.redis_sentinel import RedisNode, RedisSentinelGroup
+from tests.unit.fakes import fake_handler
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +47,8 @@ def group(request: pytest.FixtureRequest) -> Iterator[RedisSentinelGroup]:
 def store_for(
     group: RedisSentinelGroup, *, min_replicas: int = 1, prefix: str | None = None
 ) -> RedisStateStore:
-    target = RedisTarget(
-        sentinels=tuple(("127.0.0.1", node.port) for node in group.sentinel_nodes),
-        sentinel_master=group.master_name,
-        username=group.username,
-        password=group.password,
-        sentinel_username=group.sentinel_username,
-        sentinel_password=group.sentinel_password,
-    )
     return RedisStateStore(
-        target,
+        group.target(),
         prefix=prefix or f"test-{uuid.uuid4().hex[:8]}",
         dedup_window_seconds=60,
         room_idle_seconds=600,
@@ -124,13 +114,7 @@ async def test_the_retry_of_a_command_whose_wait_fell_short_does_not_answer_unco
     """The subtle case: the write reached the master, WAIT fell short. The processor re-runs the handler,
     which reads the written state and finds nothing to change; it must not answer before the replica
     holds that state."""
-    handler = CommandHandler(
-        livekit=FakeLiveKit(),
-        tokens=FakeTokens(),
-        store=store,
-        policy=PublishPolicy(screen_share_requires_permission=False),
-        urls=ConnectionUrls(public_url="wss://public"),
-    )
+    handler = fake_handler(store, policy=PublishPolicy(screen_share_requires_permission=False))
     envelope = Envelope(room="r", participant="m", role="moderator", payload=msgspec.Raw(b"{}"))
     command = EnableMicrophoneRestrictions(unrestricted_participants=["m"])
     state = RoomState()

@@ -13,11 +13,11 @@ import aiormq
 import pytest
 from aiormq import spec
 
+from testkit.amqp import SignalingClient
+from testkit.broker_accounts import CONFINED_ROOM_PREFIX, SERVICE_WITHOUT, BrokerAccounts
+from testkit.emulator import Emulator, microphone_tracks
+from testkit.processes import EmulatorProcess, ServiceProcess
 from tests.security.conftest import secured_env
-from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, SERVICE_WITHOUT, BrokerAccounts
-from tests.support.emulator import Emulator, microphone_tracks
-from tests.support.processes import EmulatorProcess, ServiceProcess
 
 
 def pid() -> str:

@@ -16,8 +16,6 @@ import pytest
 from aiormq import spec
 from aiormq.exceptions import DeliveryError
 
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
-from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.pipeline.ports import (
     ChannelLost,
     CommandTransport,
@@ -27,9 +25,10 @@ from livekit_signaling.pipeline.ports import (
     PublishingChannel,
 )
 from livekit_signaling.pipeline.processor import CommandProcessor
+from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.unit.test_handler import FakeLiveKit, FakeTokens
+from tests.unit.fakes import fake_handler
 
 ROOM = "room-1"
 
@@ -132,15 +131,8 @@ def transport() -> FakeTransport:
 
 @pytest.fixture
 def processor(transport: FakeTransport, store: MemoryStateStore) -> CommandProcessor:
-    handler = CommandHandler(
-        livekit=FakeLiveKit(),
-        tokens=FakeTokens(),
-        store=store,
-        policy=PublishPolicy(),
-        urls=ConnectionUrls(public_url="wss://public"),
-    )
     return CommandProcessor(
-        handler=handler,
+        handler=fake_handler(store),
         store=store,
         transport=transport,
         metrics=Metrics(),
@@ -155,7 +147,7 @@ def delivery(message_id: str | None = None, *, action: str = "create_new_access_
     body = {"room": ROOM, "participant": "p", "role": "user", "payload": {"action": action}}
     return Delivery(
         body=json.dumps(body).encode(),
-        routing_key=f"room.{ROOM}",
+        routing_key=command_routing_key(ROOM),
         message_id=message_id or uuid.uuid4().hex,
         partition=0,
         delivery_count=0,

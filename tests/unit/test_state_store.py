@@ -13,7 +13,7 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
-from tests.support.processes import REDIS_URL
+from testkit.processes import REDIS_URL
 
 USER = RosterEntry(role="user", kind="user")
 MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)

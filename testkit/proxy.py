@@ -1,4 +1,5 @@
-"""A small TCP proxy for fault injection, running its own asyncio loop in a background thread.
+"""A small TCP proxy for fault injection (between the service and RabbitMQ, Redis or LiveKit), running its
+own asyncio loop in a background thread.
 
 Modes (``set_mode`` returns once the change has been applied to every open connection):
 
@@ -23,6 +24,7 @@ import struct
 import threading
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 Mode = Literal["forward", "blackhole", "reset", "closed"]
 MODES: tuple[Mode, ...] = ("forward", "blackhole", "reset", "closed")
@@ -75,8 +77,6 @@ class TcpProxy:
     @classmethod
     def for_url(cls, url: str, default_port: int) -> TcpProxy:
         """A proxy in front of the host and port of ``url`` (``scheme://[user@]host[:port]/...``)."""
-        from urllib.parse import urlsplit
-
         parts = urlsplit(url)
         return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
 
@@ -110,9 +110,12 @@ class TcpProxy:
     def open_connections(self) -> int:
         return len(self._connections)
 
-    def url(self, template: str) -> str:
-        """``template`` with ``{port}`` replaced by the proxy's port, e.g. ``amqp://guest:guest@127.0.0.1:{port}/``."""
-        return template.format(port=self.port)
+    def proxied(self, url: str) -> str:
+        """``url`` with its host and port replaced by the proxy's: a client of it goes through the proxy."""
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
