@@ -61,10 +61,15 @@ class _Connection:
 
 
 class TcpProxy:
-    """``TcpProxy(host, port).start()`` listens on 127.0.0.1:``.port`` and forwards to host:port."""
+    """``TcpProxy(host, port).start()`` listens on 127.0.0.1:``.port`` and forwards to host:port;
+    ``TcpProxy.for_url(url, default_port)`` does so for the server of ``url``, and ``.url`` is ``url``
+    through the proxy."""
 
-    def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, listen_port: int = 0, target_url: str | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self._target_url = target_url
         self.port = listen_port
         self.mode: Mode = "forward"
         self.accepted = 0
@@ -78,7 +83,7 @@ class TcpProxy:
     def for_url(cls, url: str, default_port: int) -> TcpProxy:
         """A proxy in front of the host and port of ``url`` (``scheme://[user@]host[:port]/...``)."""
         parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
+        return cls(parts.hostname or "127.0.0.1", parts.port or default_port, target_url=url)
 
     # -- lifecycle (called from the test's thread) ---------------------------------------------------
 
@@ -110,9 +115,12 @@ class TcpProxy:
     def open_connections(self) -> int:
         return len(self._connections)
 
-    def proxied(self, url: str) -> str:
-        """``url`` with its host and port replaced by the proxy's: a client of it goes through the proxy."""
-        parts = urlsplit(url)
+    @property
+    def url(self) -> str:
+        """The URL the proxy was made for (``for_url``) with the proxy's host and port: a client of it
+        goes through the proxy."""
+        assert self._target_url is not None, "a proxy made with for_url"
+        parts = urlsplit(self._target_url)
         credentials = parts.netloc.rpartition("@")[0]
         netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
         return urlunsplit(parts._replace(netloc=netloc))

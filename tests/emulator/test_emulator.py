@@ -91,6 +91,13 @@ def admin_token(room: str) -> str:
     return AccessToken(KEY, SECRET).with_grants(VideoGrants(room_admin=True, room=room)).to_jwt()
 
 
+def room_list_token(*, expired_seconds_ago: int) -> str:
+    """A token that may list rooms, whose expiry passed ``expired_seconds_ago`` seconds ago."""
+    now = int(time.time())
+    claims = {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - expired_seconds_ago}
+    return jwt.encode({**claims, "video": {"roomList": True}}, SECRET, algorithm="HS256")
+
+
 async def twirp_status(
     http: aiohttp.ClientSession, url: str, method: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, str, str]:
@@ -123,12 +130,7 @@ async def test_missing_or_malformed_authorization_is_401(
 
 
 async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(emulator: LiveKitEmulator) -> None:
-    now = int(time.time())
-    expired = jwt.encode(
-        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 120, "video": {"roomList": True}},
-        SECRET,
-        algorithm="HS256",
-    )
+    expired = room_list_token(expired_seconds_ago=120)
     clients = [
         LiveKitAPI(emulator.url, KEY, "another-secret-0123456789abcdef-xyz"),
         LiveKitAPI(emulator.url, "otherkey", SECRET),
@@ -146,12 +148,7 @@ async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(emulator: 
 
 
 async def test_expiry_has_one_minute_leeway(emulator: LiveKitEmulator) -> None:
-    now = int(time.time())
-    token = jwt.encode(
-        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 20, "video": {"roomList": True}},
-        SECRET,
-        algorithm="HS256",
-    )
+    token = room_list_token(expired_seconds_ago=20)
     async with LiveKitAPI.with_token(token, emulator.url) as client:
         await client.room.list_rooms(ListRoomsRequest())
 

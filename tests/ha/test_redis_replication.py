@@ -5,6 +5,7 @@ retry of a command whose WAIT fell short), deletions too, and the store follows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -44,10 +45,12 @@ def group(request: pytest.FixtureRequest) -> Iterator[RedisSentinelGroup]:
         yield started
 
 
-def store_for(
+@contextlib.asynccontextmanager
+async def opened_store(
     group: RedisSentinelGroup, *, min_replicas: int = 1, prefix: str | None = None
-) -> RedisStateStore:
-    return RedisStateStore(
+) -> AsyncIterator[RedisStateStore]:
+    """A store through the group's Sentinels, as a process of the service has one; closed afterwards."""
+    store = RedisStateStore(
         group.target(),
         prefix=prefix or f"test-{uuid.uuid4().hex[:8]}",
         dedup_window_seconds=60,
@@ -55,13 +58,16 @@ def store_for(
         min_replicas=min_replicas,
         wait_timeout_seconds=WAIT_SECONDS,
     )
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture
 async def store(group: RedisSentinelGroup) -> AsyncIterator[RedisStateStore]:
-    opened = store_for(group)
-    yield opened
-    await opened.close()
+    async with opened_store(group) as opened:
+        yield opened
 
 
 def stored(
@@ -99,13 +105,10 @@ async def test_a_write_counts_once_the_replica_holds_it(
 
 
 async def test_min_replicas_zero_does_not_wait(group: RedisSentinelGroup) -> None:
-    store = store_for(group, min_replicas=0)
-    try:
+    async with opened_store(group, min_replicas=0) as store:
         group.stop_node(group.replicas()[0])
         await store.save_decisions("r", restricted())
         assert (await store.load("r")).decisions.microphone_restrictions == ["m"]
-    finally:
-        await store.close()
 
 
 async def test_the_retry_of_a_command_whose_wait_fell_short_does_not_answer_unconfirmed(
@@ -147,22 +150,16 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
     """A writer that died between its write and its WAIT left unconfirmed state; another process (this
     store) reads it: it must not be handed out before the replica holds it."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    writer = store_for(group, prefix=prefix)
     replica = group.replicas()[0]
-    try:
+    async with opened_store(group, prefix=prefix) as writer:
         group.stop_node(replica)
         with pytest.raises(ReplicationNotConfirmed):
             await writer.save_decisions("r", restricted())
-    finally:
-        await writer.close()
-    reader = store_for(group, prefix=prefix)
-    try:
+    async with opened_store(group, prefix=prefix) as reader:
         with pytest.raises(StoreUnavailable):
             await reader.load("r")
         group.start_as_replica(replica)
         assert (await reader.load("r")).decisions.microphone_restrictions == ["m"]
-    finally:
-        await reader.close()
 
 
 async def test_more_rooms_at_work_than_connections_wait_their_turn(

@@ -1,7 +1,8 @@
 """Fixtures of the fault-injection tests (tests/ha takes them too). Each test has a topology of its own
 (``names``, overriding the session's: these tests start, kill and restart services on it), and
 factories whose clean-up runs after the test, passed or failed: services on that topology
-(``start_service``), load clients that keep books (``load_client``) and TCP proxies (``proxy_to``)."""
+(``start_service``), load clients that keep books (``load_client``) and TCP proxies (``proxy_to``, and
+``livekit_proxy`` in front of the emulator)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,10 @@ def proxy_to() -> Iterator[ProxyTo]:
     after the test."""
     with contextlib.ExitStack() as stack:
         yield lambda url, default_port: stack.enter_context(TcpProxy.for_url(url, default_port))
+
+
+@pytest.fixture
+def livekit_proxy(emulator_process: EmulatorProcess, proxy_to: ProxyTo) -> TcpProxy:
+    """A TCP proxy in front of the emulator: a service given its ``url`` as LiveKit's reaches the
+    emulator through it, so that the test can silence, reset or close that network."""
+    return proxy_to(emulator_process.url, 80)

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from testkit.emulator import Emulator
-from testkit.processes import EmulatorProcess
-from tests.reliability.conftest import ConnectLoadClient, ProxyTo, StartService
+from testkit.proxy import TcpProxy
+from tests.reliability.conftest import ConnectLoadClient, StartService
 
 pytestmark = pytest.mark.slow
 
@@ -24,23 +24,19 @@ FD_TOLERANCE = 8
 
 
 async def test_livekit_outages_answer_livekit_unavailable_and_leak_nothing(
-    emulator_process: EmulatorProcess,
     emulator: Emulator,
-    proxy_to: ProxyTo,
+    livekit_proxy: TcpProxy,
     start_service: StartService,
     load_client: ConnectLoadClient,
 ) -> None:
     # The service reaches the emulator through a proxy: closing the proxy's port is LiveKit's process
     # gone (connection refused); the emulator's own fault modes give 503 and hanging calls.
-    proxy = proxy_to(emulator_process.url, 80)
-    service = await start_service(
-        {"COMMAND_DEADLINE_SECONDS": str(DEADLINE)}, livekit_url=proxy.proxied(emulator_process.url)
-    )
+    service = await start_service({"COMMAND_DEADLINE_SECONDS": str(DEADLINE)}, livekit_url=livekit_proxy.url)
     client = await load_client()
 
     async def outage(kind: str) -> list[float]:
         if kind == "refused":
-            proxy.set_mode("closed")
+            livekit_proxy.set_mode("closed")
         else:
             await emulator.fault(kind)
         answers = await asyncio.gather(
@@ -50,7 +46,7 @@ async def test_livekit_outages_answer_livekit_unavailable_and_leak_nothing(
             )
         )
         if kind == "refused":
-            proxy.set_mode("forward")
+            livekit_proxy.set_mode("forward")
         else:
             await emulator.fault("none")
         for event, _ in answers:

@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from testkit.processes import AMQP_URL, EmulatorProcess, ServiceProcess, wait_for
+from testkit.processes import AMQP_URL, ServiceProcess, wait_for
+from testkit.proxy import TcpProxy
 from tests.reliability.conftest import ConnectLoadClient, ProxyTo, StartService
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ async def test_blackholed_broker_connection_is_noticed_by_the_heartbeat_then_rec
     proxy = proxy_to(AMQP_URL, 5672)
     service = await start_service(
         {
-            "AMQP_URL": proxy.proxied(AMQP_URL),
+            "AMQP_URL": proxy.url,
             "AMQP_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "AMQP_RECONNECT_SECONDS": "0.5",
         }
@@ -82,36 +83,29 @@ async def test_blackholed_broker_connection_is_noticed_by_the_heartbeat_then_rec
 
 @pytest.mark.parametrize("mode", ["blackhole", "reset"])
 async def test_livekit_behind_a_broken_network_gives_livekit_unavailable_within_the_deadline(
-    emulator_process: EmulatorProcess,
-    proxy_to: ProxyTo,
-    start_service: StartService,
-    load_client: ConnectLoadClient,
-    mode: str,
+    livekit_proxy: TcpProxy, start_service: StartService, load_client: ConnectLoadClient, mode: str
 ) -> None:
-    proxy = proxy_to(emulator_process.url, 80)
-    service = await start_service(
-        {"COMMAND_DEADLINE_SECONDS": str(DEADLINE)}, livekit_url=proxy.proxied(emulator_process.url)
-    )
+    service = await start_service({"COMMAND_DEADLINE_SECONDS": str(DEADLINE)}, livekit_url=livekit_proxy.url)
     client = await load_client()
     room = str(uuid.uuid4())
     event, before = await client.ask(room, "p-1", {"action": "join"})
     assert event.message == "join_success"
 
-    proxy.set_mode(mode)  # type: ignore[arg-type]
+    livekit_proxy.set_mode(mode)  # type: ignore[arg-type]
     # Several rooms at once: every one of them hears about it, none waits past the deadline.
     answers = await asyncio.gather(
         *(client.ask(str(uuid.uuid4()), f"p-{n}", {"action": "join"}, timeout=DEADLINE + 8) for n in range(5))
     )
     latencies = [latency for _, latency in answers]
 
-    proxy.set_mode("forward")
+    livekit_proxy.set_mode("forward")
     after, after_latency = await client.ask(room, "p-2", {"action": "join"})
     retries = await asyncio.to_thread(service.metric, "livekit_signaling_livekit_retries_total")
     print(
         f"\nLiveKit {mode}: answers {[e.payload.get('error') for e, _ in answers]} after "
         f"{[round(x, 2) for x in latencies]}s (deadline {DEADLINE}s); before {before:.3f}s, after the "
         f"lift {after_latency:.3f}s ({after.message}); LiveKit retries {retries:.0f}; proxy accepted "
-        f"{proxy.accepted}, reset {proxy.reset_count}"
+        f"{livekit_proxy.accepted}, reset {livekit_proxy.reset_count}"
     )
     assert all(e.payload == {"message": "error", "error": "livekit_unavailable"} for e, _ in answers)
     assert max(latencies) <= DEADLINE + 1.0
@@ -125,7 +119,7 @@ async def test_sigterm_while_the_broker_is_unreachable_still_exits_within_the_gr
     proxy = proxy_to(AMQP_URL, 5672)
     service = await start_service(
         {
-            "AMQP_URL": proxy.proxied(AMQP_URL),
+            "AMQP_URL": proxy.url,
             "AMQP_RECONNECT_SECONDS": "0.5",
             "SHUTDOWN_GRACE_SECONDS": str(grace),
         }

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from testkit.processes import REDIS_URL, ServiceProcess
+from testkit.processes import REDIS_URL
 from testkit.proxy import TcpProxy
 from tests.reliability.conftest import ConnectLoadClient, ProxyTo, StartService
 
@@ -18,30 +18,28 @@ pytestmark = pytest.mark.slow
 COMMANDS = 10
 
 
-async def service_with_redis_behind(
-    proxy_to: ProxyTo, start_service: StartService
-) -> tuple[ServiceProcess, TcpProxy]:
-    """The service with its Redis behind a proxy."""
-    proxy = proxy_to(REDIS_URL, 6379)
-    return await start_service({"REDIS_URL": proxy.proxied(REDIS_URL)}), proxy
+@pytest.fixture
+def redis_proxy(proxy_to: ProxyTo) -> TcpProxy:
+    """A TCP proxy in front of the test Redis, for the service to reach it through."""
+    return proxy_to(REDIS_URL, 6379)
 
 
 async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
-    proxy_to: ProxyTo, start_service: StartService, load_client: ConnectLoadClient
+    redis_proxy: TcpProxy, start_service: StartService, load_client: ConnectLoadClient
 ) -> None:
-    service, proxy = await service_with_redis_behind(proxy_to, start_service)
+    service = await start_service({"REDIS_URL": redis_proxy.url})
     client = await load_client()
     room, participant = str(uuid.uuid4()), "p-1"
     await client.send_command(room, participant, 0, {"action": "join"})
     assert await client.wait_until(lambda: len(client.books.events) == 1, timeout=10)
     await asyncio.sleep(0.5)  # recorded in the store and acknowledged as well
     # Redis goes silent: command 1 waits on it, 2..n wait behind it in the replica.
-    proxy.set_mode("blackhole")
+    redis_proxy.set_mode("blackhole")
     for number in range(1, COMMANDS + 1):
         await client.send_command(room, participant, number, {"action": "create_new_access_token"})
     await asyncio.sleep(0.5)
     # Back: command 1's dead connection is reset (its store call fails, it is requeued).
-    proxy.set_mode("forward")
+    redis_proxy.set_mode("forward")
     await client.wait_answered(timeout=30, quiet=0.5)
     books = client.books.accounting()
     order = [client.books.commands[e.correlation_id or ""].number for e in client.books.events]
@@ -52,17 +50,17 @@ async def test_a_store_failure_does_not_let_later_commands_of_the_room_overtake(
 
 
 async def test_a_one_second_store_outage_loses_no_command(
-    proxy_to: ProxyTo, start_service: StartService, load_client: ConnectLoadClient
+    redis_proxy: TcpProxy, start_service: StartService, load_client: ConnectLoadClient
 ) -> None:
-    _, proxy = await service_with_redis_behind(proxy_to, start_service)
+    await start_service({"REDIS_URL": redis_proxy.url})
     client = await load_client()
     await client.watch_dead_letters()
-    proxy.set_mode("reset")  # Redis refuses (connections reset at once)
+    redis_proxy.set_mode("reset")  # Redis refuses (connections reset at once)
     sent = await asyncio.gather(
         *(client.send_command(str(uuid.uuid4()), "p-1", 0, {"action": "join"}) for _ in range(5))
     )
     await asyncio.sleep(1.0)
-    proxy.set_mode("forward")
+    redis_proxy.set_mode("forward")
     answered = await client.wait_answered(timeout=8, quiet=0.5)
     books = client.books.accounting()
     print(

@@ -154,6 +154,14 @@ def delivery(message_id: str | None = None, *, action: str = "create_new_access_
     )
 
 
+def deliver(processor: CommandProcessor, count: int) -> list[Delivery]:
+    """``count`` commands of the room, handed to the processor in order."""
+    commands = [delivery() for _ in range(count)]
+    for command in commands:
+        processor.on_delivery(command)
+    return commands
+
+
 async def settled(processor: CommandProcessor) -> None:
     await processor.drain(2.0)
 
@@ -161,9 +169,7 @@ async def settled(processor: CommandProcessor) -> None:
 async def test_the_next_command_starts_before_the_previous_confirms(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    commands = [delivery() for _ in range(3)]
-    for command in commands:
-        processor.on_delivery(command)
+    commands = deliver(processor, 3)
     # All three ran and handed their events over while no confirm has come back.
     await transport.until(lambda: len(transport.published) == 3)
     assert transport.order() == [c.message_id for c in commands]
@@ -178,9 +184,7 @@ async def test_the_next_command_starts_before_the_previous_confirms(
 async def test_acks_and_records_keep_the_room_order_when_confirms_come_back_out_of_order(
     processor: CommandProcessor, transport: FakeTransport, store: MemoryStateStore
 ) -> None:
-    first, second, third = commands = [delivery() for _ in range(3)]
-    for command in commands:
-        processor.on_delivery(command)
+    first, second, third = commands = deliver(processor, 3)
     await transport.until(lambda: len(transport.confirms) == 3)
     transport.confirms[2].set_result(None)
     transport.confirms[1].set_result(None)
@@ -199,9 +203,7 @@ async def test_acks_and_records_keep_the_room_order_when_confirms_come_back_out_
 async def test_events_lost_with_the_channel_go_out_again_in_the_room_order(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.published) == 2)
     lost = transport.channel
     transport.lose_channel()
@@ -239,9 +241,7 @@ async def test_a_copy_of_a_command_in_flight_is_not_run_again(
 async def test_commands_whose_channel_closed_are_neither_recorded_nor_acknowledged(
     processor: CommandProcessor, transport: FakeTransport, store: MemoryStateStore
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.published) == 2)
     transport.confirms[1].set_result(None)
     # Their consuming channel closes (broker restart): the broker hands both out again, in order.
@@ -256,9 +256,7 @@ async def test_commands_whose_channel_closed_are_neither_recorded_nor_acknowledg
 async def test_a_nacked_event_requeues_its_command_after_the_previous_one_settled(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.confirms) == 2)
     transport.confirms[1].set_exception(DeliveryError(None, spec.Basic.Nack()))
     await asyncio.sleep(0.05)
