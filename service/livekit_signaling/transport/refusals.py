@@ -111,7 +111,7 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
                 "or set SIGNALING_PARTITIONS=1",
             )
         return BrokerRefusal(
-            text, "the service's topology does not fit this broker (docs: operations, first run)"
+            text, "the service's topology does not fit this broker (docs/operations/first-run.md)"
         )
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed):
         text = _reply_text(error)
@@ -119,7 +119,7 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
     if isinstance(error, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed):
         return BrokerRefusal(
             _reply_text(error),
-            "grant the service's RabbitMQ user the permissions it needs (deploy/README.md, Security)",
+            "grant the service's RabbitMQ user the permissions docs/security.md lists",
         )
     if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
         # aiormq does not decode a Connection.Close that answers Connection.Open: RabbitMQ sends it
