@@ -121,7 +121,7 @@ def _type(schema: Schema, defs: dict[str, Schema], tags: dict[str, str]) -> str:
 def _constraints(schema: Schema) -> list[str]:
     found = []
     if "minLength" in schema or "maxLength" in schema:
-        found.append(f"{schema.get('minLength', 0)}–{schema['maxLength']} characters")
+        found.append(f"{schema.get('minLength', 0)} to {schema['maxLength']} characters")
     if "pattern" in schema:
         found.append(f"pattern `{schema['pattern']}`")
     if "maxItems" in schema:
