@@ -131,6 +131,17 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
     return None
 
 
+def quiet_amqp_client_logs(level: str) -> None:
+    """aio-pika logs every reconnect attempt with a traceback at WARNING, and aiormq its error line for
+    a broker's refusal at every attempt; the service says each once, with the fix, so theirs would
+    only bury it."""
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.ERROR))
+    closes = logging.getLogger("aiormq.connection")
+    if not any(isinstance(existing, ExplainedCloseFilter) for existing in closes.filters):
+        closes.addFilter(ExplainedCloseFilter())
+
+
 #: aiormq's error line for a connection attempt that failed before AMQP started (TCP or TLS).
 _TRANSPORT_ERROR = "error when creating transport: %r"
 
