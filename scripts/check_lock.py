@@ -1,7 +1,7 @@
 """Fails when a lock file no longer satisfies the ranges it was made from (CI runs it).
 
-Each declared requirement (pyproject.toml's dependencies, its `test` and `bench` extras and build
-requirements, deploy/requirements-check.in, requirements/tools.in) must be pinned in its lock file,
+Each declared requirement (pyproject.toml's dependencies, its `test`, `bench` and `docs` extras and
+build requirements, deploy/requirements-check.in, requirements/tools.in) must be pinned in its lock file,
 and the pinned version must lie in the declared range. `bash scripts/lock` repairs a failure; pip
 itself refuses a lock that misses a transitive dependency or a hash (`--require-hashes`).
 
@@ -56,6 +56,7 @@ def main() -> int:
         *problems(runtime, locks / "runtime.txt"),
         *problems(test, locks / "test.txt"),
         *problems(test + project["project"]["optional-dependencies"]["bench"], locks / "bench.txt"),
+        *problems(runtime + project["project"]["optional-dependencies"]["docs"], locks / "docs.txt"),
         *problems(requirements_in(ROOT / "deploy/requirements-check.in"), locks / "deploy-check.txt"),
         *problems(requirements_in(locks / "tools.in"), locks / "tools.txt"),
     ]

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
@@ -275,6 +276,30 @@ async def test_a_console_started_later_asks_for_fresh_credentials(
     assert [a["message"] for a in commands[0]["answers"]] == ["credentials"]
     view = await api.wait_room(room, lambda v: rows(v)["erin"]["livekit"] is not None)
     assert rows(view)["erin"]["livekit"]["permission"]["can_publish_sources"] == ["microphone"]
+
+
+async def test_an_invalid_envelope_is_published_as_it_is_and_dead_lettered(
+    api: ConsoleApi, dev: DevProcess, room: str
+) -> None:
+    """The form takes any JSON object with a room, so that a developer can watch the service refuse it."""
+    published = json.dumps(
+        {"room": room, "participant": "x", "payload": {"action": "join"}, "surprise": [1, 2]}, indent=1
+    ).encode()
+    async with api.session.post(
+        f"{api.base}/console/commands", data=published, headers=JSON_HEADERS
+    ) as response:
+        assert response.status == 200
+        sent = await response.json()
+    assert sent["routing_key"] == f"room.{room}"
+    assert sent["body"] == json.loads(published)
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        queue = await (await connection.channel()).get_queue(dev.names.dead_letter)
+        deadline = time.monotonic() + 10
+        # Byte for byte as the form sent it (the room is this test's own).
+        while (message := await queue.get(no_ack=True, fail=False)) is None or message.body != published:
+            assert time.monotonic() < deadline, "the invalid envelope was not dead-lettered"
+            await asyncio.sleep(0.05)
+    assert str((message.headers or {}).get("x-signaling-reason")).startswith("malformed_envelope")
 
 
 async def test_bad_requests_are_refused_with_a_reason(api: ConsoleApi, room: str) -> None:

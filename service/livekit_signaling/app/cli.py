@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from livekit_signaling.app.settings import Settings, SettingsError, load_settings, settings_table
 from livekit_signaling.telemetry.logging import configure_logging
+from livekit_signaling.transport.refusals import quiet_amqp_client_logs
 
 log = logging.getLogger("livekit_signaling")
 
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             settings = load_settings()
             configure_logging(settings.log_format, settings.log_level)
+            quiet_amqp_client_logs(settings.log_level)
             asyncio.run(_run(settings))
         elif args.command == "dev":
             # Validate everything but the LiveKit settings, which dev provides itself.
@@ -197,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 livekit_url="http://127.0.0.1", livekit_api_key=DEV_API_KEY, livekit_api_secret=DEV_API_SECRET
             )
             configure_logging(probe.log_format, probe.log_level)
+            quiet_amqp_client_logs(probe.log_level)
             overrides: dict[str, object] = {}
             if args.partitions is not None:
                 overrides["partitions"] = args.partitions

@@ -204,7 +204,8 @@ class SignalingService:
         """Connect to RabbitMQ, retrying with backoff until it answers and accepts the topology, or we
         are told to stop. A refusal (a configuration error) is logged once as an error naming the fix,
         shown on ``/readyz`` and retried like an outage: a fix on the broker (the plugin, a permission, a
-        drained queue deleted) then takes effect without restarting the replica (README, First run)."""
+        drained queue deleted) then takes effect without restarting the replica
+        (docs/operations/first-run.md)."""
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
             retry=retry_if_exception_type((OSError, ConnectionError, asyncio.TimeoutError, BrokerRefusal)),

@@ -1,7 +1,7 @@
 """Settings from the environment, each defined once here with its default and its documentation.
 
 Every ``*_FILE`` variant (``LIVEKIT_API_SECRET_FILE`` …) reads the value from a file, as Kubernetes mounts
-secrets. ``livekit-signaling settings`` prints the table the README carries.
+secrets. ``livekit-signaling settings`` prints the table the docs' settings page carries.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Settings:
     amqp_url: str = _env(
         "AMQP_URL",
         "RabbitMQ URL, or the URLs of a cluster's nodes separated by commas (tried in turn: the first "
-        "that answers, the next when a connection is lost); `amqps://` for TLS (see README). "
+        "that answers, the next when a connection is lost); `amqps://` for TLS (docs: operations, TLS). "
         "Credentials in it are never logged.",
         default="amqp://guest:guest@127.0.0.1:5672/",
         secret=True,
@@ -447,7 +447,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def settings_table() -> str:
-    """The README's table of settings, generated from the definitions above."""
+    """The table of settings, generated from the definitions above (the docs' settings page)."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for item in dataclasses.fields(Settings):
         default = "required" if item.metadata["required"] else item.default

@@ -6,12 +6,20 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any
 
+import msgspec
+
+from livekit_signaling.console.views import SeenEvent, SentCommand
+from livekit_signaling.schemas import codec
+from livekit_signaling.schemas.events import (
+    CredentialsEvent,
+    Event,
+    EventEnvelope,
+    JoinSuccess,
+    PopoutStreamAccessToken,
+)
 from livekit_signaling.schemas.routing import addressee
 
 #: Events kept for the page (and replayed to a page that connects).
@@ -24,69 +32,38 @@ ANSWERS_PER_COMMAND = 100
 TOKEN_MARGIN_SECONDS = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class SeenEvent:
-    seq: int
-    at: float
-    routing_key: str
-    room: str
-    recipient: str
-    message: str
-    correlation_id: str | None
-    #: The decoded JSON body, or the body as text when it is not JSON.
-    body: Any
+class TokenClaims(msgspec.Struct, frozen=True):
+    """The claims of an access token the console needs: whose it is and until when."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "routing_key": self.routing_key,
-            "room": self.room,
-            "recipient": self.recipient,
-            "message": self.message,
-            "correlation_id": self.correlation_id,
-            "body": self.body,
-        }
+    sub: str
+    exp: float
 
 
-@dataclass(slots=True)
-class SentCommand:
-    message_id: str
-    at: float
-    routing_key: str
-    body: Any
-    answers: list[SeenEvent] = field(default_factory=list)
-    answer_count: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "at": self.at,
-            "routing_key": self.routing_key,
-            "body": self.body,
-            "answers": [answer.to_json() for answer in self.answers],
-            "answer_count": self.answer_count,
-        }
-
-
-def token_claims(token: str) -> dict[str, Any]:
+def token_claims(token: str) -> TokenClaims | None:
     """The claims of a JWT, *unverified*: only to tell whose token it is and until when (LiveKit, here
-    the emulator, verifies it when the client connects)."""
+    the emulator, verifies it when the client connects). None for anything else."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error):
-        return {}
-    return claims if isinstance(claims, dict) else {}
+        return msgspec.json.decode(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)), type=TokenClaims
+        )
+    except (IndexError, ValueError, binascii.Error):  # msgspec.DecodeError is a ValueError
+        return None
 
 
-def _tokens_in(payload: dict[str, Any]) -> list[str]:
+def tokens_in(event: Event) -> list[str]:
     """Access tokens an event hands out: ``join_success`` credentials, ``credentials``, popout tokens."""
-    candidates = [payload.get("token")]
-    credentials = payload.get("credentials")
-    if isinstance(credentials, dict):
-        candidates.append(credentials.get("token"))
-    return [token for token in candidates if isinstance(token, str) and token]
+    match event:
+        case JoinSuccess():
+            return [event.credentials.token]
+        case CredentialsEvent() | PopoutStreamAccessToken():
+            return [event.token]
+    return []
+
+
+def message_of(event: EventEnvelope) -> str:
+    """The payload's ``message``: the tag that names its variant."""
+    return str(event.payload.__struct_config__.tag)
 
 
 class Traffic:
@@ -101,26 +78,25 @@ class Traffic:
     ) -> tuple[SeenEvent, SentCommand | None]:
         """Keep an event; returns it and the sent command it answers, if any."""
         room, recipient = addressee(routing_key) or ("", "")
-        decoded: Any
+        decoded: EventEnvelope | str
         try:
-            decoded = json.loads(body)
-        except ValueError:
+            decoded = codec.decode_event(body)
+        except codec.MalformedEvent:
             decoded = body.decode(errors="replace")
-        payload = decoded.get("payload") if isinstance(decoded, dict) else None
-        payload = payload if isinstance(payload, dict) else {}
         event = SeenEvent(
             seq=next(self._seq),
             at=time.time(),
             routing_key=routing_key,
             room=room,
             recipient=recipient,
-            message=str(payload.get("message", "?")),
+            message=message_of(decoded) if isinstance(decoded, EventEnvelope) else "?",
             correlation_id=correlation_id,
             body=decoded,
         )
         self.events.append(event)
-        for token in _tokens_in(payload):
-            self._remember_token(room, token)
+        if isinstance(decoded, EventEnvelope):
+            for token in tokens_in(decoded.payload):
+                self._remember_token(room, token)
         command = self.commands.get(correlation_id) if correlation_id else None
         if command is not None:
             command.answer_count += 1
@@ -128,8 +104,11 @@ class Traffic:
                 command.answers.append(event)
         return event, command
 
-    def record_command(self, message_id: str, routing_key: str, body: Any) -> SentCommand:
-        command = SentCommand(message_id=message_id, at=time.time(), routing_key=routing_key, body=body)
+    def record_command(self, message_id: str, routing_key: str, body: bytes) -> SentCommand:
+        """Keep a command about to be published; ``body`` is JSON (though not necessarily an envelope)."""
+        command = SentCommand(
+            message_id=message_id, at=time.time(), routing_key=routing_key, body=msgspec.Raw(body)
+        )
         self.commands[message_id] = command
         while len(self.commands) > COMMAND_HISTORY:
             self.commands.popitem(last=False)
@@ -137,10 +116,9 @@ class Traffic:
 
     def _remember_token(self, room: str, token: str) -> None:
         claims = token_claims(token)
-        identity, expires = claims.get("sub"), claims.get("exp")
-        if isinstance(identity, str) and isinstance(expires, int | float):
+        if claims is not None:
             # Keyed by the token's own identity, so a popout token belongs to the popout identity.
-            self._tokens[(room, identity)] = (token, float(expires))
+            self._tokens[(room, claims.sub)] = (token, claims.exp)
 
     def token_for(self, room: str, identity: str) -> str | None:
         """The latest token handed to ``identity`` in ``room`` that is still valid for a while."""

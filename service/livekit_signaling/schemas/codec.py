@@ -6,6 +6,8 @@ runs on every message.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from livekit_signaling.schemas.commands import Command, Envelope
@@ -16,6 +18,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+_event_decoder = msgspec.json.Decoder(EventEnvelope)
 _encoder = msgspec.json.Encoder()
 
 
@@ -41,6 +44,36 @@ def decode_command(payload: msgspec.Raw) -> Command:
         return _command_decoder.decode(payload)
     except msgspec.DecodeError as error:
         raise InvalidPayload(str(error)) from None
+
+
+class MalformedEvent(ValueError):
+    """A body on the event exchange that is not an event this service publishes."""
+
+
+def decode_event(body: bytes) -> EventEnvelope:
+    """An event as a controller reads it (the dev console does)."""
+    try:
+        return _event_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise MalformedEvent(str(error)) from None
+
+
+class _Addressed(msgspec.Struct):
+    """Only the room of an envelope, read leniently: enough to route a body that may be invalid."""
+
+    room: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+_addressed_decoder = msgspec.json.Decoder(_Addressed)
+
+
+def envelope_room(body: bytes) -> str:
+    """The ``room`` of a JSON object that need not be a valid envelope otherwise: the dev console publishes
+    such bodies on purpose, so that a developer sees them dead-lettered. MalformedEnvelope without one."""
+    try:
+        return _addressed_decoder.decode(body).room
+    except msgspec.DecodeError as error:
+        raise MalformedEnvelope(str(error)) from None
 
 
 def encode(value: object) -> bytes:

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from livekit_signaling.transport.refusals import ExplainedCloseFilter
-
 _command_context: ContextVar[dict[str, str] | None] = ContextVar("command_log_context", default=None)
 _CONTEXT_FIELDS = ("room", "participant", "action", "message_id")
 #: The ``user:password@`` of a URL. aiormq names a connection by its URL in its own error lines (the
@@ -90,10 +88,3 @@ def configure_logging(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aio-pika logs every reconnect attempt with a traceback at WARNING; ours say it once.
-    logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))
-    logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
-    # ... and its error line for a broker's refusal, repeated at every attempt, would bury ours.
-    closes = logging.getLogger("aiormq.connection")
-    if not any(isinstance(existing, ExplainedCloseFilter) for existing in closes.filters):
-        closes.addFilter(ExplainedCloseFilter())

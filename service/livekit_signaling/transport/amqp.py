@@ -19,7 +19,7 @@ carries every partition (the default, ``client-local``, puts every leader on the
 replica is connected to). RabbitMQ 3.10 counts that argument in its equivalence check: redeclaring with
 it a queue created without it (by an earlier release) fails with PRECONDITION_FAILED, and so does the
 reverse. The locator only matters when a queue is created, so an existing queue is declared as it was
-created; its leaders are moved with ``rabbitmq-queues rebalance quorum`` (README, "High availability").
+created; its leaders are moved with ``rabbitmq-queues rebalance quorum`` (docs/high-availability).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
                 "or set SIGNALING_PARTITIONS=1",
             )
         return BrokerRefusal(
-            text, "the service's topology does not fit this broker (docs: operations, first run)"
+            text, "the service's topology does not fit this broker (docs/operations/first-run.md)"
         )
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed):
         text = _reply_text(error)
@@ -119,7 +119,7 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
     if isinstance(error, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed):
         return BrokerRefusal(
             _reply_text(error),
-            "grant the service's RabbitMQ user the permissions it needs (deploy/README.md, Security)",
+            "grant the service's RabbitMQ user the permissions docs/security.md lists",
         )
     if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
         # aiormq does not decode a Connection.Close that answers Connection.Open: RabbitMQ sends it
@@ -129,6 +129,17 @@ def explain_refusal(error: BaseException) -> BrokerRefusal | None:  # noqa: PLR0
             "check that the vhost in AMQP_URL exists and that its user has permissions on it",
         )
     return None
+
+
+def quiet_amqp_client_logs(level: str) -> None:
+    """aio-pika logs every reconnect attempt with a traceback at WARNING, and aiormq its error line for
+    a broker's refusal at every attempt; the service says each once, with the fix, so theirs would
+    only bury it."""
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.ERROR))
+    closes = logging.getLogger("aiormq.connection")
+    if not any(isinstance(existing, ExplainedCloseFilter) for existing in closes.filters):
+        closes.addFilter(ExplainedCloseFilter())
 
 
 #: aiormq's error line for a connection attempt that failed before AMQP started (TCP or TLS).
