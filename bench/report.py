@@ -69,7 +69,7 @@ class _Rows:
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
-    """One row per figure, with its target (README's "Target" column) evaluated."""
+    """One row per figure, with its target (bench/README.md's "Target" column) evaluated."""
     built = _Rows(results)
     add, label, out = built.add, built.label, built.out
 

@@ -119,8 +119,8 @@ class Books:
     def accounting(self, *, returned_by_broker: Iterable[str] = ()) -> Accounting:
         """``returned_by_broker``: commands the service had started when the broker went away (it
         abandons them, since it can no longer acknowledge them); a quorum queue may deliver them again
-        after the room's later commands (README, "Per-room order"), so they are left out of the order
-        check. They must still be answered exactly once."""
+        after the room's later commands (docs/guarantees.md, "Per-room order"), so they are left out of
+        the order check. They must still be answered exactly once."""
         answers = self.answers()
         exempt = set(returned_by_broker)
         confirmed = self.confirmed()

@@ -2,7 +2,7 @@
 
 Each process is a ``redis-server`` of its own (config file, data directory and log in one temp dir), so
 a test can ``kill -9`` the master, stop and restart a replica, and wait for Sentinel's fail-over. Sentinel
-settings for a fail-over within seconds (README's Redis fault figures use them): quorum 2,
+settings for a fail-over within seconds (docs/high-availability/redis.md's figures use them): quorum 2,
 ``down-after-milliseconds 1000``, ``failover-timeout 5000``. ``stop()`` ends every process it started
 and removes the temp dir::
 

@@ -1,6 +1,6 @@
 """A broker that answers but refuses the service's topology is a configuration error, said once with its
 fix (log and ``/readyz``), never "not reachable"; the replica recovers by itself once the broker is
-fixed (README, "First run")."""
+fixed (docs/operations/first-run.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """TLS to RabbitMQ (``amqps://``) and to Redis (``rediss://``), against real servers with throw-away
-certificates (testkit/tls.py): what the README's "Settings" promises.
+certificates (testkit/tls.py): what docs/operations/tls.md promises.
 
 The RabbitMQ tests start a node of their own with a TLS listener (testkit/rabbit_cluster.py,
 ``tls=``; ``slow``, and root or the ``rabbitmq`` user, as tests/ha). The Redis tests start a

@@ -197,8 +197,9 @@ def fuzzing(emulator_process: EmulatorProcess) -> Iterator[Fuzzing]:
 def expected_events(
     room_roster: set[str], sender: str, role: str, payload_bytes: bytes
 ) -> tuple[Counter[str], str]:
-    """Who hears what from one valid envelope, per README's table (nobody is connected to LiveKit in these
-    rooms, so nobody has a microphone track to mute):
+    """Who hears what from one valid envelope, per the contract's table of commands and their answers
+    (docs/contract/index.md; nobody is connected to LiveKit in these rooms, so nobody has a microphone
+    track to mute):
 
     - payload not a command -> one ``invalid_command`` error to the sender;
     - a moderator command from a user or guest -> one ``insufficient_permissions`` error to the sender;

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 HEARTBEAT = 2
 DEADLINE = 2.0  # COMMAND_DEADLINE_SECONDS
-#: The README: a dead connection that sends nothing is noticed within 3 x (heartbeat + 1) s (aiormq's
-#: rule); one more second of slack for scheduling on a loaded machine.
+#: A dead connection that sends nothing is noticed within 3 x (heartbeat + 1) s (aiormq's rule,
+#: docs/guarantees.md); one more second of slack for scheduling on a loaded machine.
 DETECTION_BOUND = 3 * (HEARTBEAT + 1) + 1.0
 
 
