@@ -2,8 +2,8 @@
 publishes numbered commands per room with publisher confirms, retries what the broker did not confirm,
 and records every event the service answered with, surviving broker restarts and node failures. The
 books (``Books``) then count every confirmed command: answered exactly once, lost, doubled, reordered
-within its room, and the longest times without an answer. The fault tests of tests/reliability and
-tests/ha run on it."""
+within its room, and the longest times without an answer. The fault tests of tests/reliability,
+tests/ha and tests/partitions run on it (``testkit.faults``: a fault under this load, and its figures)."""
 
 from __future__ import annotations
 
@@ -356,10 +356,15 @@ class LoadClient:
             await asyncio.sleep(pace)
             await self.send_command(room, participant, number, {"action": action})
 
-    async def steady_load(self, rooms: int, stop: asyncio.Event, *, pace: float) -> None:
+    async def steady_load(
+        self, rooms: int, stop: asyncio.Event, *, pace: float, actions: Sequence[str] = REFRESHES
+    ) -> None:
         """``rooms`` streams in parallel until ``stop`` is set (a fault test's background load)."""
         await asyncio.gather(
-            *(self.room_stream(str(uuid.uuid4()), pace=pace, stop=stop) for _ in range(rooms))
+            *(
+                self.room_stream(str(uuid.uuid4()), pace=pace, stop=stop, actions=actions)
+                for _ in range(rooms)
+            )
         )
 
     async def load(self, rooms: int, commands: int, *, pace: float) -> list[str]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testkit.hosts import LOCALHOST, Host
+
 API_KEY = "testkey"
 API_SECRET = "test-secret-" + "x" * 32
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -63,9 +65,12 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float =
 class EmulatorProcess:
     """``python -m livekit_signaling.emulator`` on a free port; ``url`` once it listens."""
 
-    def __init__(self, *, webhook_url: str | None = None, mute_delay: float = 1.0) -> None:
+    def __init__(
+        self, *, webhook_url: str | None = None, mute_delay: float = 1.0, bind: str = "127.0.0.1"
+    ) -> None:
+        """``bind``: the address it listens on (a test network's gateway, for services on its hosts)."""
         args = [
-            sys.executable, "-m", "livekit_signaling.emulator", "--port", "0",
+            sys.executable, "-m", "livekit_signaling.emulator", "--host", bind, "--port", "0",
             "--api-key", API_KEY, "--api-secret", API_SECRET,
             "--unknown-participant-mute-delay", str(mute_delay),
         ]  # fmt: skip
@@ -128,7 +133,8 @@ class Names:
 
 
 class ServiceProcess:
-    """``livekit-signaling run`` with the test's names; ``start`` waits until ``/readyz`` says ready."""
+    """``livekit-signaling run`` with the test's names; ``start`` waits until ``/readyz`` says ready.
+    ``host``: where it runs (a test host in a network namespace serves HTTP on its address)."""
 
     def __init__(
         self,
@@ -138,8 +144,10 @@ class ServiceProcess:
         partitions: int = PARTITIONS,
         env: Mapping[str, str] | None = None,
         name: str = "service",
+        host: Host = LOCALHOST,
     ) -> None:
         self.names = names
+        self.host = host
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -150,7 +158,7 @@ class ServiceProcess:
             "LIVEKIT_PUBLIC_URL": "wss://livekit.example.test",
             "LIVEKIT_SERVICE_URL": "http://livekit.internal.test:7880",
             **names.environment(partitions),
-            "SIGNALING_HTTP_HOST": "127.0.0.1",
+            "SIGNALING_HTTP_HOST": host.address,
             "SIGNALING_HTTP_PORT": str(self.port),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
@@ -168,7 +176,10 @@ class ServiceProcess:
     def start(self, *, wait_ready: bool = True, timeout: float = 20.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "livekit_signaling", *self.command], env=self.env, stdout=log, stderr=log
+            self.host.command([sys.executable, "-m", "livekit_signaling", *self.command]),
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         log.close()
         if wait_ready:
@@ -177,7 +188,8 @@ class ServiceProcess:
 
     def http(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+            url = f"http://{self.host.address}:{self.port}{path}"
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()

@@ -11,6 +11,14 @@ removes the directory. Needs root (or the ``rabbitmq`` user), as the Debian scri
         cluster.amqp_url                      # "amqp://guest:guest@127.0.0.1:p1/,amqp://…:p2/,…"
         cluster.kill("a"); cluster.start("a")
 
+With ``hosts`` (``testkit.netns``) each node runs in a network namespace of its own, at its own
+address: the node is then named by that address with Erlang long names (``ha<id>-a@10.213.0.2``,
+``RABBITMQ_USE_LONGNAME``), listens and distributes on that address only, and every command for it
+(the server, ``rabbitmqctl``) runs inside its namespace. Each namespace has its own loopback, so each
+node has its own epmd there (the Erlang VM starts one on its first boot; ``TestNetwork.close`` ends
+it): nodes find each other through the epmd at the peer's address, port 4369, which a cut between
+two hosts cuts too, as between machines.
+
 ``python -m testkit.rabbit_cluster`` starts one, prints its URLs and keeps it until Ctrl-C.
 """
 
@@ -29,11 +37,12 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from testkit.hosts import LOCALHOST, Host
 from testkit.processes import free_port
 from testkit.tls import RABBITMQ_USER, TlsFiles
 
@@ -55,7 +64,7 @@ class QueueReplicas:
 @dataclass
 class RabbitNode:
     letter: str
-    name: str  # Erlang node name, ``ha<id>-a@localhost``
+    name: str  # Erlang node name, ``ha<id>-a@localhost`` (``ha<id>-a@<address>`` on a test host)
     amqp_port: int
     dist_port: int
     directory: Path
@@ -67,22 +76,27 @@ class RabbitNode:
     #: ``cluster_partition_handling``: RabbitMQ's default ``ignore``, or ``pause_minority`` (the Cluster
     #: Operator's default), as ``RabbitCluster.set_partition_handling`` last set it.
     partition_handling: str = "ignore"
+    #: Where it runs: this machine's loopback, or a test host in a network namespace.
+    host: Host = LOCALHOST
+    #: Erlang's ``net_ticktime`` (seconds; None: 60, RabbitMQ's default). A peer that stops answering is
+    #: declared down after 0.75-1.25 times this, which is when partition handling starts.
+    net_ticktime: int | None = None
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        return f"amqp://guest:guest@{self.host.address}:{self.amqp_port}/"
 
     def tls_url(self, cafile: Path | str | None = None) -> str:
         """``amqps://`` to the TLS listener; ``cafile`` (default: the node's own CA) in the query, as
         aiormq reads it."""
         assert self.tls is not None, "a node without tls="
         assert self.tls_port is not None
-        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?cafile={cafile or self.tls.ca}"
+        return f"amqps://guest:guest@{self.host.address}:{self.tls_port}/?cafile={cafile or self.tls.ca}"
 
     @property
     def address(self) -> str:
         """How the service names the node it is on (``/readyz``, logs)."""
-        return f"127.0.0.1:{self.amqp_port}/"
+        return f"{self.host.address}:{self.amqp_port}/"
 
     @property
     def pid_file(self) -> Path:
@@ -103,8 +117,12 @@ class RabbitNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq"),  # without ".conf", as the scripts want it
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
-            # Distribution on loopback only, like the system node.
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            # Distribution on the host's address only (loopback, like the system node).
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                f"-kernel inet_dist_use_interface {self.host.erlang_address}"
+            ),
+            # Named by address on a test host: long names (the CLI tools need to know it too).
+            "RABBITMQ_USE_LONGNAME": "false" if self.host.namespace is None else "true",
         }
 
     def write_files(self) -> None:
@@ -114,12 +132,13 @@ class RabbitNode:
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         self.write_config()
-        (d / "advanced.config").write_text("[].\n")
+        kernel = f"{{kernel, [{{net_ticktime, {self.net_ticktime}}}]}}" if self.net_ticktime else ""
+        (d / "advanced.config").write_text(f"[{kernel}].\n")
 
     def write_config(self) -> None:
         """``rabbitmq.conf``, read when the node boots."""
         (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"listeners.tcp.default = {self.host.address}:{self.amqp_port}\n"
             "loopback_users = none\n"
             # The nodes share two cores with everything else: keep their own overhead down.
             "management_agent.disable_metrics_collector = true\n"
@@ -131,7 +150,7 @@ class RabbitNode:
         if self.tls is None:
             return ""
         return (
-            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"listeners.ssl.default = {self.host.address}:{self.tls_port}\n"
             f"ssl_options.cacertfile = {self.tls.ca}\n"
             f"ssl_options.certfile = {self.tls.cert}\n"
             f"ssl_options.keyfile = {self.tls.key}\n"
@@ -150,7 +169,8 @@ class RabbitCluster:
     """Three (``size``) clustered nodes; node letters ``a``, ``b``, ``c`` name them in every method.
     ``plugins``: enabled on every node from the start (``()`` = a stock broker). ``tls``: certificate
     files (testkit/tls.py) for a TLS listener on every node besides the plain one
-    (``RabbitNode.tls_url``)."""
+    (``RabbitNode.tls_url``). ``hosts``: a test host per node letter (``testkit.netns``), else every
+    node on loopback. ``net_ticktime``: Erlang's, on every node (None: RabbitMQ's 60 s)."""
 
     def __init__(
         self,
@@ -159,21 +179,26 @@ class RabbitCluster:
         plugins: Sequence[str] = (HASH_PLUGIN,),
         startup_timeout: float = 120.0,
         tls: TlsFiles | None = None,
+        hosts: Mapping[str, Host] | None = None,
+        net_ticktime: int | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:6]
         self.startup_timeout = startup_timeout
         self.directory = Path(tempfile.mkdtemp(prefix=f"rabbit-cluster-{self.id}-"))
         letters = "abcdefg"[:size]
+        hosts = hosts or {}
         self.nodes = {
             letter: RabbitNode(
                 letter=letter,
-                name=f"ha{self.id}-{letter}@localhost",
+                name=f"ha{self.id}-{letter}@{_node_host(hosts.get(letter, LOCALHOST))}",
                 amqp_port=free_port(),
                 dist_port=free_port(),
                 directory=self.directory / letter,
                 plugins=tuple(plugins),
                 tls=tls,
                 tls_port=free_port() if tls is not None else None,
+                host=hosts.get(letter, LOCALHOST),
+                net_ticktime=net_ticktime,
             )
             for letter in letters
         }
@@ -232,7 +257,7 @@ class RabbitCluster:
         node = self.nodes[letter]
         node.pid_file.unlink(missing_ok=True)
         result = subprocess.run(
-            ["rabbitmq-server", "-detached"],
+            node.host.command(["rabbitmq-server", "-detached"]),
             env=node.environment(),
             capture_output=True,
             timeout=60,
@@ -305,7 +330,8 @@ class RabbitCluster:
     def listening(self, letter: str) -> bool:
         """Whether the node accepts AMQP connections now (a paused or stopped node does not)."""
         try:
-            socket.create_connection(("127.0.0.1", self.nodes[letter].amqp_port), timeout=1).close()
+            node = self.nodes[letter]
+            socket.create_connection((node.host.address, node.amqp_port), timeout=1).close()
         except OSError:
             return False
         return True
@@ -395,12 +421,17 @@ class RabbitCluster:
     def _cli(self, tool: str, letter: str, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
         node = self.nodes[letter]
         return subprocess.run(
-            [tool, "-n", node.name, *args],
+            node.host.command([tool, "-n", node.name, *args]),
             env=node.environment(),
             capture_output=True,
             timeout=timeout,
             check=False,
         )
+
+
+def _node_host(host: Host) -> str:
+    """The host part of a node's name: ``localhost`` on loopback, else the address (long names)."""
+    return "localhost" if host.namespace is None else host.address
 
 
 def _alive(pid: int) -> bool:

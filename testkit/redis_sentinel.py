@@ -11,6 +11,9 @@ and removes the temp dir::
         old = group.kill_master()
         new = group.wait_failover(old)
 
+With ``hosts`` (``testkit.netns``) each process runs in a network namespace of its own and listens on
+its host's address; replicas, Sentinels and clients reach it there, so a test can cut one off.
+
 ``python -m testkit.redis_sentinel`` starts one and prints its addresses until interrupted.
 """
 
@@ -22,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,10 +34,9 @@ from typing import Any
 import redis
 
 from livekit_signaling.store.target import RedisTarget
+from testkit.hosts import LOCALHOST, Host
 from testkit.processes import free_port, stop_process
 from testkit.tls import TlsFiles
-
-HOST = "127.0.0.1"
 
 
 @dataclass
@@ -44,10 +47,12 @@ class RedisNode:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: Where it runs: this machine's loopback, or a test host in a network namespace.
+    host: Host = LOCALHOST
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host.address}:{self.port}"
 
     @property
     def config(self) -> Path:
@@ -63,7 +68,9 @@ class RedisNode:
 
     def start(self, *, sentinel: bool = False) -> None:
         args = ["redis-server", str(self.config)] + (["--sentinel"] if sentinel else [])
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.host.command(args), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
 
     def kill(self) -> None:
         """``kill -9``: no shutdown, no goodbye to replicas or clients."""
@@ -111,8 +118,12 @@ class RedisSentinelGroup:
         down_after_milliseconds: int = 1000,
         failover_timeout_milliseconds: int = 5000,
         tls: TlsFiles | None = None,
+        hosts: Mapping[str, Host] | None = None,
     ) -> None:
+        """``hosts``: a test host per process name (``redis-0`` the first master, ``redis-1`` …,
+        ``sentinel-0`` …), else every process on loopback."""
         self.master_name = master_name
+        self._hosts = hosts or {}
         #: With certificate files (testkit/tls.py) every process listens with TLS only (``port 0``,
         #: ``tls-port``), replicas and Sentinels connect with TLS too; clients need no certificate.
         self.tls = tls
@@ -134,7 +145,9 @@ class RedisSentinelGroup:
     def _node(self, name: str) -> RedisNode:
         directory = self.root / name
         directory.mkdir()
-        return RedisNode(name=name, port=free_port(), directory=directory)
+        return RedisNode(
+            name=name, port=free_port(), directory=directory, host=self._hosts.get(name, LOCALHOST)
+        )
 
     # -- settings for the service --------------------------------------------------------------------
 
@@ -147,7 +160,7 @@ class RedisSentinelGroup:
         """The service's ``RedisTarget`` for this group (what ``service_env`` configures), for a store
         made in the test's own process; ``settings``: more of its fields."""
         return RedisTarget(
-            sentinels=tuple((HOST, node.port) for node in self.sentinel_nodes),
+            sentinels=tuple((node.host.address, node.port) for node in self.sentinel_nodes),
             sentinel_master=self.master_name,
             username=self.username,
             password=self.password,
@@ -216,7 +229,9 @@ class RedisSentinelGroup:
     def _common_config(self, node: RedisNode) -> list[str]:
         return [
             f"port {0 if self.tls else node.port}",
-            f"bind {HOST}",
+            f"bind {node.host.address}",
+            # Without a password Redis answers only loopback clients; a test host is reached at its address.
+            "protected-mode no",
             f'dir "{node.directory}"',
             f'logfile "{node.log}"',
             "daemonize no",
@@ -254,7 +269,7 @@ class RedisSentinelGroup:
         elif self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
         if replica_of is not None:
-            lines.append(f"replicaof {HOST} {replica_of.port}")
+            lines.append(f"replicaof {replica_of.host.address} {replica_of.port}")
         node.config.write_text("\n".join(lines) + "\n")
 
     def _write_sentinel_config(self, node: RedisNode, master: RedisNode) -> None:
@@ -262,7 +277,7 @@ class RedisSentinelGroup:
         lines = [
             *self._common_config(node)[:5],
             *self._tls_config(node),
-            f"sentinel monitor {self.master_name} {HOST} {master.port} {self._quorum}",
+            f"sentinel monitor {self.master_name} {master.host.address} {master.port} {self._quorum}",
             f"sentinel down-after-milliseconds {self.master_name} {self._down_after}",
             f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
             f"sentinel parallel-syncs {self.master_name} 1",
@@ -294,7 +309,7 @@ class RedisSentinelGroup:
         username = self.sentinel_username if is_sentinel else self.username
         password = self.sentinel_password if is_sentinel else self.password
         return redis.Redis(
-            host=HOST,
+            host=node.host.address,
             port=node.port,
             username=username,
             password=password,
@@ -403,6 +418,14 @@ class RedisSentinelGroup:
 
     def _wait_ping(self, node: RedisNode, timeout: float) -> None:
         self._wait(lambda: self._query(node, "PING"), f"{node.name} did not answer", timeout)
+
+    def wait_replica_synced(self, node: RedisNode, timeout: float = 30.0) -> float:
+        """Until ``node`` is a replica with its link to the master up and synced (an old master after
+        a partition heals: the Sentinels demote it, and it resyncs); the seconds waited."""
+        started = time.monotonic()
+        self._wait(lambda: self.role(node) == "slave", f"{node.name} was not made a replica", timeout)
+        self._wait_replica_synced(node, timeout)
+        return time.monotonic() - started
 
     def _wait_replica_synced(self, node: RedisNode, timeout: float) -> None:
         def synced() -> bool:

@@ -17,6 +17,16 @@ WRITES = frozenset({"join", "request_popout_stream_access_token"})
 STREAM_ACTIONS = ("request_popout_stream_access_token", "create_new_access_token")
 
 
+def writes_answered_between(client: LoadClient, start: float, end: float) -> list[str]:
+    """State-writing commands whose first answer arrived in (start, end)."""
+    commands = client.books.commands
+    return [
+        message_id
+        for message_id, at in client.books.first_answer_times().items()
+        if commands[message_id].action in WRITES and start < at < end
+    ]
+
+
 class SteadyLoad:
     """``rooms`` rooms, each one participant: ``join``, then alternately a popout token (a state
     write) and a token refresh (a read), one command every ``pace`` seconds per room, numbered, until

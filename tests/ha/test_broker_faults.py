@@ -3,10 +3,10 @@
 The service gets every node in ``AMQP_URL``. The load client publishes with confirms from its own
 connection (also over every node, starting elsewhere than the service) and collects the events on a
 durable quorum queue led by another node than the service's, so that the books survive the fault. Every
-confirmed command is counted: answered exactly once, lost, doubled, reordered within its room, and the
-longest time without any answer, overall (answers resume within 5 s after a node is lost, while the
-cluster keeps a majority) and within one room (a partition stalled while others answer; bound 10 s),
-printed with ``-s``."""
+confirmed command is counted: answered exactly once, lost, doubled, reordered within its room, copies
+absorbed (``testkit.faults``), and the longest time without any answer, overall (answers resume within
+5 s after a node is lost, while the cluster keeps a majority) and within one room (a partition stalled
+while others answer; bound 10 s), printed with ``-s``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from testkit.load import Accounting, Books, LoadClient, abandoned_commands
+from testkit.faults import REPLICATED_OBSERVER, Figures, report
+from testkit.faults import under_load as steady_fault
+from testkit.load import Books, LoadClient
 from testkit.processes import Names, ServiceProcess
 from testkit.rabbit_cluster import RabbitCluster
 from tests.reliability.conftest import ConnectLoadClient, StartService
@@ -34,49 +36,6 @@ RESUME_SECONDS = 5.0
 #: publish waits for that) after the others answer again: up to 5.4 s measured in a rolling restart.
 #: It catches a partition that stays stalled; RESUME_SECONDS is about answers resuming at all.
 ROOM_RESUME_SECONDS = 10.0
-#: The events' queue: replicated, and led by the node the load client declares it on.
-COLLECTOR = {"x-queue-type": "quorum", "x-queue-leader-locator": "client-local"}
-
-
-@dataclass
-class Figures:
-    books: Accounting
-    #: The longest times without any answer, and without an answer in one room (a partition's outage
-    #: while the others answer), each with when it began relative to the fault; longest first.
-    gaps: list[tuple[float, float]]
-    room_gaps: list[tuple[float, float]]
-    reconnects: float
-
-    @property
-    def gap(self) -> float:
-        """The longest time without any answer."""
-        return self.gaps[0][0] if self.gaps else 0.0
-
-    @property
-    def room_gap(self) -> float:
-        """The longest time some room waited for an answer (at least ``gap``)."""
-        return self.room_gaps[0][0] if self.room_gaps else 0.0
-
-    def assert_resumed(self) -> None:
-        assert self.gap < RESUME_SECONDS, self.line()
-        assert self.room_gap < ROOM_RESUME_SECONDS, self.line()
-
-    @property
-    def answered_once(self) -> int:
-        return self.books.confirmed - len(self.books.missing) - len(self.books.duplicated)
-
-    def line(self) -> str:
-        b = self.books
-
-        def shown(gaps: list[tuple[float, float]]) -> str:
-            return ", ".join(f"{gap:.2f}s at {at:+.1f}s" for gap, at in gaps)
-
-        return (
-            f"confirmed={b.confirmed} answered exactly once={self.answered_once} lost={len(b.missing)} "
-            f"doubled={len(b.duplicated)} (same-id copies {b.copies}) reordered rooms={len(b.out_of_order)}; "
-            f"longest gaps without an answer: any room {shown(self.gaps)}, one room {shown(self.room_gaps)} "
-            f"(from the fault); reconnects {self.reconnects:.0f}"
-        )
 
 
 async def start_on(cluster: RabbitCluster, start_service: StartService, node: str) -> ServiceProcess:
@@ -89,37 +48,12 @@ async def start_on(cluster: RabbitCluster, start_service: StartService, node: st
 async def under_load(
     client: LoadClient, service: ServiceProcess, fault: Callable[[], Awaitable[None]], *, after: float
 ) -> tuple[Figures, float]:
-    """Steady load; ``fault`` after 2 s; the load goes on for ``after`` seconds once ``fault`` returned;
-    then every confirmed command is accounted for. Returns the figures and when the fault began."""
-    stop = asyncio.Event()
-    load = asyncio.create_task(client.steady_load(ROOMS, stop, pace=PACE))
-    try:
-        await asyncio.sleep(2.0)
-        fault_began = time.monotonic()
-        await fault()
-        await asyncio.sleep(after)
-    finally:
-        stop.set()
-        await asyncio.wait_for(load, 120)
-    answered = await client.wait_answered(timeout=60)
-    books = client.books.accounting(returned_by_broker=abandoned_commands(service))
-    gaps = [(gap, began - fault_began) for gap, began in client.books.answer_gaps()]
-    room_gaps = [(gap, began - fault_began) for gap, began in client.books.answer_gaps(per_room=True)]
-    reconnects = await asyncio.to_thread(service.metric, "livekit_signaling_amqp_reconnects_total")
-    figures = Figures(books, gaps, room_gaps, reconnects)
-    assert answered, books.summary()
-    return figures, fault_began
+    """This module's steady load (``ROOMS`` rooms at ``PACE``) around ``fault`` (``testkit.faults``)."""
+    return await steady_fault(client, service, fault, after=after, rooms=ROOMS, pace=PACE)
 
 
-def report(title: str, figures: Figures, service: ServiceProcess, extra: str = "") -> None:
-    logs = service.logs().splitlines()
-    refused = sum("refused by the broker" in line for line in logs)
-    requeued = sum("requeued" in line for line in logs)
-    print(
-        f"\n{title}: {figures.line()}; {extra}; publishes refused and retried {refused}, requeued {requeued}"
-    )
-    print("\n".join(line for line in logs if "RabbitMQ node" in line))
-    print(f"service log: {service.log_path}")
+def assert_resumed(figures: Figures) -> None:
+    figures.assert_resumed(RESUME_SECONDS, ROOM_RESUME_SECONDS)
 
 
 async def test_stopping_the_node_the_service_is_on_moves_it_to_another_node(
@@ -127,7 +61,7 @@ async def test_stopping_the_node_the_service_is_on_moves_it_to_another_node(
 ) -> None:
     """(1) ``rabbitmqctl stop`` of the service's node, kept down: answers resume within 5 s."""
     service = await start_on(cluster, start_service, "a")
-    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
+    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=REPLICATED_OBSERVER)
     stopped_for = 0.0
 
     async def stop_service_node() -> None:
@@ -145,7 +79,7 @@ async def test_stopping_the_node_the_service_is_on_moves_it_to_another_node(
         )
         assert cluster.node_at(moved_to) != "a"
         figures.books.assert_exactly_once_in_order()
-        figures.assert_resumed()
+        assert_resumed(figures)
     finally:
         await asyncio.to_thread(cluster.start, "a")
 
@@ -166,7 +100,7 @@ async def test_killing_the_node_that_leads_most_partitions_keeps_the_service_con
         service = await start_on(cluster, start_service, "b")
     service_node = cluster.node_at(service.status()["amqp_node"])
     client_node = next(n for n in cluster.nodes if n not in {target, service_node})
-    client = await load_client(urls=cluster.urls(first=client_node), observer_arguments=COLLECTOR)
+    client = await load_client(urls=cluster.urls(first=client_node), observer_arguments=REPLICATED_OBSERVER)
 
     async def kill_leader() -> None:
         await asyncio.to_thread(cluster.kill, target)
@@ -184,7 +118,7 @@ async def test_killing_the_node_that_leads_most_partitions_keeps_the_service_con
         assert target not in after, "a partition is still led by the killed node"
         assert cluster.node_at(service.status()["amqp_node"]) == service_node, "the service reconnected"
         figures.books.assert_exactly_once_in_order()
-        figures.assert_resumed()
+        assert_resumed(figures)
     finally:
         await asyncio.to_thread(cluster.start, target)
 
@@ -195,7 +129,7 @@ async def test_rolling_restart_of_every_node_loses_nothing(
     """(3) Each node stopped and started again in turn, as an upgrade does (each only once no quorum
     queue depends on it: ``rabbitmq-queues check_if_node_is_quorum_critical``): nothing lost."""
     service = await start_on(cluster, start_service, "a")
-    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
+    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=REPLICATED_OBSERVER)
     steps: list[str] = []
 
     async def rolling_restart() -> None:
@@ -328,7 +262,7 @@ async def test_two_of_three_nodes_down_stops_answers_and_loses_nothing(
     # the broker during the outage. Started on b (as in the other tests), it was reconnecting for the
     # whole outage: aio-pika restores its collector's consumer, and consuming from a quorum queue needs
     # a majority (one run: 2,218 attempts failed in the client, ChannelInvalidStateError).
-    client = await load_client(urls=cluster.urls(first="a"), observer_arguments=COLLECTOR)
+    client = await load_client(urls=cluster.urls(first="a"), observer_arguments=REPLICATED_OBSERVER)
     times: dict[str, float] = {}
     a_listening: list[bool] = []  # whether a accepted connections at the end of the outage
 

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from testkit.load import LoadClient
 from testkit.redis_sentinel import RedisSentinelGroup
-from tests.ha.redis_load import WRITES, Figures, SteadyLoad
+from tests.ha.redis_load import WRITES, Figures, SteadyLoad, writes_answered_between
 from tests.reliability.conftest import ConnectLoadClient, StartService
 
 pytestmark = pytest.mark.slow
@@ -35,16 +34,6 @@ REPLICA_OUTAGE_SECONDS = 6.0
 def group() -> Iterator[RedisSentinelGroup]:
     with RedisSentinelGroup() as started:
         yield started
-
-
-def writes_answered_between(client: LoadClient, start: float, end: float) -> list[str]:
-    """State-writing commands whose first answer arrived in (start, end)."""
-    commands = client.books.commands
-    return [
-        message_id
-        for message_id, at in client.books.first_answer_times().items()
-        if commands[message_id].action in WRITES and start < at < end
-    ]
 
 
 async def test_a_restriction_answered_right_before_the_master_dies_survives_the_fail_over(

@@ -15,6 +15,7 @@ import pytest
 
 from testkit.amqp import delete_queues
 from testkit.cleanup import cleanup
+from testkit.hosts import LOCALHOST, Host
 from testkit.load import LoadClient
 from testkit.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
 from testkit.proxy import TcpProxy
@@ -28,6 +29,7 @@ class StartService(Protocol):
         livekit_url: str | None = None,
         name: str = "service",
         broker_urls: Sequence[str] = (AMQP_URL,),
+        host: Host = LOCALHOST,
     ) -> ServiceProcess: ...
 
 
@@ -44,9 +46,10 @@ def names() -> Names:
 @pytest.fixture
 async def start_service(names: Names, emulator_process: EmulatorProcess) -> AsyncIterator[StartService]:
     """``await start_service(env)``: a service process on ``names`` (LiveKit: the emulator, unless
-    ``livekit_url``), started and ready. After the test every one is stopped, the topology is deleted
-    from ``broker_urls`` (where the service's topology is: the system broker, or a cluster's nodes; not a
-    proxy in front of it), and the Redis keys under its prefix from the system Redis."""
+    ``livekit_url``; on ``host``, a test host of tests/partitions), started and ready. After the test
+    every one is stopped, the topology is deleted from ``broker_urls`` (where the service's topology is:
+    the system broker, or a cluster's nodes; not a proxy in front of it), and the Redis keys under its
+    prefix from the system Redis."""
     started: list[ServiceProcess] = []
     brokers: set[tuple[str, ...]] = set()
 
@@ -56,9 +59,10 @@ async def start_service(names: Names, emulator_process: EmulatorProcess) -> Asyn
         livekit_url: str | None = None,
         name: str = "service",
         broker_urls: Sequence[str] = (AMQP_URL,),
+        host: Host = LOCALHOST,
     ) -> ServiceProcess:
         brokers.add(tuple(broker_urls))
-        service = ServiceProcess(names, livekit_url or emulator_process.url, env=env, name=name)
+        service = ServiceProcess(names, livekit_url or emulator_process.url, env=env, name=name, host=host)
         started.append(service)  # stopped afterwards also when it never became ready
         await asyncio.to_thread(service.start)
         return service

@@ -36,8 +36,23 @@ TRANSIENT_REPLIES = ("NOREPLICAS",)
 
 
 class _MasterPool(SentinelConnectionPool, BlockingConnectionPool):
-    """redis-py's Sentinel pool, blocking when all its connections are busy (see ``RedisConnection``)
-    and logging when the master it connects to changes (a fail-over)."""
+    """redis-py's Sentinel pool, blocking when all its connections are busy (see ``RedisConnection``),
+    logging when the master it connects to changes (a fail-over), and never handing out again a
+    connection to a master that was replaced.
+
+    When the pool learns of a new master it disconnects its idle connections, not those in use at that
+    moment: they come back to the pool still connected to the old master, and the asyncio pool's
+    ``release`` (unlike the synchronous pool's, which checks ``owns_connection``) keeps them. Later
+    attempts would then write to a master that a partition cut off from its replicas, find no replica
+    in their WAIT, and go on doing so until that master is demoted when the partition heals. So a
+    connection to another address than the current master's is disconnected as it comes back: its
+    next use connects to the current master."""
+
+    async def release(self, connection: Any) -> None:
+        current = self.master_address
+        if current is not None and (connection.host, connection.port) != tuple(current):
+            await connection.disconnect()
+        await super().release(connection)
 
     async def get_master_address(self) -> Any:
         previous = self.master_address
@@ -112,9 +127,10 @@ class RedisConnection:
 
         redis-py's Sentinel pool asks the Sentinels only when it opens a connection, and a connection
         to a master that was replaced but still runs (a manual fail-over, or a partition that cut it
-        off from the Sentinels) stays open until Sentinel demotes it, some 10 s later; meanwhile writes
-        land on the old master, which WAIT reveals (it has no replicas left) but does not end. So ask
-        the Sentinels now: if the master moved, the pool closes its idle connections. A plain client
+        off from the Sentinels) stays open until Sentinel demotes it, some 10 s later (after a
+        partition, not before it heals); meanwhile writes land on the old master, which WAIT reveals
+        (it has no replicas left) but does not end. So ask the Sentinels now: if the master moved, the
+        pool closes its idle connections, and those in use as they come back (``_MasterPool``). A plain client
         keeps its connections to a master that was demoted behind the same address (a managed Redis
         that fails over by moving a DNS name): on READONLY, drop the idle ones."""
         pool = self.client.connection_pool
