@@ -6,11 +6,15 @@
   deleting a topology;
 - ``emulator``: the emulator's control routes and the real ``livekit-api`` client against it;
 - ``load``: load that keeps books of every confirmed command and its answers (``LoadClient``, ``Books``);
+- ``faults``: a fault under that load, and the figures fault tests print (lost, doubled, reordered,
+  longest gaps, copies absorbed and where they came from);
 - ``cleanup``: stopping services, deleting topology and Redis keys after a test;
 - ``proxy``: a TCP proxy that forwards, blackholes, resets or refuses;
 - ``tls``: throw-away certificates;
 - ``broker_admin``, ``broker_accounts``: the system RabbitMQ's application, vhosts, users and the
   shipped permissions with a test's names;
 - ``rabbit_cluster``, ``redis_sentinel``: a 3-node RabbitMQ cluster and a Sentinel-managed Redis of
-  their own.
+  their own, on loopback or on test hosts;
+- ``hosts``, ``netns``: where a process runs (``Host``), and test hosts in network namespaces with the
+  faults between them (partitions, one-way cuts, silent drops).
 """

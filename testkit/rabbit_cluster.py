@@ -1,4 +1,5 @@
-"""A 3-node RabbitMQ cluster on loopback ports, beside the system node, for the HA tests and the bench.
+"""A 3-node RabbitMQ cluster on loopback ports beside the system node (or on test hosts), for the HA and
+partition tests and the bench.
 
 Each node has its own name (``ha<id>-a@localhost`` …), AMQP and distribution ports picked free, and its
 own data, log and config files in a temporary directory owned by the ``rabbitmq`` user (the Debian
@@ -335,6 +336,14 @@ class RabbitCluster:
         except OSError:
             return False
         return True
+
+    def wait_listening(self, letter: str) -> None:
+        """Until the node accepts AMQP connections (cheaper than ``wait_running``: no CLI call)."""
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.listening(letter):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.nodes[letter].name} not listening after {self.startup_timeout}s")
+            time.sleep(0.2)
 
     def is_running(self, letter: str) -> bool:
         return self._cli("rabbitmq-diagnostics", letter, "-q", "check_running", timeout=30).returncode == 0

@@ -1,4 +1,5 @@
-"""A Redis master, its replica(s) and three Sentinels on free loopback ports, for tests and the bench.
+"""A Redis master, its replica(s) and three Sentinels on free loopback ports (or on test hosts), for
+tests and the bench.
 
 Each process is a ``redis-server`` of its own (config file, data directory and log in one temp dir), so
 a test can ``kill -9`` the master, stop and restart a replica, and wait for Sentinel's fail-over. Sentinel

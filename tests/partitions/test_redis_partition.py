@@ -88,7 +88,7 @@ async def test_the_redis_master_cut_off_from_sentinels_and_replicas(
         new, _ = await asyncio.to_thread(group.wait_failover, old)
         times["promoted"] = time.monotonic()
         promoted.append(new)
-        await asyncio.sleep(max(0.0, times["cut"] + SCHEDULE.partition - time.monotonic()))
+        await asyncio.sleep(max(0.0, times["cut"] + SCHEDULE.redis_partition - time.monotonic()))
         network.heal()
         times["healed"] = time.monotonic()
         await restrictions
@@ -130,7 +130,9 @@ async def test_the_redis_master_cut_off_from_sentinels_and_replicas(
         f"heal {sum(state.get('type') == 'enabled' for state in told)}; state writes answered again "
         f"{writes_resumed:.1f}s after the cut; {moved[0]['message'] if moved else 'the service never moved'}",
     )
-    print(figures.row("Redis master cut off from Sentinels and replicas", f"{SCHEDULE.partition:.0f} s"))
+    print(
+        figures.row("Redis master cut off from Sentinels and replicas", f"{SCHEDULE.redis_partition:.0f} s")
+    )
     figures.books.assert_exactly_once_in_order()
     assert not as_if_saved, client.books.describe(as_if_saved, since=cut)
     assert sorted(answered) == sorted(rooms)
