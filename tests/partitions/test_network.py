@@ -32,13 +32,15 @@ LISTENER = (
 def hosts() -> Iterator[TestNetwork]:
     """Three hosts, each listening on ``PORT``; afterwards nothing of them may be left."""
     network = TestNetwork(["x", "y", "z"]).start()
+    listeners: list[subprocess.Popen[bytes]] = []
     try:
         for host in network.hosts.values():
-            subprocess.Popen(host.command([sys.executable, "-c", LISTENER]))
+            listeners.append(subprocess.Popen(host.command([sys.executable, "-c", LISTENER])))
         time.sleep(0.5)
         yield network
     finally:
         network.close()
+    assert all(listener.wait(5) is not None for listener in listeners), "close() left a listener running"
     assert not network.leftovers(), network.leftovers()
 
 

@@ -28,9 +28,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -58,6 +58,8 @@ from livekit_signaling.transport.brokers import FailoverConnection, connect_fail
 from livekit_signaling.transport.refusals import explain_refusal
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Header that carries why the service dead-lettered a message.
 REASON_HEADER = "x-signaling-reason"
@@ -103,6 +105,35 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def until_closed(channel: aiormq.abc.AbstractChannel, operation: Awaitable[T]) -> T:
+    """``operation`` on ``channel`` (a publish, an ack), or ``ChannelLost`` as soon as the channel
+    closes.
+
+    aiormq writes every frame through its connection's bounded write queue. When RabbitMQ stops reading
+    a publisher's socket (credit flow: a node whose publishes a partition holds back), that queue
+    fills and writes wait for room in it; if the connection then goes, aiormq rejects the pending
+    confirms but leaves those writes, and every publish queued behind the channel's lock, waiting for
+    ever, and with them the commands that wait for their confirms or their acks, and their rooms. So no
+    operation waits on a channel past its closing."""
+    if channel.is_closed:
+        if asyncio.iscoroutine(operation):
+            operation.close()  # never started
+        raise ChannelLost(f"{channel!r} closed")
+    task = asyncio.ensure_future(operation)
+    closing = channel.closing
+    try:
+        await asyncio.wait((task, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()  # only this observer of the channel's closing
+        if not task.done():
+            task.cancel()
+            # Not awaited (it may not end soon): whatever it ends with is read, so never reported.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    if not task.done():
+        raise ChannelLost(f"{channel!r} closed")
+    return task.result()
+
+
 async def publish_confirmed(
     channel: AbstractChannel,
     body: bytes,
@@ -118,13 +149,16 @@ async def publish_confirmed(
     ``PublishError`` for a returned mandatory message, ``DeliveryError`` for a nack."""
     # aiormq's abstract channel does not declare ``wait``; the channel it hands out does.
     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-    await underlay.basic_publish(
-        body,
-        exchange=exchange,
-        routing_key=routing_key,
-        properties=properties,
-        mandatory=mandatory,
-        wait=False,
+    await until_closed(
+        underlay,
+        underlay.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+            wait=False,
+        ),
     )
 
 
@@ -400,7 +434,7 @@ class AmqpTransport:
         if message is None:
             return False
         try:
-            await getattr(message, action)(**kwargs)
+            await until_closed(message.channel, getattr(message, action)(**kwargs))
         except (
             aio_pika.exceptions.ChannelInvalidStateError,
             aiormq.exceptions.AMQPError,
@@ -447,20 +481,23 @@ class AmqpTransport:
     async def _publish(self, channel: aiormq.Channel, event: OutgoingEvent) -> None:
         """One event, persistent and mandatory, confirmed; as ``publish_confirmed`` does it."""
         try:
-            await channel.basic_publish(
-                event.body,
-                exchange=self.topology.event_exchange,
-                routing_key=event.routing_key,
-                properties=spec.Basic.Properties(
-                    content_type="application/json",
-                    delivery_mode=PERSISTENT,
-                    correlation_id=event.correlation_id,
-                    message_type=event.type,
-                    # Returns are matched to their publish by message id, so every event needs its own.
-                    message_id=event.message_id,
+            await until_closed(
+                channel,
+                channel.basic_publish(
+                    event.body,
+                    exchange=self.topology.event_exchange,
+                    routing_key=event.routing_key,
+                    properties=spec.Basic.Properties(
+                        content_type="application/json",
+                        delivery_mode=PERSISTENT,
+                        correlation_id=event.correlation_id,
+                        message_type=event.type,
+                        # Returns are matched to their publish by message id: every event needs its own.
+                        message_id=event.message_id,
+                    ),
+                    mandatory=True,
+                    wait=False,
                 ),
-                mandatory=True,
-                wait=False,
             )
         except aiormq.exceptions.PublishError as error:  # a return (mandatory): before DeliveryError
             raise UnroutableEvent(event.routing_key) from error
@@ -475,6 +512,7 @@ class AmqpTransport:
         """Publish a copy with the reason (confirmed) to the dead-letter exchange; raises ``ChannelLost``
         while the connection is down."""
         assert self._dead_letter_exchange is not None
+        assert self._publish_channel is not None  # the dead-letter exchange's channel
         message = aio_pika.Message(
             body,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -482,6 +520,9 @@ class AmqpTransport:
             message_id=uuid.uuid4().hex,
         )
         try:
-            await self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
+            channel = await self._publish_channel.get_underlay_channel()
+            await until_closed(
+                channel, self._dead_letter_exchange.publish(message, routing_key, mandatory=False)
+            )
         except CONNECTION_ERRORS as error:
             raise ChannelLost(f"dead letter not published ({type(error).__name__})") from error
