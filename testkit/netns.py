@@ -56,6 +56,7 @@ from pathlib import Path
 from types import TracebackType
 
 from testkit.hosts import Host
+from testkit.processes import process_alive
 
 #: The private range the test networks take their /24s from.
 ADDRESS_RANGE = ipaddress.ip_network("10.213.0.0/16")
@@ -93,16 +94,6 @@ def _ip_json(*args: str) -> list[dict[str, object]]:
     output = _ip("-j", *args).stdout.strip()
     parsed: list[dict[str, object]] = json.loads(output) if output else []
     return parsed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _namespaces() -> list[str]:
@@ -143,12 +134,12 @@ def remove_stale() -> list[str]:
     removed = []
     for namespace in _namespaces():
         match = _NAMESPACE.match(namespace)
-        if match and not _alive(int(match["pid"])):
+        if match and not process_alive(int(match["pid"])):
             _kill_namespace_processes(namespace)
             _ip("netns", "del", namespace, check=False)
             removed.append(namespace)
     for name, pid, _ in _owned_links():
-        if not _alive(pid):
+        if not process_alive(pid):
             _ip("link", "del", name, check=False)
             removed.append(name)
     return removed

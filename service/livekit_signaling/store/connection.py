@@ -128,11 +128,11 @@ class RedisConnection:
         redis-py's Sentinel pool asks the Sentinels only when it opens a connection, and a connection
         to a master that was replaced but still runs (a manual fail-over, or a partition that cut it
         off from the Sentinels) stays open until Sentinel demotes it, some 10 s later (after a
-        partition, not before it heals); meanwhile writes land on the old master, which WAIT reveals
-        (it has no replicas left) but does not end. So ask the Sentinels now: if the master moved, the
-        pool closes its idle connections, and those in use as they come back (``_MasterPool``). A plain client
-        keeps its connections to a master that was demoted behind the same address (a managed Redis
-        that fails over by moving a DNS name): on READONLY, drop the idle ones."""
+        partition, once it heals); meanwhile writes land on the old master, which WAIT reveals (it has
+        no replicas left) but does not end. So ask the Sentinels now: if the master moved, the pool
+        closes its idle connections, and those in use as they come back (``_MasterPool``). A plain
+        client keeps its connections to a master that was demoted behind the same address (a managed
+        Redis that fails over by moving a DNS name): on READONLY, drop the idle ones."""
         pool = self.client.connection_pool
         if isinstance(pool, SentinelConnectionPool):
             with contextlib.suppress(RedisError, OSError):
