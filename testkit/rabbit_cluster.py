@@ -337,12 +337,13 @@ class RabbitCluster:
             return False
         return True
 
-    def wait_listening(self, letter: str) -> None:
+    def wait_listening(self, letter: str, *, timeout: float | None = None) -> None:
         """Until the node accepts AMQP connections (cheaper than ``wait_running``: no CLI call)."""
-        deadline = time.monotonic() + self.startup_timeout
+        timeout = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while not self.listening(letter):
             if time.monotonic() > deadline:
-                raise ClusterError(f"{self.nodes[letter].name} not listening after {self.startup_timeout}s")
+                raise ClusterError(f"{self.nodes[letter].name} not listening after {timeout}s")
             time.sleep(0.2)
 
     def is_running(self, letter: str) -> bool:

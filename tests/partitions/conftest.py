@@ -15,7 +15,7 @@ import pytest
 
 from testkit.netns import TestNetwork
 from testkit.processes import EmulatorProcess
-from testkit.rabbit_cluster import RabbitCluster
+from testkit.rabbit_cluster import ClusterError, RabbitCluster
 from tests.reliability.conftest import load_client, names, start_service
 
 __all__ = [
@@ -113,5 +113,19 @@ async def partition_handling(
     network.heal()
     # A node accepts connections again once its application runs (a paused one does not listen);
     # then each must be safe to lose, i.e. every quorum queue's members on the others are in step.
-    await asyncio.gather(*(asyncio.to_thread(cluster.wait_listening, letter) for letter in cluster.nodes))
+    await asyncio.gather(*(back_again(cluster, letter) for letter in cluster.nodes))
     await asyncio.gather(*(asyncio.to_thread(cluster.wait_quorum_safe, letter) for letter in cluster.nodes))
+
+
+#: A node paused by a partition starts again by itself within seconds of the heal; one still paused
+#: after this long is restarted, as an operator would.
+RESTART_AFTER_SECONDS = 60.0
+
+
+async def back_again(cluster: RabbitCluster, letter: str) -> None:
+    try:
+        await asyncio.to_thread(cluster.wait_listening, letter, timeout=RESTART_AFTER_SECONDS)
+    except ClusterError:
+        print(f"\nnode {letter} still paused {RESTART_AFTER_SECONDS:.0f}s after the heal: restarted")
+        await asyncio.to_thread(cluster.stop, letter)
+        await asyncio.to_thread(cluster.start, letter)

@@ -170,7 +170,9 @@ async def test_a_majorities_ring(stage: Stage, partition_handling: str) -> None:
     cluster, none from the same one. Jepsen drops one direction per grudge; on three nodes that breaks
     one direction of every link, so no connection between nodes survives: each node declares both
     peers down and pauses, no node accepts a connection, nothing is answered until the ring heals. Then
-    every node starts again, the service reconnects, and answers resume within the move."""
+    every node starts again (the fixture restarts one still paused a minute later, as an operator
+    would: once in two runs of the long schedule a node stayed paused), the service reconnects, and
+    answers resume within the move."""
     network, watch = stage.network, Watch(stage.cluster)
     order = random.sample(RABBIT_NODES, len(RABBIT_NODES))
     grudge: dict[str, set[str]] = {}
@@ -202,8 +204,9 @@ async def test_one_link_between_two_nodes_lost(stage: Stage, partition_handling:
     """(2b) The link between a and c lost, both ways, b still reaching both: a partial partition in
     which every node still sees a majority ({a, b}, {a, b, c}, {b, c}: the symmetric ring of three).
     RabbitMQ (``pause_minority``) pauses a node that learns of the partial partition "until the entire
-    cluster recovers"; the quorum queues keep a majority through b. Answers stop at most as long as when
-    the service's node pauses."""
+    cluster recovers". When only one end does (a or c), the quorum queues keep a majority and the
+    service moves; when both do, b is left alone, no queue has a majority, and nothing is answered until
+    the link is back. Answers resume within the move after the heal at the latest."""
     network, watch = stage.network, Watch(stage.cluster)
 
     async def cut_link() -> None:
@@ -217,7 +220,7 @@ async def test_one_link_between_two_nodes_lost(stage: Stage, partition_handling:
         duration=f"{SCHEDULE.partition:.0f} s",
         extra=watch.line,
     )
-    figures.assert_resumed(PAUSE_BOUND, PAUSE_BOUND + MOVE_SECONDS)
+    figures.assert_resumed(SCHEDULE.partition + MOVE_SECONDS, SCHEDULE.partition + 2 * MOVE_SECONDS)
 
 
 async def test_nemesis_random_halves(stage: Stage, partition_handling: str) -> None:
