@@ -22,6 +22,9 @@ class ConnectedParticipant:
     #: The adapter's own copy of the permission, so that an update can keep every field it does not
     #: mean to change (UpdateParticipant replaces the whole permission).
     permission: object
+    #: LiveKit's participant kind, lower case: ``standard`` for a client with an access token; ``egress``,
+    #: ``ingress``, ``sip``, ``agent`` for LiveKit's own workers.
+    kind: str = "standard"
 
 
 class LiveKit(Protocol):
@@ -69,17 +72,29 @@ class StateStore(Protocol):
         ``participants`` only those of their entries that exist (a cost that does not grow with the
         room)."""
 
-    async def save_entry(self, room: str, state: RoomState, participant: str) -> None:
+    async def save_entry(
+        self, room: str, state: RoomState, participant: str, *, partition: int | None = None
+    ) -> None:
         """Store ``participant``'s entry as it is in ``state.participants`` (absent: removed), if the
         stored version is still ``state.version``; bump the version. The rest of the room is untouched.
+
+        ``partition``: the partition queue the writing command arrived on. While the room has standing
+        decisions (``has_standing_decisions``), every write that names it keeps the room on that
+        partition's reconcile list, for as long as the room's state lives.
 
         Raises ``StaleState`` when another writer got there first.
         """
 
-    async def save_decisions(self, room: str, state: RoomState) -> None:
-        """Store ``state.decisions``, fenced and versioned like ``save_entry``; the roster is untouched."""
+    async def save_decisions(self, room: str, state: RoomState, *, partition: int | None = None) -> None:
+        """Store ``state.decisions``, fenced and versioned like ``save_entry``; the roster is untouched.
+        Decisions that no longer stand keep the room on the reconcile list for the store's lift grace
+        (a token minted before the lift can still connect until it expires)."""
 
-    async def delete(self, room: str) -> None: ...
+    async def delete(self, room: str, *, partition: int | None = None) -> None:
+        """Forget the room, and take it off ``partition``'s reconcile list."""
+
+    async def rooms_to_reconcile(self, partitions: Collection[int]) -> list[tuple[str, int]]:
+        """The rooms of these partitions that have something to enforce, with their partition."""
 
     async def is_processed(self, message_id: str) -> bool: ...
 
