@@ -71,6 +71,9 @@ class Emulator:
         )
         return list(data["identities"])
 
+    async def clear_calls(self) -> None:
+        await self._post("calls/clear", {})
+
     async def calls(self) -> list[str]:
         async with self._session.get(f"{self.url}/_emulator/calls") as response:
             data = await response.json()
