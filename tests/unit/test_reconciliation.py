@@ -18,6 +18,7 @@ from livekit_signaling.domain.reconciliation import (
     plan_repairs,
 )
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
+from livekit_signaling.pipeline.balancer import PartitionBalancer
 from livekit_signaling.pipeline.ordering import Job, KeyedSerializer
 from livekit_signaling.pipeline.ports import Delivery
 from livekit_signaling.pipeline.processor import CommandProcessor
@@ -327,3 +328,47 @@ async def test_a_moderator_decision_that_arrives_during_a_repair_is_the_one_that
         ("set_publish_sources", "late", "camera,microphone,screen_share,screen_share_audio"),
     ]
     assert livekit.connected["late"].publish_sources == ALL_SOURCES
+
+
+# -- which partitions a replica holds ----------------------------------------------------------------
+
+
+class Registry:
+    def __init__(self, replicas: list[str]) -> None:
+        self.replicas = replicas
+
+    async def heartbeat(self, replica: str) -> list[str]:
+        return self.replicas
+
+    async def leave(self, replica: str) -> None:
+        pass
+
+
+async def test_a_replica_holds_its_active_partitions_or_all_once_it_is_known_to_be_alone() -> None:
+    transport = FakeTransport(active_partitions={1})
+    registry = Registry(["me", "other"])
+
+    def balancer(registry: Registry | None) -> PartitionBalancer:
+        return PartitionBalancer(
+            transport=transport,
+            hand_over=lambda _partition: asyncio.sleep(0),
+            registry=registry,
+            replica="me",
+            partitions=4,
+            interval_seconds=0.05,
+            metrics=Metrics(),
+        )
+
+    # Without a registry (no Redis) there is only one replica.
+    assert list(balancer(None).held_partitions()) == [0, 1, 2, 3]
+    shared = balancer(registry)
+    await shared.step()
+    assert shared.held_partitions() == {1}
+    registry.replicas = ["me"]
+    await shared.step()
+    assert shared.held_partitions() == {1}  # the other may not have registered yet
+    await asyncio.sleep(0.1)  # a whole registration lifetime (two intervals) alone
+    await shared.step()
+    assert list(shared.held_partitions()) == [0, 1, 2, 3]
+    transport.is_connected = False
+    assert list(shared.held_partitions()) == []
