@@ -16,7 +16,9 @@ from tests.support.processes import DevProcess, Names
 @pytest.fixture(scope="module")
 def dev() -> Iterator[DevProcess]:
     names = Names()
-    process = DevProcess(names).start()
+    process = DevProcess(names)
+    process.env["RECONCILE_INTERVAL_SECONDS"] = "1"  # repairs the page shows come quickly
+    process.start()
     yield process
     process.stop()
     asyncio.run(delete_topology(names, 1))
