@@ -121,7 +121,9 @@ class _CompactViews:
         self._by_permission: dict[bytes, tuple[bytes, frozenset[str]]] = {}
 
     def view(self, info: ParticipantInfo) -> ConnectedParticipant:
-        encoded = info.permission.SerializeToString(deterministic=True)
+        # ParticipantPermission has no map fields, so its encoding is the same every time without the
+        # (five times dearer) deterministic mode.
+        encoded = info.permission.SerializeToString()
         shared = self._by_permission.get(encoded)
         if shared is None:
             shared = self._by_permission[encoded] = (encoded, publish_sources_of(info.permission))
