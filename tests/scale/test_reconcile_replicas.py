@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import redis
 
-from tests.support.amqp import SignalingClient, delete_topology
+from tests.support.amqp import SignalingClient
 from tests.support.emulator import Emulator, allowed_sources
 from tests.support.processes import REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
@@ -30,18 +29,6 @@ REPLICA_ENV = {
 
 
 @pytest.fixture
-def names() -> Iterator[Names]:
-    names = Names()
-    yield names
-    asyncio.run(delete_topology(names, PARTITIONS))
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{names.redis_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
 def replicas(names: Names, emulator_process: EmulatorProcess) -> Iterator[list[ServiceProcess]]:
     started = [
         ServiceProcess(
@@ -52,12 +39,6 @@ def replicas(names: Names, emulator_process: EmulatorProcess) -> Iterator[list[S
     yield started
     for replica in started:
         replica.stop()
-
-
-@pytest.fixture
-async def client(names: Names, replicas: list[ServiceProcess]) -> AsyncIterator[SignalingClient]:
-    async with SignalingClient(names) as signaling:
-        yield signaling
 
 
 async def balance(client: SignalingClient, replicas: list[ServiceProcess], rooms: list[str]) -> None:

@@ -9,12 +9,12 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit.api import TokenVerifier
 
-from tests.support.amqp import SignalingClient, delete_topology
+from tests.support.amqp import SignalingClient
 from tests.support.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -36,20 +36,6 @@ def emulator_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def names() -> Iterator[Names]:
-    names = Names()
-    yield names
-    asyncio.run(delete_topology(names, PARTITIONS))
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{names.redis_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
 def replicas(names: Names, emulator_url: str) -> Iterator[list[ServiceProcess]]:
     started = [
         ServiceProcess(
@@ -60,12 +46,6 @@ def replicas(names: Names, emulator_url: str) -> Iterator[list[ServiceProcess]]:
     yield started
     for replica in started:
         replica.stop()
-
-
-@pytest.fixture
-async def client(names: Names, replicas: list[ServiceProcess]) -> AsyncIterator[SignalingClient]:
-    async with SignalingClient(names) as signaling:
-        yield signaling
 
 
 def handled(replica: ServiceProcess) -> float:

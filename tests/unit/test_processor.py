@@ -18,6 +18,7 @@ from aiormq.exceptions import DeliveryError
 
 from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.domain.ports import LiveKit
 from livekit_signaling.pipeline.ports import (
     ChannelLost,
     CommandTransport,
@@ -132,8 +133,13 @@ def transport() -> FakeTransport:
 
 @pytest.fixture
 def processor(transport: FakeTransport, store: MemoryStateStore) -> CommandProcessor:
+    return processor_of(FakeLiveKit(), store, transport)
+
+
+def processor_of(livekit: LiveKit, store: MemoryStateStore, transport: FakeTransport) -> CommandProcessor:
+    """A processor with the real handler on ``livekit`` and ``store``, publishing on ``transport``."""
     handler = CommandHandler(
-        livekit=FakeLiveKit(),
+        livekit=livekit,
         tokens=FakeTokens(),
         store=store,
         policy=PublishPolicy(),

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
 
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import ALL_SOURCES, PublishPolicy
 from livekit_signaling.domain.ports import ConnectedParticipant
 from livekit_signaling.domain.reconciliation import (
@@ -21,14 +20,13 @@ from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.pipeline.balancer import PartitionBalancer
 from livekit_signaling.pipeline.ordering import Job, KeyedSerializer
 from livekit_signaling.pipeline.ports import Delivery
-from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.reconcile.recent import RecentRepairs
 from livekit_signaling.reconcile.reconciler import Checker, Reconciler
 from livekit_signaling.reconcile.room_check import RoomCheck, RoomChecker
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.unit.test_handler import FakeLiveKit, FakeTokens
-from tests.unit.test_processor import FakeTransport
+from tests.unit.test_handler import FakeLiveKit
+from tests.unit.test_processor import FakeTransport, processor_of
 
 USER = RosterEntry(role="user", kind="user")
 MODERATOR = RosterEntry(role="moderator", kind="user")
@@ -261,22 +259,7 @@ async def test_a_moderator_decision_that_arrives_during_a_repair_is_the_one_that
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
     livekit = HeldUpdates()
     transport = FakeTransport()
-    processor = CommandProcessor(
-        handler=CommandHandler(
-            livekit=livekit,
-            tokens=FakeTokens(),
-            store=store,
-            policy=PublishPolicy(),
-            urls=ConnectionUrls(public_url="wss://public"),
-        ),
-        store=store,
-        transport=transport,
-        metrics=Metrics(),
-        command_deadline_seconds=2,
-        max_body_bytes=65536,
-        delivery_limit=5,
-        transient_retry_seconds=1,
-    )
+    processor = processor_of(livekit, store, transport)
     state = await store.load("room-1")
     state.participants = {"mod": MODERATOR, "late": USER}
     await store.save_entry("room-1", state, "mod")
