@@ -80,7 +80,10 @@ class Reconciler:
     async def run(self) -> None:
         while True:
             started = time.monotonic()
-            await self.run_pass()
+            try:
+                await self.run_pass()
+            except Exception:  # a bug: the next pass must still come
+                log.exception("reconcile pass failed")
             await asyncio.sleep(max(0.0, started + self._interval - time.monotonic()))
 
     async def run_pass(self) -> Counter[CheckOutcome]:
