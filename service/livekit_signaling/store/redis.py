@@ -30,8 +30,9 @@ _STAMP_FIELD = ".w"
 # replication guard (when replicas are required), the idle expiry of the whole room, and the index of
 # restricted rooms (a sorted set scored by expiry, so that expired rooms drop out of counts: set or
 # removed with the decisions, and otherwise only kept in step with the key's expiry), and, when the
-# write names its partition (KEYS[3]: that partition's reconcile list), the room on that list: until the
-# room expires while its decisions stand, until the lift grace (ARGV[10]) once they were lifted. Returns
+# write names its partition and the room has something to enforce (KEYS[3]: that partition's reconcile
+# list), the room on that list: until the room expires while its decisions stand (ARGV[9] 'standing'),
+# until the lift grace (ARGV[10]) once they were lifted. Returns
 # the new version, or 0 when fenced. Nothing in it reads or writes more than one entry.
 _WRITE_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], '.v')
@@ -58,7 +59,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 if KEYS[3] then
   if ARGV[9] == 'standing' then
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-  elseif ARGV[9] == 'lifted' then
+  else
     redis.call('ZADD', KEYS[3], ARGV[10], ARGV[4])
   end
   redis.call('EXPIRE', KEYS[3], ARGV[2])
@@ -217,7 +218,7 @@ class RedisStateStore:
             now + self._lift_grace,
         ]
         keys = [self._room_key(room), self._restricted_key]
-        if partition is not None:
+        if partition is not None and reconcile:
             keys.append(self._reconcile_key(partition))
         # EVAL rather than EVALSHA: a master promoted by a fail-over has no scripts loaded, and Redis
         # caches the compiled script by its hash anyway.
