@@ -43,7 +43,7 @@ from livekit_signaling.livekit.adapter import LiveKitAdapter
 from livekit_signaling.reconcile.room_check import RoomChecker
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.support.processes import API_KEY, API_SECRET, EmulatorProcess
+from testkit.processes import API_KEY, API_SECRET, EmulatorProcess
 
 PARTITIONS = 4
 RESTRICTED_SOURCES = ["camera", "screen_share", "screen_share_audio"]

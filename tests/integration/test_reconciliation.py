@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
 
 INTERVAL = 0.5
 #: A difference is repaired within two intervals; the margin is for the check itself on a busy machine.

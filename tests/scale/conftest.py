@@ -1,6 +1,6 @@
-"""Fixtures of the scale tests: each test's own uuid-named topology and Redis keys (removed after it,
-for as many partitions as the test module's ``PARTITIONS``), and a broker client on them once the
-module's ``replicas`` run."""
+"""The scale tests' own fixtures: each test gets its own uuid-named topology and Redis keys (the
+replicas share their state in Redis), removed after it for as many partitions as the test module's
+``PARTITIONS``, and a broker client on them once the module's ``replicas`` run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.processes import REDIS_URL, Names, ServiceProcess
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.cleanup import delete_redis_keys
+from testkit.processes import Names, ServiceProcess
 
 
 @pytest.fixture
@@ -19,11 +19,7 @@ def names(request: pytest.FixtureRequest) -> Iterator[Names]:
     names = Names()
     yield names
     asyncio.run(delete_topology(names, request.module.PARTITIONS))
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{names.redis_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_redis_keys(names.redis_prefix)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.amqp import SignalingClient
-from tests.support.emulator import Emulator, allowed_sources
-from tests.support.processes import REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import SignalingClient
+from testkit.emulator import Emulator, allowed_sources
+from testkit.processes import REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from livekit.api import TokenVerifier
 
-from tests.support.amqp import SignalingClient
-from tests.support.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import SignalingClient
+from testkit.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +28,13 @@ REPLICA_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def emulator_url() -> Iterator[str]:
-    process = EmulatorProcess()
-    yield process.url
-    process.stop()
+def replica_process(names: Names, emulator_process: EmulatorProcess, name: str) -> ServiceProcess:
+    return ServiceProcess(names, emulator_process.url, partitions=PARTITIONS, env=REPLICA_ENV, name=name)
 
 
 @pytest.fixture
-def replicas(names: Names, emulator_url: str) -> Iterator[list[ServiceProcess]]:
-    started = [
-        ServiceProcess(
-            names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV, name=f"replica{n}"
-        ).start()
-        for n in range(3)
-    ]
+def replicas(names: Names, emulator_process: EmulatorProcess) -> Iterator[list[ServiceProcess]]:
+    started = [replica_process(names, emulator_process, f"replica{n}").start() for n in range(3)]
     yield started
     for replica in started:
         replica.stop()
@@ -152,9 +144,11 @@ async def test_killed_replica_is_taken_over_without_loss(
     assert failover < 5
 
 
-async def test_restarted_replica_keeps_restrictions_from_redis(names: Names, emulator_url: str) -> None:
+async def test_restarted_replica_keeps_restrictions_from_redis(
+    names: Names, emulator_process: EmulatorProcess
+) -> None:
     room, moderator, late = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    first = ServiceProcess(names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV).start()
+    first = replica_process(names, emulator_process, "first").start()
     try:
         async with SignalingClient(names) as client:
             await client.reply(room, moderator, {"action": "join"}, role="moderator")
@@ -166,7 +160,7 @@ async def test_restarted_replica_keeps_restrictions_from_redis(names: Names, emu
             )
     finally:
         first.stop()
-    second = ServiceProcess(names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV).start()
+    second = replica_process(names, emulator_process, "second").start()
     try:
         async with SignalingClient(names) as client:
             event = await client.reply(room, late, {"action": "join"})

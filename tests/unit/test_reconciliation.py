@@ -25,7 +25,7 @@ from livekit_signaling.reconcile.reconciler import Checker, Reconciler
 from livekit_signaling.reconcile.room_check import RoomCheck, RoomChecker
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.unit.test_handler import FakeLiveKit
+from tests.unit.fakes import FakeLiveKit
 from tests.unit.test_processor import FakeTransport, processor_of
 
 USER = RosterEntry(role="user", kind="user")
@@ -259,7 +259,7 @@ async def test_a_moderator_decision_that_arrives_during_a_repair_is_the_one_that
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
     livekit = HeldUpdates()
     transport = FakeTransport()
-    processor = processor_of(livekit, store, transport)
+    processor = processor_of(store, transport, livekit=livekit)
     state = await store.load("room-1")
     state.participants = {"mod": MODERATOR, "late": USER}
     await store.save_entry("room-1", state, "mod")
