@@ -98,22 +98,28 @@ async def holds_within_two_intervals(emulator: Emulator, room: str, expected: di
     await within(REPAIRED_WITHIN, held)
 
 
-async def test_a_late_connect_with_a_token_from_before_the_restriction_is_repaired(
-    signaling: SignalingClient, without_webhooks: Emulator, room: str, reconciling: ServiceProcess
-) -> None:
-    emulator = without_webhooks
+async def three_joined(signaling: SignalingClient, room: str) -> tuple[str, str, str, dict[str, str]]:
+    """A moderator, a participant who will stay unrestricted and one who will not, joined now (before
+    any restriction), with the tokens they were given."""
     moderator, speaker, late = (str(uuid.uuid4()) for _ in range(3))
     tokens = {
         moderator: await join(signaling, room, moderator, role="moderator"),
         speaker: await join(signaling, room, speaker),
         late: await join(signaling, room, late),
     }
-    await decide(
-        signaling,
-        room,
-        moderator,
-        {"action": "enable_microphone_restrictions", "unrestricted_participants": [speaker]},
-    )
+    return moderator, speaker, late, tokens
+
+
+def only_speaking(speaker: str) -> dict[str, object]:
+    return {"action": "enable_microphone_restrictions", "unrestricted_participants": [speaker]}
+
+
+async def test_a_late_connect_with_a_token_from_before_the_restriction_is_repaired(
+    signaling: SignalingClient, without_webhooks: Emulator, room: str, reconciling: ServiceProcess
+) -> None:
+    emulator = without_webhooks
+    moderator, speaker, late, tokens = await three_joined(signaling, room)
+    await decide(signaling, room, moderator, only_speaking(speaker))
     # Everybody connects only now, with a token minted while everybody could speak.
     for identity, token in tokens.items():
         await emulator.connect(token)
@@ -137,20 +143,10 @@ async def test_livekit_forgets_the_room_and_the_clients_reconnect_with_their_tok
     signaling: SignalingClient, without_webhooks: Emulator, room: str
 ) -> None:
     emulator = without_webhooks
-    moderator, speaker, late = (str(uuid.uuid4()) for _ in range(3))
-    tokens = {
-        moderator: await join(signaling, room, moderator, role="moderator"),
-        speaker: await join(signaling, room, speaker),
-        late: await join(signaling, room, late),
-    }
+    moderator, speaker, late, tokens = await three_joined(signaling, room)
     for token in tokens.values():
         await emulator.connect(token)
-    await decide(
-        signaling,
-        room,
-        moderator,
-        {"action": "enable_microphone_restrictions", "unrestricted_participants": [speaker]},
-    )
+    await decide(signaling, room, moderator, only_speaking(speaker))
     expected = {moderator: EVERYTHING, speaker: {"camera", "microphone"}, late: {"camera"}}
     assert await sources(emulator, room) == expected  # the command itself updated LiveKit
 
