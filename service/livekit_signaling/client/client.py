@@ -1,0 +1,592 @@
+"""``SignalingClient``: the service's contract as typed async calls, for a controller written in Python.
+
+A call publishes one command (persistent, ``mandatory``, confirmed by the broker) and waits for the
+events that answer it, correlated by ``message_id`` and decoded by the contract's codec into the types of
+``livekit_signaling.schemas.events``. Events published while the client is between two connections are
+not seen by it (see ``CommandTimeout`` for what a retry does then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import msgspec
+
+from livekit_signaling.client.answers import Answers, AnswerWatch, ReceivedEvent, Sent
+from livekit_signaling.client.errors import CommandError, CommandTimeout
+from livekit_signaling.schemas import codec
+from livekit_signaling.schemas.commands import (
+    Close,
+    Command,
+    CreateNewAccessToken,
+    DisableMicrophoneRestrictions,
+    EnableMicrophoneRestrictions,
+    ForceMute,
+    GrantScreenSharePermission,
+    Join,
+    Kind,
+    Leave,
+    RequestPopoutStreamAccessToken,
+    RevokeScreenSharePermission,
+    Role,
+)
+from livekit_signaling.schemas.events import (
+    CredentialsEvent,
+    JoinSuccess,
+    MicrophoneRestrictionsDisabled,
+    MicrophoneRestrictionsEnabled,
+    PopoutStreamAccessToken,
+    ScreenSharePermissionsUpdated,
+)
+from livekit_signaling.schemas.routing import (
+    EVERY_EVENT,
+    command_routing_key,
+    participant_routing_key,
+    room_events_binding,
+)
+from livekit_signaling.transport.brokers import split_broker_urls
+from livekit_signaling.transport.controller import ControllerLink, IncomingEvent
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+#: How long a call waits for its answer by default: longer than the service's own bound on a command
+#: (``COMMAND_DEADLINE_SECONDS``, 8 s by default), after which it answers ``livekit_unavailable``.
+DEFAULT_TIMEOUT_SECONDS = 10.0
+#: Event ids remembered to drop the copies of a command the service ran twice (they keep their ids).
+RECENT_EVENT_IDS = 10_000
+#: Events an ``EventStream`` holds for a reader that is behind, before it gives up.
+STREAM_BUFFER = 10_000
+
+
+class UndecodableEvent(msgspec.Struct, frozen=True):
+    """A message on the event exchange that is not one of the contract's events (``error`` says why)."""
+
+    routing_key: str
+    correlation_id: str | None
+    body: bytes
+    error: str
+
+
+class EventStreamOverflow(Exception):
+    """The stream's reader fell ``STREAM_BUFFER`` events behind; the events after those were dropped."""
+
+
+class EventStream:
+    """Events of every room, of one room, or of one participant in a room, as they arrive::
+
+        async with client.events(room) as events:
+            async for received in events:  # ReceivedEvent
+                ...
+
+    Entering waits until the client's queue is bound for them; leaving lets the binding go. Copies of
+    an event (same ``message_id``) are dropped.
+    """
+
+    def __init__(
+        self, client: SignalingClient, room: str | None, participant: str | None, buffer: int
+    ) -> None:
+        if participant is not None and room is None:
+            raise ValueError("a participant's events need its room")
+        self._client = client
+        self._room = room
+        self._participant = participant
+        self._limit = buffer
+        self._buffer: collections.deque[ReceivedEvent] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._overflowed = False
+        self._ended = False
+        self._exit = contextlib.AsyncExitStack()
+
+    @property
+    def routing_key(self) -> str:
+        """The binding it holds."""
+        if self._room is None:
+            return EVERY_EVENT
+        if self._participant is None:
+            return room_events_binding(self._room)
+        return participant_routing_key(self._room, self._participant)
+
+    async def __aenter__(self) -> EventStream:
+        deadline = asyncio.get_running_loop().time() + self._client.timeout
+        try:
+            await self._exit.enter_async_context(
+                self._client.link.binding(self.routing_key, deadline=deadline)
+            )
+        except TimeoutError:
+            await self._exit.aclose()
+            raise
+        self._exit.callback(self._client._streams.discard, self)
+        self._client._streams.add(self)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._end()
+        await self._exit.aclose()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ReceivedEvent:
+        while not self._buffer:
+            if self._overflowed:
+                raise EventStreamOverflow(f"a reader of {self.routing_key} fell {self._limit} events behind")
+            if self._ended:
+                raise StopAsyncIteration
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._buffer.popleft()
+
+    def _offer(self, received: ReceivedEvent) -> None:
+        if self._overflowed or self._ended:
+            return
+        if self._room is not None and received.room != self._room:
+            return
+        if self._participant is not None and received.participant != self._participant:
+            return
+        if len(self._buffer) >= self._limit:
+            self._overflowed = True
+        else:
+            self._buffer.append(received)
+        self._arrived.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._arrived.set()
+
+
+class _Call:
+    """A call waiting for the events of its command."""
+
+    __slots__ = ("answered", "events", "watch")
+
+    def __init__(self, watch: AnswerWatch) -> None:
+        self.watch = watch
+        self.events: list[ReceivedEvent] = []
+        self.answered = asyncio.Event()
+
+    def add(self, received: ReceivedEvent) -> None:
+        self.events.append(received)
+        if self.watch.add(received.event):
+            self.answered.set()
+
+
+class SignalingClient:
+    """A controller's client of the service: one method per command, and the events as typed streams.
+
+    ``amqp_url`` is one URL or several (the nodes of one cluster, as a list or comma-separated, as the
+    service's ``AMQP_URL``); the client connects to the first that answers and, when that connection is
+    lost, to the next, again and again until closed. Its user needs no more than a controller's
+    permissions (``deploy/rabbitmq/definitions.json``): the service's exchanges must exist (the service
+    declares them), and the client's only queue is an exclusive, server-named one. ``timeout`` is each
+    call's default.
+
+    Every call takes ``message_id`` (a new uuid if not given): sending a command again with the id of an
+    earlier try is safe within the service's ``DEDUP_WINDOW_SECONDS`` (600 s by default), which runs a
+    command at most once per id; see ``CommandTimeout``.
+    """
+
+    def __init__(
+        self,
+        amqp_url: str | Sequence[str],
+        *,
+        command_exchange: str = "livekit.commands",
+        event_exchange: str = "livekit.events",
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        connection_name: str = "livekit-signaling-client",
+        connect_timeout: float = 5.0,
+        reconnect_interval: float = 1.0,
+        on_undecodable: Callable[[UndecodableEvent], None] | None = None,
+    ) -> None:
+        urls = split_broker_urls(amqp_url) if isinstance(amqp_url, str) else tuple(amqp_url)
+        self.timeout = timeout
+        self.link = ControllerLink(
+            urls,
+            command_exchange=command_exchange,
+            event_exchange=event_exchange,
+            on_event=self._on_event,
+            connection_name=connection_name,
+            connect_timeout=connect_timeout,
+            reconnect_interval=reconnect_interval,
+        )
+        self._on_undecodable = on_undecodable or _log_undecodable
+        self._calls: dict[str, list[_Call]] = {}
+        self._streams: set[EventStream] = set()
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    # -- lifecycle and state --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect; raises ``BrokerUnavailable`` when no node answers and ``ExchangeNotFound`` without
+        the service's exchanges."""
+        await self.link.start()
+
+    async def close(self) -> None:
+        """Disconnect; streams end after the events they hold, calls still waiting fail."""
+        for stream in list(self._streams):
+            stream._end()
+        await self.link.close()
+
+    async def __aenter__(self) -> SignalingClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        return self.link.is_connected
+
+    @property
+    def node(self) -> str | None:
+        """``host:port/vhost`` of the RabbitMQ node connected to."""
+        return self.link.node
+
+    @property
+    def waiting(self) -> int:
+        """How many calls are waiting for answers."""
+        return sum(len(calls) for calls in self._calls.values())
+
+    # -- commands, generic ----------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        room: str,
+        participant: str,
+        command: Command,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - for the confirm, a broker I/O bound
+    ) -> Sent:
+        """Publish ``command`` from ``participant`` and return once the broker confirmed it, without
+        waiting for answers. ``ValueError`` (``codec.MalformedEnvelope``/``InvalidPayload``) for what the
+        service would refuse; ``CommandUnroutable`` when no queue takes it; ``CommandTimeout``."""
+        body = codec.encode_command(room, participant, command, role=role, kind=kind)
+        return await self.publish_raw(room, body, message_id=message_id, timeout=timeout)
+
+    async def publish_raw(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - for the confirm, a broker I/O bound
+    ) -> Sent:
+        """Publish ``body`` as it is to ``room``'s routing key: for tools that send what the service
+        must refuse (tests, the dev console's form). Everything else uses ``publish``."""
+        message_id = message_id or uuid.uuid4().hex
+        try:
+            await self.link.publish(
+                command_routing_key(room), body, message_id=message_id, deadline=self._deadline(timeout)
+            )
+        except TimeoutError as error:
+            raise CommandTimeout(message_id, confirmed=False) from error
+        return Sent(message_id=message_id, room=room)
+
+    async def request(
+        self,
+        room: str,
+        participant: str,
+        command: Command,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the wait for answers
+    ) -> Answers:
+        """Publish ``command`` and collect the events that answer it until the command's rule is met
+        (``livekit_signaling.client.answers``) or ``timeout`` ends the wait: then ``complete`` is False
+        (for ``leave`` and ``close_room``, with no error, always). Raises as ``publish`` does."""
+        body = codec.encode_command(room, participant, command, role=role, kind=kind)
+        message_id = message_id or uuid.uuid4().hex
+        deadline = self._deadline(timeout)
+        call = _Call(AnswerWatch(command, participant))
+        # Waiting before publishing: an answer can arrive before the confirm does.
+        self._calls.setdefault(message_id, []).append(call)
+        try:
+            try:
+                async with self.link.binding(room_events_binding(room), deadline=deadline):
+                    await self.link.publish(
+                        command_routing_key(room), body, message_id=message_id, deadline=deadline
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(deadline):
+                            await call.answered.wait()
+            except TimeoutError as error:  # no connection, binding or confirm in time
+                raise CommandTimeout(message_id, confirmed=False) from error
+        finally:
+            self._forget(message_id, call)
+        return Answers(
+            message_id=message_id, sender=participant, events=tuple(call.events), complete=call.watch.complete
+        )
+
+    async def _ask(
+        self,
+        expected: type[E],
+        room: str,
+        participant: str,
+        command: Command,
+        *,
+        role: Role,
+        kind: Kind,
+        message_id: str | None,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> E:
+        """``request``, then the sender's answer of type ``expected``; ``CommandError`` for an error,
+        ``CommandTimeout`` without a complete answer."""
+        answers = await self.request(
+            room, participant, command, role=role, kind=kind, message_id=message_id, timeout=timeout
+        )
+        if not answers.complete:
+            raise CommandTimeout(answers.message_id, confirmed=True, answers=answers)
+        error = answers.error
+        if error is not None:
+            raise CommandError(error, answers)
+        return next(payload for payload in answers.to(participant) if isinstance(payload, expected))
+
+    def _deadline(self, timeout: float | None) -> float:
+        return asyncio.get_running_loop().time() + (self.timeout if timeout is None else timeout)
+
+    def _forget(self, message_id: str, call: _Call) -> None:
+        calls = self._calls.get(message_id, [])
+        if call in calls:
+            calls.remove(call)
+        if not calls:
+            self._calls.pop(message_id, None)
+
+    # -- commands, one method each --------------------------------------------------------------------
+
+    async def join(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> JoinSuccess:
+        """``participant`` joined ``room`` (``role`` and ``kind`` as the controller knows them): its
+        LiveKit credentials and the room's microphone restrictions."""
+        return await self._ask(
+            JoinSuccess,
+            room,
+            participant,
+            Join(),
+            role=role,
+            kind=kind,
+            message_id=message_id,
+            timeout=timeout,
+        )
+
+    async def create_new_access_token(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> CredentialsEvent:
+        """Fresh LiveKit credentials for ``participant``."""
+        command = CreateNewAccessToken()
+        return await self._ask(
+            CredentialsEvent, room, participant, command, role=role, kind=kind, message_id=message_id,
+            timeout=timeout,
+        )  # fmt: skip
+
+    async def request_popout_stream_access_token(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> PopoutStreamAccessToken:
+        """A hidden, subscribe-only token for a popout stream of ``participant``."""
+        command = RequestPopoutStreamAccessToken()
+        return await self._ask(
+            PopoutStreamAccessToken, room, participant, command, role=role, kind=kind,
+            message_id=message_id, timeout=timeout,
+        )  # fmt: skip
+
+    async def grant_screen_share_permission(
+        self,
+        room: str,
+        moderator: str,
+        participants: Sequence[str],
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ScreenSharePermissionsUpdated:
+        """Let ``participants`` share their screen. ``CommandError`` ``unknown_participants`` names those
+        not in the room (its ``answers`` hold the update for the others)."""
+        command = GrantScreenSharePermission(participants=list(participants))
+        return await self._ask(
+            ScreenSharePermissionsUpdated, room, moderator, command, role=role, kind=kind,
+            message_id=message_id, timeout=timeout,
+        )  # fmt: skip
+
+    async def revoke_screen_share_permission(
+        self,
+        room: str,
+        moderator: str,
+        participants: Sequence[str],
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ScreenSharePermissionsUpdated:
+        """Stop ``participants`` sharing their screen; errors as for the grant."""
+        command = RevokeScreenSharePermission(participants=list(participants))
+        return await self._ask(
+            ScreenSharePermissionsUpdated, room, moderator, command, role=role, kind=kind,
+            message_id=message_id, timeout=timeout,
+        )  # fmt: skip
+
+    async def enable_microphone_restrictions(
+        self,
+        room: str,
+        moderator: str,
+        unrestricted_participants: Sequence[str] = (),
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> MicrophoneRestrictionsEnabled:
+        """Only moderators and ``unrestricted_participants`` may use a microphone. The service tells
+        everyone it knows in the room; this returns the moderator's copy, so the moderator must have
+        joined (else ``CommandTimeout``: use ``publish`` to send it without waiting)."""
+        command = EnableMicrophoneRestrictions(unrestricted_participants=list(unrestricted_participants))
+        return await self._ask(
+            MicrophoneRestrictionsEnabled, room, moderator, command, role=role, kind=kind,
+            message_id=message_id, timeout=timeout,
+        )  # fmt: skip
+
+    async def disable_microphone_restrictions(
+        self,
+        room: str,
+        moderator: str,
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> MicrophoneRestrictionsDisabled:
+        """Everybody may use a microphone again; answered as ``enable_microphone_restrictions``."""
+        command = DisableMicrophoneRestrictions()
+        return await self._ask(
+            MicrophoneRestrictionsDisabled, room, moderator, command, role=role, kind=kind,
+            message_id=message_id, timeout=timeout,
+        )  # fmt: skip
+
+    async def force_mute(
+        self,
+        room: str,
+        moderator: str,
+        participants: Sequence[str],
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Sent:
+        """Mute ``participants``' microphones. The service answers the muted participants
+        (``force_muted``) and, on a failure or for unknown targets, the moderator (``error``); on success
+        it may answer nobody (no microphone was open), so this returns the broker's confirm only: the
+        answers reach ``events`` streams, or wait for them with ``request``."""
+        command = ForceMute(participants=list(participants))
+        return await self.publish(
+            room, moderator, command, role=role, kind=kind, message_id=message_id, timeout=timeout
+        )
+
+    async def leave(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role = "user",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Sent:
+        """``participant`` left: its LiveKit identities are removed. Answered with nothing but a possible
+        ``error``, so this returns the broker's confirm only."""
+        return await self.publish(
+            room, participant, Leave(), role=role, kind=kind, message_id=message_id, timeout=timeout
+        )
+
+    async def close_room(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role = "moderator",
+        kind: Kind = "user",
+        message_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Sent:
+        """The room is over: the LiveKit room and all state of the room go. Returns the broker's
+        confirm only, as ``leave``."""
+        return await self.publish(
+            room, participant, Close(), role=role, kind=kind, message_id=message_id, timeout=timeout
+        )
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def events(
+        self, room: str | None = None, participant: str | None = None, *, buffer: int = STREAM_BUFFER
+    ) -> EventStream:
+        """Every event (no ``room``), a room's, or one participant's, as an ``EventStream``."""
+        return EventStream(self, room, participant, buffer)
+
+    def _on_event(self, incoming: IncomingEvent) -> None:
+        if incoming.message_id is not None:
+            if incoming.message_id in self._recent:
+                return
+            self._recent[incoming.message_id] = None
+            if len(self._recent) > RECENT_EVENT_IDS:
+                self._recent.popitem(last=False)
+        try:
+            event = codec.decode_event(incoming.body)
+        except codec.MalformedEvent as error:
+            self._on_undecodable(
+                UndecodableEvent(incoming.routing_key, incoming.correlation_id, incoming.body, str(error))
+            )
+            return
+        received = ReceivedEvent(
+            routing_key=incoming.routing_key,
+            correlation_id=incoming.correlation_id,
+            message_id=incoming.message_id,
+            event=event,
+        )
+        if received.correlation_id is not None:
+            for call in self._calls.get(received.correlation_id, ()):
+                call.add(received)
+        for stream in self._streams:
+            stream._offer(received)
+
+
+def _log_undecodable(event: UndecodableEvent) -> None:
+    # The error names the field and what was wrong, never the body (it may hold a token).
+    log.warning("a message on the event exchange (%s) is not an event: %s", event.routing_key, event.error)
