@@ -17,10 +17,12 @@ from livekit_signaling.client import (
     CommandError,
     CommandTimeout,
     CommandUnroutable,
+    EventStreamOverflow,
     ExchangeNotFound,
     ReceivedEvent,
     SignalingClient,
 )
+from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import ForceMute
 from livekit_signaling.schemas.events import (
     ErrorEvent,
@@ -299,3 +301,35 @@ async def test_a_lost_connection_is_reopened_and_the_stream_goes_on(
             seen = await drain(events)
     assert joined.credentials.room == room
     assert [e.payload for e in seen][-1] == joined
+
+
+async def test_a_stream_drops_copies_and_says_when_its_reader_fell_behind(
+    controller: SignalingClient, names: Names, room: str
+) -> None:
+    alice, bob = pid(), pid()
+    async with controller.events(room, buffer=3) as events:
+        joined = await controller.join(room, alice)
+        [received] = await drain(events, quiet=0.2)
+        # A copy of that event (same message_id), as a command run twice publishes it: dropped.
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(names.event_exchange)
+            copy = aio_pika.Message(
+                codec.encode_event(received.event),
+                message_id=received.message_id,
+                correlation_id=received.correlation_id,
+            )
+            await exchange.publish(copy, received.routing_key)
+        await controller.join(room, bob)
+        [after] = await drain(events, quiet=0.2)
+        assert (received.payload, after.participant) == (joined, bob)
+
+        # Four events to a reader that takes none: three are kept, then the stream says so.
+        for _ in range(2):
+            await controller.join(room, alice)
+            await controller.join(room, bob)
+        kept = [await anext(events) for _ in range(3)]
+        with pytest.raises(EventStreamOverflow, match="fell 3 events behind"):
+            await anext(events)
+    assert [e.participant for e in kept] == [alice, bob, alice]
