@@ -53,6 +53,8 @@ _REFUSALS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelAccessRefused,
     aiormq.exceptions.ChannelPreconditionFailed,
 )
+#: The first pause before publishing a command the broker refused again (doubling up to a second).
+REJECTED_RETRY_SECONDS = 0.1
 #: A connection or channel gone, or a broker that does not answer.
 _LOST: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
 
@@ -98,7 +100,7 @@ class CommandUnroutable(LinkError):
 
 
 class CommandRejected(LinkError):
-    """The broker refused to take a command (a negative confirm: a queue over its length limit)."""
+    """The broker kept refusing to take a command until the deadline (negative confirms)."""
 
 
 def connection_user(url: str) -> str | None:
@@ -119,8 +121,10 @@ class _Session:
     """One connection and what hangs on it: a confirming channel for commands, and a channel that
     consumes the event queue. The first of them to close ends the session."""
 
-    def __init__(self, connection: AbstractConnection, url: str) -> None:
+    def __init__(self, connection: AbstractConnection, url: str, on_change: Callable[[], None]) -> None:
         self.connection = connection
+        #: Told when the publishing channel is back after a renewal.
+        self._on_change = on_change
         self.node = node_label(url)
         self.user_id = connection_user(url)
         self.bound: set[str] = set()
@@ -130,6 +134,7 @@ class _Session:
         self.publishing: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
         self.events: AbstractExchange | None = None
+        self._renewing = asyncio.Lock()
         connection.close_callbacks.add(self._closed)
 
     def _closed(self, _sender: object, error: BaseException | None = None) -> None:
@@ -157,10 +162,33 @@ class _Session:
         self.events = await _look_up(consuming, event_exchange, "event")
         self.queue = await consuming.declare_queue(exclusive=True, auto_delete=True)
         await self.queue.consume(deliver, no_ack=True)
+        await self._open_publishing()
+        assert self.publishing is not None
+        await _look_up(self.publishing, command_exchange, "command")
+
+    async def _open_publishing(self) -> None:
         publishing = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         publishing.close_callbacks.add(self._closed)
-        await _look_up(publishing, command_exchange, "command")
         self.publishing = publishing
+
+    async def renew_publishing(self, refusing: AbstractChannel) -> None:
+        """A new channel for commands in place of ``refusing``, which the broker nacks (unless another
+        publish renewed it already). RabbitMQ 3.10 went on nacking every publish on a channel that
+        published while a quorum queue's node was being lost, long after the queue had a new leader,
+        while a new channel on the same connection had its publishes confirmed at once."""
+        async with self._renewing:
+            if self.publishing is not refusing or self.lost.is_set():
+                return
+            # None meanwhile: the other publishes on it fail with it and wait for the new one.
+            self.publishing = None
+            refusing.close_callbacks.discard(self._closed)
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await refusing.close()
+            try:
+                await self._open_publishing()
+            except _LOST as error:
+                self.fail(error)
+            self._on_change()
 
     async def close(self) -> None:
         self.fail(None)
@@ -303,7 +331,7 @@ class ControllerLink:
             urls, connect_timeout=self._connect_timeout, client_properties=self._client_properties
         )
         self._next = self._urls.index(url)
-        session = _Session(connection, url)
+        session = _Session(connection, url, self._notify)
         try:
             await session.open(
                 command_exchange=self._command_exchange,
@@ -441,16 +469,20 @@ class ControllerLink:
     # -- commands -------------------------------------------------------------------------------------
 
     async def publish(self, routing_key: str, body: bytes, *, message_id: str, deadline: float) -> None:
-        """Publish one command and wait for the broker's confirm. A publish the connection took down
-        with it is published again on the next connection with the same ``message_id``. Raises
-        ``CommandUnroutable``, ``CommandRejected``, ``NotPermitted``, or ``TimeoutError`` at the
-        deadline (the broker may then have the command or not: publishing it again with the same
-        ``message_id`` is safe)."""
+        """Publish one command and wait for the broker's confirm, with the same ``message_id`` again
+        until the deadline when the connection took the publish down with it or the broker refused it
+        for now (a negative confirm: a quorum queue electing a new leader after its node was lost, or a
+        queue over its length limit). Raises ``CommandUnroutable``, ``NotPermitted``,
+        ``CommandRejected`` (still refused at the deadline), or ``TimeoutError`` at the deadline (the
+        broker may then have the command or not: publishing it again with the same ``message_id`` is
+        safe)."""
+        pause = REJECTED_RETRY_SECONDS
         while True:
             await self._until(self._connection_ready, deadline, "publish")
             session = self._session
             assert session is not None
-            assert session.publishing is not None
+            channel = session.publishing
+            assert channel is not None
             properties = spec.Basic.Properties(
                 content_type="application/json",
                 delivery_mode=PERSISTENT,
@@ -461,7 +493,7 @@ class ControllerLink:
             try:
                 async with asyncio.timeout_at(deadline):
                     await publish_confirmed(
-                        session.publishing,
+                        channel,
                         body,
                         exchange=self._command_exchange,
                         routing_key=routing_key,
@@ -471,7 +503,17 @@ class ControllerLink:
             except aiormq.exceptions.PublishError:  # a return: before DeliveryError, its base
                 raise CommandUnroutable(routing_key) from None
             except aiormq.exceptions.DeliveryError:
-                raise CommandRejected(f"RabbitMQ did not take the command for {routing_key!r}") from None
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= pause:
+                    raise CommandRejected(
+                        f"RabbitMQ refused the command for {routing_key!r} until the deadline (a queue "
+                        "without a leader, or over its length limit)"
+                    ) from None
+                log.info("RabbitMQ refused a command for now; publishing it again on a new channel")
+                await session.renew_publishing(channel)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 1.0)
+                continue
             except _REFUSALS as error:
                 session.fail(error)
                 raise NotPermitted(_reply_text(error)) from None
@@ -479,8 +521,9 @@ class ControllerLink:
                 session.fail(None)
                 raise _missing(self._command_exchange, "command") from None
             except CONNECTION_ERRORS as error:
-                session.fail(error)
-                log.info("a command's publish was lost with the connection; publishing it again")
+                if session.publishing is channel:  # not a channel being renewed under this publish
+                    session.fail(error)
+                    log.info("a command's publish was lost with the connection; publishing it again")
                 continue
             return
 
