@@ -341,6 +341,9 @@ class ControllerLink:
         except BaseException:
             await session.close()
             raise
+        # Bound before anyone publishes on it: a command sent again after a reconnect is answered at
+        # once, and an answer finds no queue until its room's key is bound.
+        await self._reconcile(session)
         log.info("controller connected to RabbitMQ node %s", session.node)
         return session
 
