@@ -6,14 +6,9 @@ iterator (``client.events``). Guide: ``docs/clients.md``.
 """
 
 from livekit_signaling.client.answers import Answers, ReceivedEvent, Sent
-from livekit_signaling.client.client import (
-    DEFAULT_TIMEOUT_SECONDS,
-    EventStream,
-    EventStreamOverflow,
-    SignalingClient,
-    UndecodableEvent,
-)
+from livekit_signaling.client.client import DEFAULT_TIMEOUT_SECONDS, SignalingClient, UndecodableEvent
 from livekit_signaling.client.errors import CommandError, CommandTimeout
+from livekit_signaling.client.streams import EventStream, EventStreamOverflow
 from livekit_signaling.transport.controller import (
     BrokerUnavailable,
     CommandRejected,

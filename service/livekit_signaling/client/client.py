@@ -14,13 +14,13 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import TypeVar
 
 import msgspec
 
 from livekit_signaling.client.answers import Answers, AnswerWatch, ReceivedEvent, Sent
 from livekit_signaling.client.errors import CommandError, CommandTimeout
+from livekit_signaling.client.streams import STREAM_BUFFER, EventStream
 from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import (
     Close,
@@ -46,9 +46,7 @@ from livekit_signaling.schemas.events import (
     ScreenSharePermissionsUpdated,
 )
 from livekit_signaling.schemas.routing import (
-    EVERY_EVENT,
     command_routing_key,
-    participant_routing_key,
     room_events_binding,
 )
 from livekit_signaling.transport.brokers import split_broker_urls
@@ -63,8 +61,6 @@ E = TypeVar("E")
 DEFAULT_TIMEOUT_SECONDS = 10.0
 #: Event ids remembered to drop the copies of a command the service ran twice (they keep their ids).
 RECENT_EVENT_IDS = 10_000
-#: Events an ``EventStream`` holds for a reader that is behind, before it gives up.
-STREAM_BUFFER = 10_000
 
 
 class UndecodableEvent(msgspec.Struct, frozen=True):
@@ -74,95 +70,6 @@ class UndecodableEvent(msgspec.Struct, frozen=True):
     correlation_id: str | None
     body: bytes
     error: str
-
-
-class EventStreamOverflow(Exception):
-    """The stream's reader fell ``STREAM_BUFFER`` events behind; the events after those were dropped."""
-
-
-class EventStream:
-    """Events of every room, of one room, or of one participant in a room, as they arrive::
-
-        async with client.events(room) as events:
-            async for received in events:  # ReceivedEvent
-                ...
-
-    Entering waits until the client's queue is bound for them; leaving lets the binding go. Copies of
-    an event (same ``message_id``) are dropped.
-    """
-
-    def __init__(
-        self, client: SignalingClient, room: str | None, participant: str | None, buffer: int
-    ) -> None:
-        if participant is not None and room is None:
-            raise ValueError("a participant's events need its room")
-        self._client = client
-        self._room = room
-        self._participant = participant
-        self._limit = buffer
-        self._buffer: collections.deque[ReceivedEvent] = collections.deque()
-        self._arrived = asyncio.Event()
-        self._overflowed = False
-        self._ended = False
-        self._exit = contextlib.AsyncExitStack()
-
-    @property
-    def routing_key(self) -> str:
-        """The binding it holds."""
-        if self._room is None:
-            return EVERY_EVENT
-        if self._participant is None:
-            return room_events_binding(self._room)
-        return participant_routing_key(self._room, self._participant)
-
-    async def __aenter__(self) -> EventStream:
-        deadline = asyncio.get_running_loop().time() + self._client.timeout
-        try:
-            await self._exit.enter_async_context(
-                self._client.link.binding(self.routing_key, deadline=deadline)
-            )
-        except TimeoutError:
-            await self._exit.aclose()
-            raise
-        self._exit.callback(self._client._streams.discard, self)
-        self._client._streams.add(self)
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._end()
-        await self._exit.aclose()
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> ReceivedEvent:
-        while not self._buffer:
-            if self._overflowed:
-                raise EventStreamOverflow(f"a reader of {self.routing_key} fell {self._limit} events behind")
-            if self._ended:
-                raise StopAsyncIteration
-            self._arrived.clear()
-            await self._arrived.wait()
-        return self._buffer.popleft()
-
-    def _offer(self, received: ReceivedEvent) -> None:
-        if self._overflowed or self._ended:
-            return
-        if self._room is not None and received.room != self._room:
-            return
-        if self._participant is not None and received.participant != self._participant:
-            return
-        if len(self._buffer) >= self._limit:
-            self._overflowed = True
-        else:
-            self._buffer.append(received)
-        self._arrived.set()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._arrived.set()
 
 
 class _Call:
@@ -234,7 +141,7 @@ class SignalingClient:
     async def close(self) -> None:
         """Disconnect; streams end after the events they hold, calls still waiting fail."""
         for stream in list(self._streams):
-            stream._end()
+            stream.end()
         await self.link.close()
 
     async def __aenter__(self) -> SignalingClient:
@@ -558,7 +465,9 @@ class SignalingClient:
         self, room: str | None = None, participant: str | None = None, *, buffer: int = STREAM_BUFFER
     ) -> EventStream:
         """Every event (no ``room``), a room's, or one participant's, as an ``EventStream``."""
-        return EventStream(self, room, participant, buffer)
+        return EventStream(
+            self.link, self._streams, room=room, participant=participant, buffer=buffer, timeout=self.timeout
+        )
 
     def _on_event(self, incoming: IncomingEvent) -> None:
         if incoming.message_id is not None:
@@ -584,7 +493,7 @@ class SignalingClient:
             for call in self._calls.get(received.correlation_id, ()):
                 call.add(received)
         for stream in self._streams:
-            stream._offer(received)
+            stream.offer(received)
 
 
 def _log_undecodable(event: UndecodableEvent) -> None:
