@@ -53,6 +53,7 @@ class EventStream:
         self._arrived = asyncio.Event()
         self._overflowed = False
         self._ended = False
+        self._entered = False
         self._exit = contextlib.AsyncExitStack()
 
     @property
@@ -73,6 +74,7 @@ class EventStream:
             raise
         self._exit.callback(self._streams.discard, self)
         self._streams.add(self)
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -85,6 +87,8 @@ class EventStream:
         return self
 
     async def __anext__(self) -> ReceivedEvent:
+        if not self._entered:
+            raise RuntimeError("enter the stream first: async with client.events(...) as events")
         while not self._buffer:
             if self._overflowed:
                 raise EventStreamOverflow(f"a reader of {self.routing_key} fell {self._limit} events behind")
