@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("livekit_signaling")
 
+#: ``send`` prints every participant's copy of a broadcast, which follow the sender's at once.
+SEND_LINGER_SECONDS = 0.3
+
 DEV_API_KEY = "devkey"
 # The same well-known development secret `livekit-server --dev` uses; never for production.
 DEV_API_SECRET = "secret"  # noqa: S105
@@ -167,7 +170,13 @@ async def _send(args: argparse.Namespace) -> int:
     try:
         async with _client(settings) as client:
             answers = await client.request(
-                args.room, args.participant, command, role=args.role, kind=args.kind, timeout=args.timeout
+                args.room,
+                args.participant,
+                command,
+                role=args.role,
+                kind=args.kind,
+                timeout=args.timeout,
+                linger=SEND_LINGER_SECONDS,
             )
     except (LinkError, CommandTimeout) as error:
         sys.stderr.write(f"livekit-signaling: {error}\n")

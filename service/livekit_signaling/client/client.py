@@ -75,17 +75,29 @@ class UndecodableEvent(msgspec.Struct, frozen=True):
 class _Call:
     """A call waiting for the events of its command."""
 
-    __slots__ = ("answered", "events", "watch")
+    __slots__ = ("answered", "arrived", "events", "watch")
 
     def __init__(self, watch: AnswerWatch) -> None:
         self.watch = watch
         self.events: list[ReceivedEvent] = []
         self.answered = asyncio.Event()
+        #: Set by each event; cleared by who waits for the next.
+        self.arrived = asyncio.Event()
 
     def add(self, received: ReceivedEvent) -> None:
         self.events.append(received)
+        self.arrived.set()
         if self.watch.add(received.event):
             self.answered.set()
+
+    async def settle(self, quiet: float) -> None:
+        """Until no event arrived for ``quiet`` seconds."""
+        while True:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), quiet)
+            except TimeoutError:
+                return
 
 
 class SignalingClient:
@@ -213,10 +225,13 @@ class SignalingClient:
         kind: Kind = "user",
         message_id: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the wait for answers
+        linger: float = 0.0,
     ) -> Answers:
         """Publish ``command`` and collect the events that answer it until the command's rule is met
         (``livekit_signaling.client.answers``) or ``timeout`` ends the wait: then ``complete`` is False
-        (for ``leave`` and ``close_room``, with no error, always). Raises as ``publish`` does."""
+        (for ``leave`` and ``close_room``, with no error, always). ``linger``: once the rule is met,
+        collect on until no event came for that long (a broadcast's copies to the other participants,
+        which the service publishes together with the sender's). Raises as ``publish`` does."""
         body = codec.encode_command(room, participant, command, role=role, kind=kind)
         message_id = message_id or uuid.uuid4().hex
         deadline = self._deadline(timeout)
@@ -232,6 +247,8 @@ class SignalingClient:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout_at(deadline):
                             await call.answered.wait()
+                            if linger > 0:
+                                await call.settle(linger)
             except TimeoutError as error:  # no connection, binding or confirm in time
                 raise CommandTimeout(message_id, confirmed=False) from error
         finally:
