@@ -14,6 +14,7 @@ import pytest
 from livekit.api import TokenVerifier
 
 from livekit_signaling.client import (
+    BrokerUnavailable,
     CommandError,
     CommandTimeout,
     CommandUnroutable,
@@ -333,3 +334,17 @@ async def test_a_stream_drops_copies_and_says_when_its_reader_fell_behind(
         with pytest.raises(EventStreamOverflow, match="fell 3 events behind"):
             await anext(events)
     assert [e.participant for e in kept] == [alice, bob, alice]
+
+
+async def test_closing_the_client_ends_the_calls_and_streams_waiting_on_it(
+    unserved: Names, room: str
+) -> None:
+    client = connected_to(unserved)
+    await client.open()
+    async with client.events(room) as events:
+        waiting = asyncio.create_task(client.join(room, pid()))
+        await eventually(lambda: client.waiting == 1 and bool(client.link.bindings))
+        await client.close()
+        with pytest.raises(BrokerUnavailable, match="closed"):
+            await asyncio.wait_for(waiting, 2)
+        assert [e async for e in events] == []

@@ -50,7 +50,7 @@ from livekit_signaling.schemas.routing import (
     room_events_binding,
 )
 from livekit_signaling.transport.brokers import split_broker_urls
-from livekit_signaling.transport.controller import ControllerLink, IncomingEvent
+from livekit_signaling.transport.controller import BrokerUnavailable, ControllerLink, IncomingEvent
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class SignalingClient:
         self._calls: dict[str, list[_Call]] = {}
         self._streams: set[EventStream] = set()
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._closed = False
 
     # -- lifecycle and state --------------------------------------------------------------------------
 
@@ -151,9 +152,14 @@ class SignalingClient:
         await self.link.start()
 
     async def close(self) -> None:
-        """Disconnect; streams end after the events they hold, calls still waiting fail."""
+        """Disconnect; streams end after the events they hold, calls still waiting raise
+        ``BrokerUnavailable``."""
+        self._closed = True
         for stream in list(self._streams):
             stream.end()
+        for calls in self._calls.values():
+            for call in calls:
+                call.answered.set()
         await self.link.close()
 
     async def __aenter__(self) -> SignalingClient:
@@ -249,6 +255,8 @@ class SignalingClient:
                             await call.answered.wait()
                             if linger > 0:
                                 await call.settle(linger)
+                if self._closed and not call.watch.complete:
+                    raise BrokerUnavailable("the client was closed while the call waited for its answer")
             except TimeoutError as error:  # no connection, binding or confirm in time
                 raise CommandTimeout(message_id, confirmed=False) from error
         finally:
