@@ -298,6 +298,8 @@ class ControllerLink:
     async def start(self) -> None:
         """Connect to the first address that answers and start keeping the link up. Raises
         ``BrokerUnavailable`` when none answers, ``ExchangeNotFound`` without the service's exchanges."""
+        if self._supervisor is not None or self._closed:
+            raise RuntimeError("a controller link starts once")
         try:
             session = await self._open_session()
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as error:
@@ -338,12 +340,12 @@ class ControllerLink:
                 event_exchange=self._event_exchange,
                 deliver=self._deliver,
             )
+            # Bound before anyone publishes on it: a command sent again after a reconnect is answered
+            # at once, and an answer finds no queue until its room's key is bound.
+            await self._reconcile(session)
         except BaseException:
             await session.close()
             raise
-        # Bound before anyone publishes on it: a command sent again after a reconnect is answered at
-        # once, and an answer finds no queue until its room's key is bound.
-        await self._reconcile(session)
         log.info("controller connected to RabbitMQ node %s", session.node)
         return session
 
@@ -371,6 +373,9 @@ class ControllerLink:
                 type(session.cause).__name__ if session.cause is not None else "closed",
             )
             session = await self._reopen()
+            if self._closed:
+                await session.close()
+                return
             self._session = session
 
     async def _reopen(self) -> _Session:
