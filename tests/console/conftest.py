@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.amqp import delete_topology
-from tests.support.processes import DevProcess, Names
+from testkit.amqp import delete_topology
+from testkit.processes import DevProcess, Names
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support.processes import LOG_DIR, DevProcess
+from testkit.processes import LOG_DIR, DevProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless as root needs --no-sandbox; the rest keeps Chromium from reaching out or doing background work.

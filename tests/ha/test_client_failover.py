@@ -13,22 +13,22 @@ import pytest
 
 from livekit_signaling.client import SignalingClient
 from livekit_signaling.schemas.events import JoinSuccess
-from tests.reliability.harness import cleanup, started_service
-from tests.support.processes import EmulatorProcess, Names
-from tests.support.rabbit_cluster import RabbitCluster
+from testkit.processes import Names
+from testkit.rabbit_cluster import RabbitCluster
+from tests.reliability.conftest import StartService
 
 pytestmark = [pytest.mark.slow, pytest.mark.ha]
 
 
 async def test_the_client_moves_to_another_node_when_its_node_is_lost(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names
+    cluster: RabbitCluster, start_service: StartService, names: Names
 ) -> None:
-    service = await started_service(topology, livekit.url, {"AMQP_URL": cluster.amqp_url(first="a")})
+    await start_service({"AMQP_URL": cluster.amqp_url(first="a")}, broker_urls=cluster.urls(first="a"))
     room = f"failover-{uuid.uuid4().hex[:8]}"
     client = SignalingClient(
         cluster.urls(first="b"),
-        command_exchange=topology.command_exchange,
-        event_exchange=topology.event_exchange,
+        command_exchange=names.command_exchange,
+        event_exchange=names.event_exchange,
         reconnect_interval=0.2,
         timeout=20.0,
     )
@@ -56,6 +56,5 @@ async def test_the_client_moves_to_another_node_when_its_node_is_lost(
         assert seen.participant == "after"
         assert isinstance(seen.payload, JoinSuccess)
     finally:
-        await cleanup(topology, [service], urls=cluster.urls(first="a"))
         restarted_in = await asyncio.to_thread(cluster.start, "b")
         print(f"node b running again after {restarted_in:.1f}s")

@@ -35,10 +35,10 @@ from livekit_signaling.schemas.events import (
     RestrictionsEnabledState,
     ScreenSharePermissionsUpdated,
 )
-from tests.support.amqp import SignalingClient as RawObserver
-from tests.support.emulator import Emulator, microphone_tracks
-from tests.support.processes import AMQP_URL, API_KEY, API_SECRET, Names, ServiceProcess
-from tests.support.proxy import TcpProxy
+from testkit.amqp import SignalingClient as RawObserver
+from testkit.emulator import Emulator, microphone_tracks
+from testkit.processes import AMQP_URL, API_KEY, API_SECRET, Names, ServiceProcess
+from testkit.proxy import TcpProxy
 
 verifier = TokenVerifier(API_KEY, API_SECRET)
 
@@ -286,9 +286,7 @@ async def test_a_lost_connection_is_reopened_and_the_stream_goes_on(
 ) -> None:
     with TcpProxy.for_url(AMQP_URL, 5672) as proxy:
         async with (
-            connected_to(
-                names, proxy.url("amqp://guest:guest@127.0.0.1:{port}/"), reconnect_interval=0.2, timeout=8.0
-            ) as client,
+            connected_to(names, proxy.url, reconnect_interval=0.2, timeout=8.0) as client,
             client.events(room) as events,
         ):
             await client.join(room, pid())

@@ -13,9 +13,10 @@ import uuid
 
 import aiohttp
 
-from tests.support.amqp import SignalingClient
-from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
-from tests.support.processes import API_SECRET, ServiceProcess, cli_send
+from livekit_signaling.schemas.routing import participant_routing_key
+from testkit.amqp import SignalingClient
+from testkit.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.processes import API_SECRET, ServiceProcess, cli_send
 
 
 async def test_stale_token_loses_its_microphone_through_the_webhook(
@@ -75,7 +76,7 @@ async def test_operator_cli_sends_a_command_and_prints_its_answer(service: Servi
     routing_key, answer = await asyncio.to_thread(
         cli_send, service.env, room, "operator", {"action": "create_new_access_token"}, role="moderator"
     )
-    assert routing_key == f"room.{room}.participant.operator"
+    assert routing_key == participant_routing_key(room, "operator")
     assert answer["payload"]["message"] == "credentials"
 
 
@@ -84,7 +85,7 @@ async def test_operator_cli_acts_as_a_user_unless_told_otherwise(service: Servic
     routing_key, answer = await asyncio.to_thread(
         cli_send, service.env, room, "operator", {"action": "force_mute", "participants": ["someone"]}
     )
-    assert routing_key == f"room.{room}.participant.operator"
+    assert routing_key == participant_routing_key(room, "operator")
     assert answer["payload"] == {"message": "error", "error": "insufficient_permissions"}
 
 
@@ -157,10 +158,11 @@ async def test_logs_are_json_with_command_fields_and_no_secrets(
 
 async def test_start_up_objects_are_frozen_out_of_the_garbage_collector(service: ServiceProcess) -> None:
     """A full collection walking every module, class and connection object stalled the event loop for
-    45-85 ms under load (issue 6); the service moves them out of the collector's reach once started."""
+    45-85 ms under load (the bench's W2 tail); the service moves them out of the collector's reach once
+    started."""
     frozen: list[int] = []
     for _ in range(50):
-        lines = [json.loads(text) for text in service.logs().splitlines() if text.startswith("{")]
+        lines = service.log_records()
         frozen = [
             int(line["message"].rsplit(" ", 1)[1])
             for line in lines

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.processes import AMQP_URL, Names, ServiceProcess
+from testkit.processes import AMQP_URL, Names, ServiceProcess
 
 TYPESCRIPT = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 

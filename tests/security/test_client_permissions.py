@@ -11,8 +11,8 @@ import pytest
 
 from livekit_signaling.client import NotPermitted, SignalingClient
 from livekit_signaling.schemas.events import MicrophoneRestrictionsEnabled
-from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, BrokerAccounts
-from tests.support.processes import ServiceProcess
+from testkit.broker_accounts import CONFINED_ROOM_PREFIX, BrokerAccounts
+from testkit.processes import ServiceProcess
 
 
 def pid() -> str:
