@@ -6,7 +6,12 @@ iterator (``client.events``). Guide: ``docs/clients.md``.
 """
 
 from livekit_signaling.client.answers import Answers, ReceivedEvent, Sent
-from livekit_signaling.client.client import DEFAULT_TIMEOUT_SECONDS, SignalingClient, UndecodableEvent
+from livekit_signaling.client.client import (
+    DEFAULT_TIMEOUT_SECONDS,
+    CallOptions,
+    SignalingClient,
+    UndecodableEvent,
+)
 from livekit_signaling.client.errors import CommandError, CommandTimeout
 from livekit_signaling.client.streams import EventStream, EventStreamOverflow
 from livekit_signaling.transport.controller import (
@@ -21,6 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "Answers",
     "BrokerUnavailable",
+    "CallOptions",
     "CommandError",
     "CommandRejected",
     "CommandTimeout",

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypedDict, TypeVar, Unpack
 
 import msgspec
 
@@ -70,6 +70,24 @@ class UndecodableEvent(msgspec.Struct, frozen=True):
     correlation_id: str | None
     body: bytes
     error: str
+
+
+class CallOptions(TypedDict, total=False):
+    """What every command method takes besides its own arguments."""
+
+    #: The sender's role as the controller knows it: "moderator" for moderator commands (and
+    #: ``close_room``) unless given, "user" for the others.
+    role: Role
+    kind: Kind
+    #: The AMQP message_id; a new uuid unless given (a retry gives the earlier try's).
+    message_id: str | None
+    #: Seconds for the answer (the client's ``timeout`` unless given).
+    timeout: float | None
+
+
+def _with_role(options: CallOptions, role: Role) -> CallOptions:
+    """``options`` with ``role`` unless they name one."""
+    return {"role": role, **options}
 
 
 class _Call:
@@ -271,17 +289,13 @@ class SignalingClient:
         room: str,
         participant: str,
         command: Command,
+        options: CallOptions,
         *,
-        role: Role,
-        kind: Kind,
-        message_id: str | None,
-        timeout: float | None,  # noqa: ASYNC109
+        role: Role = "user",
     ) -> E:
-        """``request``, then the sender's answer of type ``expected``; ``CommandError`` for an error,
-        ``CommandTimeout`` without a complete answer."""
-        answers = await self.request(
-            room, participant, command, role=role, kind=kind, message_id=message_id, timeout=timeout
-        )
+        """``request`` (``role`` unless ``options`` name one), then the sender's answer of type
+        ``expected``; ``CommandError`` for an error, ``CommandTimeout`` without a complete answer."""
+        answers = await self.request(room, participant, command, **_with_role(options, role))
         if not answers.complete:
             raise CommandTimeout(answers.message_id, confirmed=True, answers=answers)
         error = answers.error
@@ -300,189 +314,89 @@ class SignalingClient:
             self._calls.pop(message_id, None)
 
     # -- commands, one method each --------------------------------------------------------------------
+    # ``options``: ``role`` (the sender's; "moderator" for moderator commands, else "user" by default),
+    # ``kind`` ("user"), ``message_id`` (a new uuid) and ``timeout`` (the client's), as ``CallOptions``.
 
-    async def join(
-        self,
-        room: str,
-        participant: str,
-        *,
-        role: Role = "user",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> JoinSuccess:
+    async def join(self, room: str, participant: str, **options: Unpack[CallOptions]) -> JoinSuccess:
         """``participant`` joined ``room`` (``role`` and ``kind`` as the controller knows them): its
         LiveKit credentials and the room's microphone restrictions."""
-        return await self._ask(
-            JoinSuccess,
-            room,
-            participant,
-            Join(),
-            role=role,
-            kind=kind,
-            message_id=message_id,
-            timeout=timeout,
-        )
+        return await self._ask(JoinSuccess, room, participant, Join(), options)
 
     async def create_new_access_token(
-        self,
-        room: str,
-        participant: str,
-        *,
-        role: Role = "user",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, participant: str, **options: Unpack[CallOptions]
     ) -> CredentialsEvent:
         """Fresh LiveKit credentials for ``participant``."""
-        command = CreateNewAccessToken()
-        return await self._ask(
-            CredentialsEvent, room, participant, command, role=role, kind=kind, message_id=message_id,
-            timeout=timeout,
-        )  # fmt: skip
+        return await self._ask(CredentialsEvent, room, participant, CreateNewAccessToken(), options)
 
     async def request_popout_stream_access_token(
-        self,
-        room: str,
-        participant: str,
-        *,
-        role: Role = "user",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, participant: str, **options: Unpack[CallOptions]
     ) -> PopoutStreamAccessToken:
         """A hidden, subscribe-only token for a popout stream of ``participant``."""
         command = RequestPopoutStreamAccessToken()
-        return await self._ask(
-            PopoutStreamAccessToken, room, participant, command, role=role, kind=kind,
-            message_id=message_id, timeout=timeout,
-        )  # fmt: skip
+        return await self._ask(PopoutStreamAccessToken, room, participant, command, options)
 
     async def grant_screen_share_permission(
-        self,
-        room: str,
-        moderator: str,
-        participants: Sequence[str],
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, moderator: str, participants: Sequence[str], **options: Unpack[CallOptions]
     ) -> ScreenSharePermissionsUpdated:
         """Let ``participants`` share their screen. ``CommandError`` ``unknown_participants`` names those
         not in the room (its ``answers`` hold the update for the others)."""
         command = GrantScreenSharePermission(participants=list(participants))
         return await self._ask(
-            ScreenSharePermissionsUpdated, room, moderator, command, role=role, kind=kind,
-            message_id=message_id, timeout=timeout,
-        )  # fmt: skip
+            ScreenSharePermissionsUpdated, room, moderator, command, options, role="moderator"
+        )
 
     async def revoke_screen_share_permission(
-        self,
-        room: str,
-        moderator: str,
-        participants: Sequence[str],
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, moderator: str, participants: Sequence[str], **options: Unpack[CallOptions]
     ) -> ScreenSharePermissionsUpdated:
         """Stop ``participants`` sharing their screen; errors as for the grant."""
         command = RevokeScreenSharePermission(participants=list(participants))
         return await self._ask(
-            ScreenSharePermissionsUpdated, room, moderator, command, role=role, kind=kind,
-            message_id=message_id, timeout=timeout,
-        )  # fmt: skip
+            ScreenSharePermissionsUpdated, room, moderator, command, options, role="moderator"
+        )
 
     async def enable_microphone_restrictions(
         self,
         room: str,
         moderator: str,
         unrestricted_participants: Sequence[str] = (),
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        **options: Unpack[CallOptions],
     ) -> MicrophoneRestrictionsEnabled:
         """Only moderators and ``unrestricted_participants`` may use a microphone. The service tells
         everyone it knows in the room; this returns the moderator's copy, so the moderator must have
         joined (else ``CommandTimeout``: use ``publish`` to send it without waiting)."""
         command = EnableMicrophoneRestrictions(unrestricted_participants=list(unrestricted_participants))
         return await self._ask(
-            MicrophoneRestrictionsEnabled, room, moderator, command, role=role, kind=kind,
-            message_id=message_id, timeout=timeout,
-        )  # fmt: skip
+            MicrophoneRestrictionsEnabled, room, moderator, command, options, role="moderator"
+        )
 
     async def disable_microphone_restrictions(
-        self,
-        room: str,
-        moderator: str,
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, moderator: str, **options: Unpack[CallOptions]
     ) -> MicrophoneRestrictionsDisabled:
         """Everybody may use a microphone again; answered as ``enable_microphone_restrictions``."""
         command = DisableMicrophoneRestrictions()
         return await self._ask(
-            MicrophoneRestrictionsDisabled, room, moderator, command, role=role, kind=kind,
-            message_id=message_id, timeout=timeout,
-        )  # fmt: skip
+            MicrophoneRestrictionsDisabled, room, moderator, command, options, role="moderator"
+        )
 
     async def force_mute(
-        self,
-        room: str,
-        moderator: str,
-        participants: Sequence[str],
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        self, room: str, moderator: str, participants: Sequence[str], **options: Unpack[CallOptions]
     ) -> Sent:
         """Mute ``participants``' microphones. The service answers the muted participants
         (``force_muted``) and, on a failure or for unknown targets, the moderator (``error``); on success
         it may answer nobody (no microphone was open), so this returns the broker's confirm only: the
         answers reach ``events`` streams, or wait for them with ``request``."""
         command = ForceMute(participants=list(participants))
-        return await self.publish(
-            room, moderator, command, role=role, kind=kind, message_id=message_id, timeout=timeout
-        )
+        return await self.publish(room, moderator, command, **_with_role(options, "moderator"))
 
-    async def leave(
-        self,
-        room: str,
-        participant: str,
-        *,
-        role: Role = "user",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> Sent:
+    async def leave(self, room: str, participant: str, **options: Unpack[CallOptions]) -> Sent:
         """``participant`` left: its LiveKit identities are removed. Answered with nothing but a possible
         ``error``, so this returns the broker's confirm only."""
-        return await self.publish(
-            room, participant, Leave(), role=role, kind=kind, message_id=message_id, timeout=timeout
-        )
+        return await self.publish(room, participant, Leave(), **options)
 
-    async def close_room(
-        self,
-        room: str,
-        participant: str,
-        *,
-        role: Role = "moderator",
-        kind: Kind = "user",
-        message_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> Sent:
+    async def close_room(self, room: str, participant: str, **options: Unpack[CallOptions]) -> Sent:
         """The room is over: the LiveKit room and all state of the room go. Returns the broker's
         confirm only, as ``leave``."""
-        return await self.publish(
-            room, participant, Close(), role=role, kind=kind, message_id=message_id, timeout=timeout
-        )
+        return await self.publish(room, participant, Close(), **_with_role(options, "moderator"))
 
     # -- events ---------------------------------------------------------------------------------------
 
