@@ -9,12 +9,28 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from testkit.amqp import SignalingClient, delete_topology
 from testkit.emulator import Emulator
 from testkit.processes import EmulatorProcess, Names, ServiceProcess
+
+TESTS = Path(__file__).resolve().parent
+#: Tiers whose tests run on RabbitMQ nodes, Redis processes and test hosts of their own: each is a group
+#: that ``scripts/test`` (pytest-xdist, ``--dist loadgroup``) runs on a worker of its own, beside the
+#: rest. Everything else shares the system RabbitMQ, which one test restarts, so it stays one group, on
+#: one worker, in collection order, as a plain ``pytest`` run has it.
+OWN_BROKER_TIERS = frozenset({"ha", "partitions"})
+SYSTEM_BROKER_GROUP = "system-broker"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.resolve().relative_to(TESTS).parts[0]
+        group = tier if tier in OWN_BROKER_TIERS else SYSTEM_BROKER_GROUP
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
