@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,10 +89,51 @@ class RedisNode:
             stop_process(self.process, timeout=10)
 
 
-def _acl_user(name: str, password: str | None) -> list[str]:
+def acl_user(name: str, password: str | None) -> list[str]:
     """Config lines: the ``default`` user off, ``name`` with ``password`` allowed everything (what a
     Sentinel needs of the nodes it manages, and what the service needs)."""
     return ["user default off", f"user {name} on >{password} ~* &* +@all"]
+
+
+def common_config(node: RedisNode, tls: TlsFiles | None) -> list[str]:
+    """Config lines of every process: loopback, its own directory and log, no persistence (a killed
+    node comes back empty); with ``tls`` the plain port is off."""
+    return [
+        f"port {0 if tls else node.port}",
+        f"bind {HOST}",
+        f'dir "{node.directory}"',
+        f'logfile "{node.log}"',
+        "daemonize no",
+        'save ""',
+        "appendonly no",
+    ]
+
+
+def tls_config(node: RedisNode, tls: TlsFiles | None) -> list[str]:
+    """Config lines for TLS only (``tls-port``); clients need no certificate."""
+    if tls is None:
+        return []
+    return [
+        f"tls-port {node.port}",
+        f'tls-cert-file "{tls.cert}"',
+        f'tls-key-file "{tls.key}"',
+        f'tls-ca-cert-file "{tls.ca}"',
+        "tls-auth-clients no",
+        # Replicas to their master, Sentinels to the nodes and to each other: TLS too.
+        "tls-replication yes",
+    ]
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float, *, logs: Path) -> None:
+    """Poll ``predicate`` until it is true; a node that does not answer yet counts as false. Raises
+    ``TimeoutError`` saying ``what`` did not happen, and where the processes' logs are."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, AssertionError, IndexError, KeyError):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} within {timeout}s (logs in {logs})")
 
 
 class RedisSentinelGroup:
@@ -213,30 +255,6 @@ class RedisSentinelGroup:
 
     # -- configuration -------------------------------------------------------------------------------
 
-    def _common_config(self, node: RedisNode) -> list[str]:
-        return [
-            f"port {0 if self.tls else node.port}",
-            f"bind {HOST}",
-            f'dir "{node.directory}"',
-            f'logfile "{node.log}"',
-            "daemonize no",
-            'save ""',
-            "appendonly no",
-        ]
-
-    def _tls_config(self, node: RedisNode) -> list[str]:
-        if self.tls is None:
-            return []
-        return [
-            f"tls-port {node.port}",
-            f'tls-cert-file "{self.tls.cert}"',
-            f'tls-key-file "{self.tls.key}"',
-            f'tls-ca-cert-file "{self.tls.ca}"',
-            "tls-auth-clients no",
-            # Replicas to their master, Sentinels to the nodes and to each other: TLS too.
-            "tls-replication yes",
-        ]
-
     def url(self, node: RedisNode) -> str:
         """A ``REDIS_URL`` for one data node: ``rediss://`` with the CA in the query (redis-py's
         ``ssl_ca_certs``) when the group runs with TLS."""
@@ -247,9 +265,9 @@ class RedisSentinelGroup:
     def _write_data_config(self, node: RedisNode, *, replica_of: RedisNode | None) -> None:
         # Redis waits 5 s by default before a full sync, for more replicas to share it; a replica that
         # (re)joins here should not.
-        lines = [*self._common_config(node), *self._tls_config(node), "repl-diskless-sync-delay 0"]
+        lines = [*common_config(node, self.tls), *tls_config(node, self.tls), "repl-diskless-sync-delay 0"]
         if self.username:
-            lines += [*_acl_user(self.username, self.password), f"masteruser {self.username}"]
+            lines += [*acl_user(self.username, self.password), f"masteruser {self.username}"]
             lines.append(f"masterauth {self.password}")
         elif self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
@@ -260,8 +278,8 @@ class RedisSentinelGroup:
     def _write_sentinel_config(self, node: RedisNode, master: RedisNode) -> None:
         # Sentinel rewrites this file (fail-overs, discovered peers): it must be its own, and writable.
         lines = [
-            *self._common_config(node)[:5],
-            *self._tls_config(node),
+            *common_config(node, self.tls)[:5],
+            *tls_config(node, self.tls),
             f"sentinel monitor {self.master_name} {HOST} {master.port} {self._quorum}",
             f"sentinel down-after-milliseconds {self.master_name} {self._down_after}",
             f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
@@ -274,7 +292,7 @@ class RedisSentinelGroup:
         if self.sentinel_username:
             # Sentinels authenticate to each other as this user (Redis 6.2+).
             lines += [
-                *_acl_user(self.sentinel_username, self.sentinel_password),
+                *acl_user(self.sentinel_username, self.sentinel_password),
                 f"sentinel sentinel-user {self.sentinel_username}",
                 f"sentinel sentinel-pass {self.sentinel_password}",
             ]
@@ -391,15 +409,8 @@ class RedisSentinelGroup:
 
     # -- waiting -------------------------------------------------------------------------------------
 
-    def _wait(self, predicate: object, what: str, timeout: float) -> None:
-        assert callable(predicate)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError, AssertionError, IndexError, KeyError):
-                if predicate():
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"{what} within {timeout}s (logs in {self.root})")
+    def _wait(self, predicate: Callable[[], object], what: str, timeout: float) -> None:
+        wait_until(predicate, what, timeout, logs=self.root)
 
     def _wait_ping(self, node: RedisNode, timeout: float) -> None:
         self._wait(lambda: self._query(node, "PING"), f"{node.name} did not answer", timeout)
