@@ -230,7 +230,7 @@ class RedisClusterGroup:
                 self._write_config(node)
                 node.start()
             for node in self.nodes:
-                self._wait(partial(self._query, node, "PING"), f"{node.name} did not answer", timeout)
+                self._wait(partial(self.query, node, "PING"), f"{node.name} did not answer", timeout)
             self._create()
             self.wait_healthy(timeout)
         except BaseException:
@@ -320,24 +320,45 @@ class RedisClusterGroup:
             ssl_ca_certs=str(self.tls.ca) if self.tls is not None else None,
         )
 
-    def _query(self, node: RedisNode, *command: str | int | bytes) -> Any:
+    def query(self, node: RedisNode, *command: str | int | bytes) -> Any:
+        """One command to one node, its reply."""
         with self.client(node) as client:
             return client.execute_command(*command)
+
+    def keys_on(self, node: RedisNode, pattern: str) -> list[str]:
+        """The keys matching ``pattern`` that ``node`` holds (``SCAN``)."""
+        with self.client(node) as client:
+            return [key.decode() for key in client.scan_iter(match=pattern, count=1000)]
+
+    def command_calls(self, command: str) -> int:
+        """How often the running masters served ``command`` (``INFO commandstats``), e.g. ``asking``:
+        a client following an ``ASK`` redirection."""
+        total = 0
+        for master in self.masters():
+            with self.client(master) as client:
+                stats = client.info("commandstats")
+            total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        return total
 
     # -- topology ------------------------------------------------------------------------------------
 
     @staticmethod
     def keyslot(key: str) -> int:
-        """The hash slot of ``key`` (what ``CLUSTER KEYSLOT`` answers)."""
+        """The hash slot of ``key``, computed here (redis-py's ``key_slot``)."""
         return key_slot(key.encode())
+
+    def server_keyslot(self, key: str) -> int:
+        """The hash slot of ``key`` as a node computes it (``CLUSTER KEYSLOT``)."""
+        running = next(node for node in self.nodes if node.running and not node.paused)
+        return int(self.query(running, "CLUSTER", "KEYSLOT", key))
 
     def node_at(self, port: int) -> RedisNode:
         return next(node for node in self.nodes if node.port == port)
 
     def view(self, via: RedisNode | None = None) -> list[ClusterNodeView]:
-        """``CLUSTER NODES`` as ``via`` (default: the first running node) sees it."""
-        via = via or next(node for node in self.nodes if node.running)
-        text = self._query(via, "CLUSTER", "NODES")
+        """``CLUSTER NODES`` as ``via`` (default: the first node that runs and answers) sees it."""
+        via = via or next(node for node in self.nodes if node.running and not node.paused)
+        text = self.query(via, "CLUSTER", "NODES")
         return _parse_cluster_nodes(text.decode() if isinstance(text, bytes) else str(text))
 
     def _view_of(self, node: RedisNode, via: RedisNode | None = None) -> ClusterNodeView:
@@ -362,15 +383,16 @@ class RedisClusterGroup:
     # -- faults --------------------------------------------------------------------------------------
 
     def wait_failover(self, old: RedisNode, timeout: float = 30.0) -> tuple[RedisNode, float]:
-        """After ``old`` (a master) was killed: until another node owns its slots as a master and every
-        running node says ``cluster_state:ok``; returns that node and the seconds waited."""
+        """After ``old`` (a master) was killed: until another node owns its slots as a master, in its own
+        view and says ``cluster_state:ok``; returns that node and the seconds waited. (Other nodes may
+        be paused meanwhile.)"""
         slot = next(first for first, _ in self._view_of(old).slots)
         started = time.monotonic()
         found: list[RedisNode] = []
 
         def promoted() -> bool:
             new = self.master_of(slot)
-            if new is old or self.role(new) != "master" or not self._all_ok():
+            if new is old or self.role(new) != "master" or not self._ok(new):
                 return False
             found.append(new)
             return True
@@ -381,11 +403,23 @@ class RedisClusterGroup:
     def role(self, node: RedisNode) -> str | None:
         """``master`` or ``slave`` as the node itself says; None if it does not answer."""
         try:
-            reply = self._query(node, "ROLE")
+            reply = self.query(node, "ROLE")
         except redis.RedisError:
             return None
         role = reply[0]
         return role.decode() if isinstance(role, bytes) else str(role)
+
+    def back_up_replication(self, master: RedisNode, tag: str, megabytes: int = 24) -> None:
+        """Write ``megabytes`` MB of filler to ``master``, in the slot of hash tag ``tag`` (one it
+        serves). With its replicas paused, this fills the socket buffers between them, so that the
+        replication stream of whatever the master writes next waits in the master's own memory, and dies
+        with it (``RedisSentinelGroup.back_up_replication`` says more)."""
+        filler = b"x" * (1024 * 1024)
+        key = f"redis-cluster-group:filler:{{{tag}}}"
+        with self.client(master, timeout=30) as client:
+            for _ in range(megabytes):
+                client.set(key, filler)
+            client.delete(key)
 
     def restart(self, node: RedisNode, timeout: float = 60.0) -> None:
         """Start a stopped or killed node again with its ``nodes.conf``: it rejoins, empty, as a replica
@@ -403,30 +437,35 @@ class RedisClusterGroup:
         pause_seconds: float = 0.0,
         on_migrating: Callable[[], None] | None = None,
     ) -> int:
-        """A live reshard of one slot, as ``redis-cli --cluster reshard`` does it: ``to`` imports and the
-        owner migrates the slot (``CLUSTER SETSLOT``), its keys move one at a time (``MIGRATE``),
-        ``pause_seconds`` after each, then every master is told the new owner. Meanwhile the owner
-        answers ``ASK`` for keys already moved and ``TRYAGAIN`` for a multi-key command whose keys are
-        split; ``on_migrating`` runs once the slot is in that state. Returns the number of keys moved."""
-        source = self.master_of(slot)
-        if source is to:
+        """A live reshard of one slot, as ``redis-cli --cluster reshard`` does it (``SlotMigration``):
+        its keys move one at a time, ``pause_seconds`` after each, meanwhile the owner answers ``ASK``
+        for keys already moved (and ``TRYAGAIN`` for a multi-key command whose keys are split);
+        ``on_migrating`` runs once the slot is in that state. Returns the number of keys moved."""
+        migration = self.begin_migration(slot, to)
+        if migration is None:
             return 0
-        source_id, target_id = self._view_of(source).node_id, self._view_of(to).node_id
-        self._query(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        self._query(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         if on_migrating is not None:
             on_migrating()
         moved = 0
-        while keys := self._query(source, "CLUSTER", "GETKEYSINSLOT", slot, 1):
-            self._query(source, "MIGRATE", HOST, to.port, "", 0, 5000, *self._migrate_auth(), "KEYS", *keys)
-            moved += len(keys)
+        while migration.move_key():
+            moved += 1
             time.sleep(pause_seconds)
-        for node in (to, source, *(m for m in self.masters() if m not in (to, source))):
-            self._query(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        self._wait(lambda: self.master_of(slot) is to, f"slot {slot} not owned by {to.address}", 10)
+        migration.finish()
         return moved
 
-    def _migrate_auth(self) -> list[str]:
+    def begin_migration(self, slot: int, to: RedisNode) -> SlotMigration | None:
+        """``to`` imports ``slot`` and its owner migrates it (``CLUSTER SETSLOT``); None if ``to`` owns
+        it already."""
+        source = self.master_of(slot)
+        if source is to:
+            return None
+        migration = SlotMigration(self, slot, source, to)
+        self.query(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", migration.source_id)
+        self.query(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", migration.target_id)
+        return migration
+
+    def migrate_auth(self) -> list[str]:
+        """``MIGRATE``'s arguments that authenticate it to the target node."""
         if self.username:
             assert self.password is not None
             return ["AUTH2", self.username, self.password]
@@ -437,14 +476,12 @@ class RedisClusterGroup:
     def _wait(self, predicate: Callable[[], object], what: str, timeout: float) -> None:
         wait_until(predicate, what, timeout, logs=self.root)
 
+    def _ok(self, node: RedisNode) -> bool:
+        info = self.query(node, "CLUSTER", "INFO")
+        return "cluster_state:ok" in (info.decode() if isinstance(info, bytes) else str(info))
+
     def _all_ok(self) -> bool:
-        for node in self.nodes:
-            if node.running:
-                info = self._query(node, "CLUSTER", "INFO")
-                text = info.decode() if isinstance(info, bytes) else str(info)
-                if "cluster_state:ok" not in text:
-                    return False
-        return True
+        return all(self._ok(node) for node in self.nodes if node.running)
 
     def _replica_links_up(self) -> bool:
         for node in self.nodes:
@@ -456,20 +493,65 @@ class RedisClusterGroup:
         return True
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until every running node says ``cluster_state:ok``, knows every running node, and every
-        replica's link to its master is up (synced: it can stand for election)."""
+        """Until every running node says ``cluster_state:ok``, sees every running node in the role that
+        node says it has (gossip spreads who replicates whom), and every replica's link to its master
+        is up (synced: it can stand for election)."""
         running = [node for node in self.nodes if node.running]
 
         def healthy() -> bool:
             if not self._all_ok():
                 return False
+            roles = {node.port: "master" if self.role(node) == "master" else "slave" for node in running}
             for node in running:
-                known = {v.port for v in self.view(node) if "fail" not in v.flags}
-                if not {n.port for n in running} <= known:
+                seen = {v.port: v.flags for v in self.view(node) if "fail" not in v.flags}
+                if any(port not in seen or role not in seen[port] for port, role in roles.items()):
                     return False
             return self._replica_links_up()
 
         self._wait(healthy, "the cluster did not settle", timeout)
+
+
+class SlotMigration:
+    """One slot on its way from ``source`` to ``target``: ``move_key`` moves the next key (``MIGRATE``),
+    ``finish`` tells every master the new owner (``CLUSTER SETSLOT ... NODE``)."""
+
+    def __init__(self, cluster: RedisClusterGroup, slot: int, source: RedisNode, target: RedisNode) -> None:
+        self.cluster = cluster
+        self.slot = slot
+        self.source = source
+        self.target = target
+        self.source_id = cluster._view_of(source).node_id
+        self.target_id = cluster._view_of(target).node_id
+
+    def move_key(self, key: str | None = None) -> bool:
+        """Move ``key`` (default: the next key left in the slot); False when none was left."""
+        keys = (
+            [key]
+            if key is not None
+            else self.cluster.query(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1)
+        )
+        if not keys:
+            return False
+        self.cluster.query(
+            self.source,
+            "MIGRATE",
+            HOST,
+            self.target.port,
+            "",
+            0,
+            5000,
+            *self.cluster.migrate_auth(),
+            "KEYS",
+            *keys,
+        )
+        return True
+
+    def finish(self) -> None:
+        cluster = self.cluster
+        others = [m for m in cluster.masters() if m not in (self.source, self.target)]
+        for node in (self.target, self.source, *others):
+            cluster.query(node, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+        cluster._wait(lambda: cluster.master_of(self.slot) is self.target, f"slot {self.slot} not moved", 10)
 
 
 def spread_over_masters(cluster: RedisClusterGroup, keys: Sequence[str]) -> dict[int, int]:

@@ -45,6 +45,8 @@ class RedisNode:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: Stopped by ``pause()`` (SIGSTOP) and not resumed yet: it answers nothing.
+    paused: bool = False
 
     @property
     def address(self) -> str:
@@ -77,10 +79,12 @@ class RedisNode:
         """SIGSTOP: the process holds its connections but answers nothing (a hung node)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def stop(self) -> None:
         if self.running:
