@@ -116,22 +116,24 @@ class RedisStateStore:
             await self._connection.after_error(error)
             raise StoreUnavailable(f"Redis: {failure_text(error)}") from error
 
-    async def _read(self, key: str, command: Callable[[AnyPipeline], object]) -> Any:
-        """One command on ``key``, on the master that holds it (in a cluster: following a reshard)."""
-        (reply,) = await self._call(lambda: self._connection.pipeline(key, command))
-        return reply
+    async def _on(self, key: str, queue: Callable[[AnyPipeline], object]) -> list[Any]:
+        """The replies to the commands ``queue`` adds, all on ``key``, sent to the master that holds it
+        (in a cluster: following a reshard, which redis-py's own routing does not for ``ASK``)."""
+        return await self._call(lambda: self._connection.pipeline(key, queue))
 
     async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self.keys.room(room)
         if participants is None:
-            fields: dict[bytes, bytes] = await self._read(key, lambda pipe: pipe.hgetall(key))
+            fields: dict[bytes, bytes]
+            (fields,) = await self._on(key, lambda pipe: pipe.hgetall(key))
             version = fields.pop(_VERSION_FIELD.encode(), None)
             decisions = fields.pop(_DECISIONS_FIELD.encode(), None)
             stamp = fields.pop(_STAMP_FIELD.encode(), None)
             entries = {name.decode(): decode_entry(data) for name, data in fields.items()}
         else:
             names = list(participants)
-            values: list[bytes | None] = await self._read(
+            values: list[bytes | None]
+            (values,) = await self._on(
                 key, lambda pipe: pipe.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names])
             )
             version, decisions, stamp = values[0], values[1], values[2]
@@ -206,9 +208,9 @@ class RedisStateStore:
         assert index is not None
         try:
             if listed:
-                await self._call(lambda: self._redis.zadd(index.key, {room: index.score()}))
+                await self._on(index.key, lambda pipe: pipe.zadd(index.key, {room: index.score()}))
             else:
-                await self._call(lambda: self._redis.zrem(index.key, room))
+                await self._on(index.key, lambda pipe: pipe.zrem(index.key, room))
         except StoreUnavailable as error:
             index.failed(room)
             log.warning("restricted-rooms index not updated for room %s: %s", room, error)
@@ -234,17 +236,18 @@ class RedisStateStore:
             await self._index(room, listed=False)
 
     async def is_processed(self, message_id: str) -> bool:
-        count: int = await self._call(lambda: self._redis.exists(self.keys.processed(message_id)))
-        return count > 0
+        key = self.keys.processed(message_id)
+        (count,) = await self._on(key, lambda pipe: pipe.exists(key))
+        return bool(count)
 
     async def mark_processed(self, message_id: str) -> None:
-        await self._call(
-            lambda: self._redis.set(self.keys.processed(message_id), b"1", ex=self._dedup_window)
-        )
+        key = self.keys.processed(message_id)
+        await self._on(key, lambda pipe: pipe.set(key, b"1", ex=self._dedup_window))
 
     async def count_restricted_rooms(self) -> int:
-        count: int = await self._call(lambda: self._redis.zcount(self.keys.restricted, time.time(), "+inf"))
-        return count
+        key = self.keys.restricted
+        (count,) = await self._on(key, lambda pipe: pipe.zcount(key, time.time(), "+inf"))
+        return int(count)
 
     async def ping(self) -> None:
         await self._call(self._redis.ping)
@@ -264,18 +267,15 @@ class RedisReplicaRegistry:
 
     async def heartbeat(self, replica: str) -> list[str]:
         """Refresh our registration; the replicas alive now, in a stable order."""
+        now = time.time()
 
-        async def refresh() -> list[bytes]:
-            now = time.time()
-            async with self._store._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(self._key, {replica: now + self._ttl})
-                pipe.zremrangebyscore(self._key, "-inf", now)
-                pipe.zrange(self._key, 0, -1)
-                results = await pipe.execute()
-            members: list[bytes] = results[-1]
-            return members
+        def refresh(pipe: AnyPipeline) -> None:
+            pipe.zadd(self._key, {replica: now + self._ttl})
+            pipe.zremrangebyscore(self._key, "-inf", now)
+            pipe.zrange(self._key, 0, -1)
 
-        return sorted(member.decode() for member in await self._store._call(refresh))
+        *_, members = await self._store._on(self._key, refresh)
+        return sorted(member.decode() for member in members)
 
     async def leave(self, replica: str) -> None:
-        await self._store._call(lambda: self._store._redis.zrem(self._key, replica))
+        await self._store._on(self._key, lambda pipe: pipe.zrem(self._key, replica))
