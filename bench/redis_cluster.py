@@ -19,21 +19,14 @@ Prints a table; all figures in ``bench/results/redis-cluster.json``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import uuid
-from typing import Any
 
-from bench.harness import RESULTS
-from bench.redis_rounds import latest, service_round, store_round, table
+from bench.redis_rounds import Setup, arguments, compare, report
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.store.target import RedisTarget
-from testkit.processes import EmulatorProcess
 from testkit.redis_cluster import RedisClusterGroup
 from testkit.redis_sentinel import RedisSentinelGroup
-
-SETUPS = ("single", "cluster")
 
 
 def _store(target: RedisTarget, min_replicas: int) -> RedisStateStore:
@@ -47,47 +40,24 @@ def _store(target: RedisTarget, min_replicas: int) -> RedisStateStore:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--commands", type=int, default=5000, help="state writes per throughput round")
-    parser.add_argument("--rate", type=float, default=50.0, help="commands/s of the latency round")
-    parser.add_argument("--store-ops", type=int, default=3000, help="load+save cycles per store round")
+    parser = arguments(__doc__ or "")
     parser.add_argument("--min-replicas", type=int, default=1, help="REDIS_MIN_REPLICAS of both")
     args = parser.parse_args()
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "store": {label: [] for label in SETUPS},
-        "service": {label: [] for label in SETUPS},
-    }
-    emulator = EmulatorProcess()
-    try:
-        with RedisSentinelGroup(replicas=2) as single, RedisClusterGroup() as cluster:
-            targets = {"single": single.target(), "cluster": cluster.target()}
-            environments = {"single": single.service_env(), "cluster": cluster.service_env()}
-            for round_number in range(args.rounds):
-                stores = {label: _store(targets[label], args.min_replicas) for label in SETUPS}
-                try:
-                    for label, figures in (await store_round(stores, args.store_ops)).items():
-                        results["store"][label].append(figures)
-                finally:
-                    for store in stores.values():
-                        await store.close()
-                for label in SETUPS if round_number % 2 == 0 else reversed(SETUPS):
-                    env = {**environments[label], "REDIS_MIN_REPLICAS": str(args.min_replicas)}
-                    service = await service_round(env, label, emulator.url, args.commands, args.rate)
-                    results["service"][label].append(service)
-                print(f"round {round_number + 1}: {latest(results)}", flush=True)
-    finally:
-        emulator.stop()
-
-    print(
-        f"\nmedian of {args.rounds} rounds, REDIS_MIN_REPLICAS={args.min_replicas}; "
-        "single Redis | Redis Cluster | ratio cluster/single"
-    )
-    print("\n".join(table(results, SETUPS, rate=args.rate)))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "redis-cluster.json").write_text(json.dumps(results, indent=2))
+    replicas = str(args.min_replicas)
+    with RedisSentinelGroup(replicas=2) as single, RedisClusterGroup() as cluster:
+        setups = {
+            "single": Setup(
+                store=lambda: _store(single.target(), args.min_replicas),
+                env=single.service_env(REDIS_MIN_REPLICAS=replicas),
+            ),
+            "cluster": Setup(
+                store=lambda: _store(cluster.target(), args.min_replicas),
+                env=cluster.service_env(REDIS_MIN_REPLICAS=replicas),
+            ),
+        }
+        results = await compare(setups, args)
+    title = f"REDIS_MIN_REPLICAS={replicas}; single Redis | Redis Cluster | ratio cluster/single"
+    report(results, args, title=title, file_name="redis-cluster.json")
 
 
 if __name__ == "__main__":

@@ -13,20 +13,25 @@ the same machine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import cpu_seconds, remove_run
+from bench.harness import RESULTS, cpu_seconds, remove_run
 from bench.loadgen import LoadGenerator, command
 from bench.workloads import latency_figures
 from livekit_signaling.domain.state import RosterEntry
 from livekit_signaling.store.redis import RedisStateStore
-from testkit.processes import Names, ServiceProcess
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
+
+#: One set-up's figures per kind of round ("store", "service"), per label, per round.
+Results = dict[str, dict[str, list[dict[str, Any]]]]
 
 POPOUT = {"action": "request_popout_stream_access_token"}
 ROOMS = 500
@@ -159,3 +164,58 @@ def latest(results: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> 
             for kind, by_label in results.items()
         }
     )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One Redis set-up the rounds compare: a new store on it (one per round, closed after it), and the
+    service's environment for it."""
+
+    store: Callable[[], RedisStateStore]
+    env: Mapping[str, str]
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every Redis bench takes (a bench may add its own)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--commands", type=int, default=5000, help="state writes per throughput round")
+    parser.add_argument("--rate", type=float, default=50.0, help="commands/s of the latency round")
+    parser.add_argument("--store-ops", type=int, default=3000, help="load+save cycles per store round")
+    return parser
+
+
+async def compare(setups: Mapping[str, Setup], args: argparse.Namespace) -> Results:
+    """``args.rounds`` rounds over every set-up: the store's side by side, the service's in an order
+    that alternates round by round; prints each round's figures as it ends."""
+    labels = list(setups)
+    results: Results = {"store": {label: [] for label in labels}, "service": {label: [] for label in labels}}
+    emulator = EmulatorProcess()
+    try:
+        for round_number in range(args.rounds):
+            stores = {label: setup.store() for label, setup in setups.items()}
+            try:
+                for label, figures in (await store_round(stores, args.store_ops)).items():
+                    results["store"][label].append(figures)
+            finally:
+                for store in stores.values():
+                    await store.close()
+            for label in labels if round_number % 2 == 0 else reversed(labels):
+                service = await service_round(
+                    setups[label].env, label, emulator.url, args.commands, args.rate
+                )
+                results["service"][label].append(service)
+            print(f"round {round_number + 1}: {latest(results)}", flush=True)
+    finally:
+        emulator.stop()
+    return results
+
+
+def report(results: Results, args: argparse.Namespace, *, title: str, file_name: str) -> None:
+    """The table of medians under ``title``; every figure into ``bench/results/<file_name>``."""
+    print(f"\nmedian of {args.rounds} rounds; {title}")
+    print("\n".join(table(results, list(results["store"]), rate=args.rate)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / file_name).write_text(json.dumps(results, indent=2))

@@ -43,7 +43,17 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
 from livekit_signaling.store.target import RedisTarget
-from testkit.redis_sentinel import HOST, RedisNode, acl_user, common_config, tls_config, wait_until
+from testkit.processes import process_alive
+from testkit.redis_sentinel import (
+    HOST,
+    RedisNode,
+    access_settings,
+    acl_user,
+    common_config,
+    node_client,
+    tls_config,
+    wait_until,
+)
 from testkit.tls import TlsFiles
 
 #: A node's cluster bus listens on its port + 10000 (Redis's fixed offset).
@@ -65,16 +75,6 @@ def _free_node_port() -> int:
             bus.bind((HOST, port + BUS_OFFSET))
             return port
     raise RuntimeError("no free port pair (port, port + 10000) found")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _processes_under(directory: Path) -> list[int]:
@@ -100,7 +100,7 @@ def remove_stale_clusters() -> list[Path]:
             if time.time() - directory.stat().st_mtime < 600:
                 continue
             owner = 0
-        if owner and _alive(owner):
+        if owner and process_alive(owner):
             continue
         for pid in _processes_under(directory):
             with contextlib.suppress(ProcessLookupError):
@@ -204,12 +204,7 @@ class RedisClusterGroup:
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {"REDIS_CLUSTER_NODES": self.nodes_setting}
-        if self.username:
-            env["REDIS_USERNAME"] = self.username
-        if self.password:
-            env["REDIS_PASSWORD"] = self.password
-        if self.tls is not None:
-            env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(self.tls.ca)}
+        env |= access_settings(self.tls, REDIS_USERNAME=self.username, REDIS_PASSWORD=self.password)
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -298,15 +293,8 @@ class RedisClusterGroup:
 
     def client(self, node: RedisNode, *, timeout: float = 2.0) -> redis.Redis:
         """A client of one node (no redirections followed)."""
-        return redis.Redis(
-            host=HOST,
-            port=node.port,
-            username=self.username,
-            password=self.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            ssl=self.tls is not None,
-            ssl_ca_certs=str(self.tls.ca) if self.tls is not None else None,
+        return node_client(
+            node, username=self.username, password=self.password, tls=self.tls, timeout=timeout
         )
 
     def cluster_client(self) -> SyncRedisCluster:

@@ -128,6 +128,31 @@ def tls_config(node: RedisNode, tls: TlsFiles | None) -> list[str]:
     ]
 
 
+def access_settings(tls: TlsFiles | None, **settings: str | None) -> dict[str, str]:
+    """The service's settings among ``settings`` that have a value (user names, passwords), and with
+    ``tls`` the TLS ones (the CA as a file)."""
+    env = {name: value for name, value in settings.items() if value}
+    if tls is not None:
+        env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(tls.ca)}
+    return env
+
+
+def node_client(
+    node: RedisNode, *, username: str | None, password: str | None, tls: TlsFiles | None, timeout: float
+) -> redis.Redis:
+    """A client of one process, with TLS (checking the node's certificate against ``tls``'s CA) if given."""
+    return redis.Redis(
+        host=HOST,
+        port=node.port,
+        username=username,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        ssl=tls is not None,
+        ssl_ca_certs=str(tls.ca) if tls is not None else None,
+    )
+
+
 def wait_until(predicate: Callable[[], object], what: str, timeout: float, *, logs: Path) -> None:
     """Poll ``predicate`` until it is true; a node that does not answer yet counts as false. Raises
     ``TimeoutError`` saying ``what`` did not happen, and where the processes' logs are."""
@@ -206,16 +231,13 @@ class RedisSentinelGroup:
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {"REDIS_SENTINELS": self.sentinels_setting, "REDIS_SENTINEL_MASTER": self.master_name}
-        for name, value in (
-            ("REDIS_USERNAME", self.username),
-            ("REDIS_PASSWORD", self.password),
-            ("REDIS_SENTINEL_USERNAME", self.sentinel_username),
-            ("REDIS_SENTINEL_PASSWORD", self.sentinel_password),
-        ):
-            if value:
-                env[name] = value
-        if self.tls is not None:
-            env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(self.tls.ca)}
+        env |= access_settings(
+            self.tls,
+            REDIS_USERNAME=self.username,
+            REDIS_PASSWORD=self.password,
+            REDIS_SENTINEL_USERNAME=self.sentinel_username,
+            REDIS_SENTINEL_PASSWORD=self.sentinel_password,
+        )
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -315,16 +337,7 @@ class RedisSentinelGroup:
         is_sentinel = node in self.sentinel_nodes
         username = self.sentinel_username if is_sentinel else self.username
         password = self.sentinel_password if is_sentinel else self.password
-        return redis.Redis(
-            host=HOST,
-            port=node.port,
-            username=username,
-            password=password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            ssl=self.tls is not None,
-            ssl_ca_certs=str(self.tls.ca) if self.tls is not None else None,
-        )
+        return node_client(node, username=username, password=password, tls=self.tls, timeout=timeout)
 
     def _query(self, node: RedisNode, *command: str | int) -> object:
         with self.client(node) as client:
