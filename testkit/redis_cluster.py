@@ -78,13 +78,14 @@ def _free_node_port() -> int:
 
 
 def _processes_under(directory: Path) -> list[int]:
-    """Pids of the processes whose command line names a file in ``directory`` (its redis-servers)."""
+    """Pids of the processes working in ``directory`` (a redis-server changes into its ``dir``, and
+    renames itself, so its command line does not say where it belongs)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if f"{directory}/".encode() in (entry / "cmdline").read_bytes():
+            if Path(os.readlink(entry / "cwd")).is_relative_to(directory):
                 pids.append(int(entry.name))
     return pids
 
