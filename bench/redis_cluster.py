@@ -10,7 +10,7 @@ testkit/redis_cluster.py), and runs the rounds of bench/redis_rounds.py against 
 ``REDIS_MIN_REPLICAS`` (default 1: a write counts once one replica of its shard holds it).
 
 What it shows is the cost of the cluster's client side: the slot map, every room's commands pinned to
-the master of its slot, the restricted-rooms index written after the room's own script. What it cannot
+the master of its slot, the indexes that span rooms written after the room's own script. What it cannot
 show on one machine is what the cluster is for: every node shares the same two cores, so three masters
 serve no more than one here; across machines each master adds its own CPU, memory and network.
 

@@ -91,9 +91,10 @@ async def test_rooms_spread_over_the_masters_and_every_key_of_a_room_is_in_its_s
 ) -> None:
     """Six rooms under load and three restricted rooms, chosen so that each master serves three. Every
     key the service wrote under its prefix is either a key that spans rooms (the restricted-rooms
-    index, the replicas' heartbeats, duplicate-window marks) or carries a room as its hash tag, and then
-    hashes to that room's slot as Redis computes it (``CLUSTER KEYSLOT``) and sits on the one master
-    that serves it. The gauge of restricted rooms counts the three."""
+    index, the reconcile lists, the replicas' heartbeats, duplicate-window marks) or carries a room as
+    its hash tag, and then hashes to that room's slot as Redis computes it (``CLUSTER KEYSLOT``) and
+    sits on the one master that serves it. The indexes written after the rooms' scripts hold the three
+    restricted rooms: the gauge counts them, the reconcile lists list them."""
     service = await start_service(cluster.service_env())
     client = await load_client()
     await client.watch_dead_letters()
@@ -110,11 +111,17 @@ async def test_rooms_spread_over_the_masters_and_every_key_of_a_room_is_in_its_s
 
     prefix = names.redis_prefix
     spanning = {f"{prefix}:restricted", f"{prefix}:replicas"}
+    reconcile_lists = f"{prefix}:reconcile:"
     holders: dict[str, set[int]] = defaultdict(set)
     untagged: list[str] = []
     marks = room_keys = 0
+    to_reconcile: set[str] = set()
     for master in cluster.masters():
         for key in cluster.keys_on(master, f"{prefix}:*"):
+            if key.startswith(reconcile_lists):
+                with cluster.client(master) as node:
+                    to_reconcile |= {room.decode() for room in node.zrange(key, 0, -1)}
+                continue
             if key in spanning:
                 continue
             if key.startswith(f"{prefix}:msg:"):
@@ -135,6 +142,7 @@ async def test_rooms_spread_over_the_masters_and_every_key_of_a_room_is_in_its_s
             room_keys=room_keys,
             duplicate_window_marks=marks,
             restricted_rooms_gauge=gauge,
+            rooms_to_reconcile=len(to_reconcile),
         )
     )
     assert not untagged, untagged
@@ -143,6 +151,7 @@ async def test_rooms_spread_over_the_masters_and_every_key_of_a_room_is_in_its_s
     assert len({port for ports in holders.values() for port in ports}) == 3
     assert marks > 0
     assert gauge == len(restricted)
+    assert to_reconcile == set(restricted)
     for room in restricted:
         await joiner_is_told_the_restriction(client, room)
     assert answered

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as redis
@@ -144,6 +144,23 @@ class RedisConnection:
             queue(pipe)
             results: list[Any] = await pipe.execute()
             return results
+
+    async def pipelines(self, queues: Mapping[str, Callable[[AnyPipeline], object]]) -> dict[str, list[Any]]:
+        """Per key, run the commands its queue adds on the master that holds the key; their results, by
+        key. One pipeline (one round trip) with one master; in a cluster one per key, all at once."""
+        if isinstance(self.client, RedisCluster):
+            client = self.client
+            keys = list(queues)
+            results = await asyncio.gather(*(run_on_slot_owner(client, key, queues[key]) for key in keys))
+            return dict(zip(keys, results, strict=True))
+        spans: dict[str, tuple[int, int]] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, queue in queues.items():
+                start = len(pipe)
+                queue(pipe)
+                spans[key] = (start, len(pipe))
+            replies: list[Any] = await pipe.execute()
+        return {key: replies[start:end] for key, (start, end) in spans.items()}
 
     async def after_error(self, error: BaseException) -> None:
         """After a transient failure, make sure the next attempt goes to the current master.

@@ -26,8 +26,9 @@ class RedisKeys:
     #: is on the one master); in a cluster they are in other slots, so the store writes them after it.
     indexes_in_room_script = True
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, partitions: int = 1) -> None:
         self.prefix = prefix
+        self._partitions = partitions
         #: The rooms with microphone restrictions, one sorted set scored by until when they count. It
         #: changes when a room's restrictions change, and is refreshed at most a few times per room per
         #: ``ROOM_IDLE_SECONDS`` (store/redis.py); read once per metrics scrape. Far below what one
@@ -39,6 +40,15 @@ class RedisKeys:
 
     def room(self, room: str) -> str:
         return f"{self.prefix}:room:{room}"
+
+    def reconcile(self, partition: int) -> str:
+        """The rooms of ``partition`` with something to enforce, for the reconciler (one sorted set per
+        partition, the partition count in its name). In a cluster each list sits in the slot of its own
+        name, so the lists spread over the masters; each holds only its partition's rooms with standing
+        decisions, is read once per reconcile interval by the one replica that holds the partition, and
+        is written with those rooms' writes (at most a few times per room per ``ROOM_IDLE_SECONDS``
+        unless their decisions change)."""
+        return f"{self.prefix}:reconcile:{self._partitions}:{partition}"
 
     def probe(self, room: str) -> str:
         """What a replication barrier before a read or deletion of ``room`` writes."""
@@ -64,7 +74,9 @@ class ClusterKeys(RedisKeys):
         return f"{self.prefix}:replication-probe:{{{room}}}"
 
 
-def keys_for(target: RedisTarget, prefix: str) -> RedisKeys:
-    """The layout for ``target``: tagged in a cluster, as always otherwise."""
+def keys_for(target: RedisTarget, prefix: str, *, partitions: int = 1) -> RedisKeys:
+    """The layout for ``target``: tagged in a cluster, as always otherwise; ``partitions``: of the
+    command queues, one reconcile list each."""
     check_key_prefix(prefix, target)
-    return ClusterKeys(prefix) if target.is_cluster else RedisKeys(prefix)
+    layout = ClusterKeys if target.is_cluster else RedisKeys
+    return layout(prefix, partitions=partitions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -10,10 +11,11 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisClusterException, RedisError
 
 from livekit_signaling.domain.errors import StaleState, StoreUnavailable
+from livekit_signaling.domain.reconciliation import has_standing_decisions
 from livekit_signaling.domain.state import RoomDecisions, RoomState
 from livekit_signaling.store.connection import AnyPipeline, RedisConnection, failure_text, is_transient
 from livekit_signaling.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
-from livekit_signaling.store.indexes import RoomIndex
+from livekit_signaling.store.indexes import IndexesAfterWrites, IndexUpdate
 from livekit_signaling.store.keys import keys_for
 from livekit_signaling.store.replication import ReplicationGuard
 from livekit_signaling.store.target import RedisTarget
@@ -34,11 +36,14 @@ _DELETED_FIELD = ".x"
 # keeps two replicas from interleaving writes while a partition changes hands), then the part written
 # (the decisions, or one participant's entry: set, or removed when empty), the write's stamp for the
 # replication guard (when replicas are required), the idle expiry of the whole room, and, with one
-# Redis (KEYS[2] given), the index of restricted rooms (a sorted set scored by expiry, so that expired
-# rooms drop out of counts: set or removed with the decisions, and otherwise only kept in step with the
-# key's expiry). In a cluster the index is in another slot than the room, so the store writes it after
-# the script (store/indexes.py) and the script touches only the room's hash. Returns the new version, or
-# 0 when fenced. Nothing in it reads or writes more than one entry.
+# Redis, the indexes that span rooms: the restricted rooms (KEYS[2], a sorted set scored by expiry, so
+# that expired rooms drop out of counts: set or removed with the decisions, and otherwise only kept in
+# step with the key's expiry), and, when the write names its partition and the room has something to
+# enforce (KEYS[3]: that partition's reconcile list), the room on that list: until the room expires
+# while its decisions stand (ARGV[9] 'standing'), until the lift grace (ARGV[10]) once they were
+# lifted. In a cluster those indexes are in other slots than the room, so the store writes them after
+# the script (store/indexes.py) and the script touches only the room's hash. Returns the new version,
+# or 0 when fenced. Nothing in it reads or writes more than one entry.
 _WRITE_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], '.v')
 if (stored or '0') ~= ARGV[1] then return 0 end
@@ -61,16 +66,33 @@ else
   if KEYS[2] then redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4]) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[3] then
+  if ARGV[9] == 'standing' then
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  else
+    redis.call('ZADD', KEYS[3], ARGV[10], ARGV[4])
+  end
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
 return version
 """
 
 
 class RedisStateStore:
-    """Keys (names in store/keys.py, hash-tagged by room in a cluster): a room's hash (version ``.v``,
-    encoded decisions ``.d``, write stamp ``.w``, and one field per participant holding its encoded
-    roster entry; the whole room expires when idle), the index of rooms with microphone restrictions,
-    one mark per processed command (the duplicate-suppression window), the probe replication barriers
-    write.
+    """Keys (names and slots in store/keys.py; hash-tagged by room in a cluster): a room's hash (version
+    ``.v``, encoded decisions ``.d``, write stamp ``.w``, and one field per participant holding its
+    encoded roster entry; the whole room expires when idle), the index of rooms with microphone
+    restrictions, per partition the rooms with something to enforce (reconcile lists, scored by until
+    when), one mark per processed command (the duplicate-suppression window), the probe replication
+    barriers write.
+
+    The reconcile lists hold only their partition's rooms with standing decisions (a few thousand at
+    100,000 participants), are read by one replica once per reconcile interval and written by the room
+    writes that already touch the room. Their updates are idempotent (ZADD of a score), so in a cluster
+    the store issues them after the room's own write; a list that lags only delays a room's
+    reconciliation until its next write. The partition count is in the key: after
+    ``SIGNALING_PARTITIONS`` changes, rooms move to the new count's lists with their next write, and
+    the old lists expire.
 
     With ``min_replicas`` > 0, room writes and deletions count only once that many replicas hold them,
     and a read of a room not known to be replicated waits until it is (``ReplicationGuard``)."""
@@ -85,6 +107,8 @@ class RedisStateStore:
         timeout_seconds: float = 2.0,
         min_replicas: int = 0,
         wait_timeout_seconds: float = 1.0,
+        partitions: int = 1,
+        lift_grace_seconds: float = 0.0,
     ) -> None:
         target = RedisTarget(url=target) if isinstance(target, str) else target
         # A reply may take as long as the WAIT it answers, on top of the ordinary bound.
@@ -92,15 +116,18 @@ class RedisStateStore:
             target, timeout_seconds=timeout_seconds + (wait_timeout_seconds if min_replicas else 0)
         )
         self._redis = self._connection.client
-        self.keys = keys_for(target, prefix)
+        self.keys = keys_for(target, prefix, partitions=partitions)
         self._dedup_window = max(1, int(dedup_window_seconds))
         self._room_idle = max(1, int(room_idle_seconds))
+        self._lift_grace = lift_grace_seconds
         self._replication = ReplicationGuard(min_replicas=min_replicas, timeout_seconds=wait_timeout_seconds)
-        #: The restricted-rooms index, when the room's script cannot write it (a cluster).
-        self._restricted_index = (
+        #: What this process wrote to the indexes, when the room's script cannot write them (a cluster).
+        self._indexes = (
             None
             if self.keys.indexes_in_room_script
-            else RoomIndex(self.keys.restricted, room_idle_seconds=self._room_idle)
+            else IndexesAfterWrites(
+                self.keys, room_idle_seconds=self._room_idle, lift_grace_seconds=lift_grace_seconds
+            )
         )
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -153,87 +180,145 @@ class RedisStateStore:
             participants=entries,
         )
 
-    async def save_entry(self, room: str, state: RoomState, participant: str) -> None:
+    async def save_entry(
+        self, room: str, state: RoomState, participant: str, *, partition: int | None = None
+    ) -> None:
         entry = state.participants.get(participant)
+        standing = partition is not None and has_standing_decisions(state.decisions)
         await self._write(
-            room, state, "entry", participant, encode_entry(entry) if entry is not None else b""
+            room,
+            state,
+            "entry",
+            participant,
+            encode_entry(entry) if entry is not None else b"",
+            partition=partition,
+            reconcile="standing" if standing else "",
         )
 
-    async def save_decisions(self, room: str, state: RoomState) -> None:
+    async def save_decisions(self, room: str, state: RoomState, *, partition: int | None = None) -> None:
         restricted = state.decisions.microphone_restrictions is not None
         await self._write(
-            room, state, "decisions", encode_decisions(state.decisions), b"1" if restricted else b"0"
+            room,
+            state,
+            "decisions",
+            encode_decisions(state.decisions),
+            b"1" if restricted else b"0",
+            partition=partition,
+            reconcile="standing" if has_standing_decisions(state.decisions) else "lifted",
         )
 
-    async def _write(self, room: str, state: RoomState, part: str, *values: str | bytes) -> None:
-        """The one write path of room state: one script call (fence, part, stamp, expiry, index) and,
-        with replicas required, its ``WAIT`` in the same pipeline."""
+    async def _write(
+        self,
+        room: str,
+        state: RoomState,
+        part: str,
+        *values: str | bytes,
+        partition: int | None,
+        reconcile: str,
+    ) -> None:
+        """The one write path of room state: one script call (fence, part, stamp, expiry, and with one
+        Redis the indexes) and, with replicas required, its ``WAIT`` in the same pipeline; in a cluster
+        the indexes after it."""
         stamp = self._replication.new_stamp() if self._replication.enabled else ""
+        now = time.time()
         args: list[str | bytes | int | float] = [
             str(state.version),
             self._room_idle,
-            time.time() + self._room_idle,
+            now + self._room_idle,
             room,
             part,
             *values,
             stamp,
+            reconcile,
+            now + self._lift_grace,
         ]
+        key = self.keys.room(room)
+        keys = [key]
+        if self._indexes is None:
+            keys.append(self.keys.restricted)
+            if partition is not None and reconcile:
+                keys.append(self.keys.reconcile(partition))
         # EVAL rather than EVALSHA: a master promoted by a fail-over has no scripts loaded, and Redis
         # caches the compiled script by its hash anyway.
-        key = self.keys.room(room)
-        index = [self.keys.restricted] if self._restricted_index is None else []
         version: Any
         (version,) = await self._call(
             lambda: self._replication.write(
-                self._connection,
-                key,
-                lambda pipe: pipe.eval(_WRITE_SCRIPT, 1 + len(index), key, *index, *args),
+                self._connection, key, lambda pipe: pipe.eval(_WRITE_SCRIPT, len(keys), *keys, *args)
             )
         )
         if not version:
             raise StaleState(f"room {room}: another writer saved since version {state.version}")
         state.version = int(version)
         self._replication.confirmed(room, stamp)
-        restricted = state.decisions.microphone_restrictions is not None
-        if self._restricted_index is not None and self._restricted_index.due(
-            room, restricted, changed=part == "decisions"
-        ):
-            await self._index(room, listed=restricted)
+        if self._indexes is not None:
+            await self._write_indexes(
+                self._indexes.after_write(
+                    room, state.decisions, decisions_written=part == "decisions", partition=partition
+                )
+            )
 
-    async def _index(self, room: str, *, listed: bool) -> None:
-        """Write ``room``'s entry in the restricted-rooms index after the room's own write (a cluster).
-        A transient failure does not fail the command, whose state is written: the entry is redone
-        with the room's next write (store/indexes.py)."""
-        index = self._restricted_index
-        assert index is not None
-        try:
-            if listed:
-                await self._on(index.key, lambda pipe: pipe.zadd(index.key, {room: index.score()}))
+    async def _write_indexes(self, updates: list[IndexUpdate]) -> None:
+        """Write room entries in indexes after the rooms' own writes (a cluster), each on the master
+        that holds its index. A transient failure does not fail the command, whose state is written:
+        the entry is redone with the room's next write (store/indexes.py)."""
+
+        async def write(update: IndexUpdate) -> None:
+            def queue(pipe: AnyPipeline) -> None:
+                if update.until is None:
+                    pipe.zrem(update.key, update.room)
+                else:
+                    pipe.zadd(update.key, {update.room: update.until})
+                pipe.expire(update.key, self._room_idle)
+
+            try:
+                await self._on(update.key, queue)
+            except StoreUnavailable as error:
+                update.index.failed(update.room)
+                log.warning("index %s not updated for room %s: %s", update.key, update.room, error)
             else:
-                await self._on(index.key, lambda pipe: pipe.zrem(index.key, room))
-        except StoreUnavailable as error:
-            index.failed(room)
-            log.warning("restricted-rooms index not updated for room %s: %s", room, error)
-        else:
-            index.written(room, listed)
+                update.index.written(update.room, update.listed)
 
-    async def delete(self, room: str) -> None:
-        # Not a MULTI (WAIT has to follow the writes outside it); both commands are idempotent, the
-        # room's later commands wait for this one, and a retry repeats both.
+        await asyncio.gather(*(write(update) for update in updates))
+
+    async def delete(self, room: str, *, partition: int | None = None) -> None:
+        # Not a MULTI (WAIT has to follow the writes outside it); the commands are idempotent, the
+        # room's later commands wait for this one, and a retry repeats them.
         key = self.keys.room(room)
 
-        def delete_both(pipe: AnyPipeline) -> None:
+        def delete_all(pipe: AnyPipeline) -> None:
             # The room's key is written before it goes, so that the deletion is a write (for WAIT) also
             # when the key was gone already; one key, so that no migration in a cluster splits them.
             pipe.hset(key, _DELETED_FIELD, b"1")
             pipe.delete(key)
-            if self._restricted_index is None:
+            if self._indexes is None:
                 pipe.zrem(self.keys.restricted, room)
+                if partition is not None:
+                    pipe.zrem(self.keys.reconcile(partition), room)
 
         self._replication.forget(room)
-        await self._call(lambda: self._replication.write(self._connection, key, delete_both))
-        if self._restricted_index is not None:
-            await self._index(room, listed=False)
+        await self._call(lambda: self._replication.write(self._connection, key, delete_all))
+        if self._indexes is not None:
+            await self._write_indexes(self._indexes.after_delete(room, partition=partition))
+
+    async def rooms_to_reconcile(self, partitions: Collection[int]) -> list[tuple[str, int]]:
+        """Per partition, drop the rooms whose time is up and read the others: one round trip with one
+        Redis, one per list's master (at once) in a cluster."""
+        ordered = sorted(partitions)
+        now = time.time()
+
+        keys = {partition: self.keys.reconcile(partition) for partition in ordered}
+
+        def queue_for(key: str) -> Callable[[AnyPipeline], object]:
+            def queue(pipe: AnyPipeline) -> None:
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.zrangebyscore(key, now, "+inf")
+
+            return queue
+
+        replies = await self._call(
+            lambda: self._connection.pipelines({key: queue_for(key) for key in keys.values()})
+        )
+        return [(room.decode(), partition) for partition, key in keys.items() for room in replies[key][1]]
 
     async def is_processed(self, message_id: str) -> bool:
         key = self.keys.processed(message_id)
