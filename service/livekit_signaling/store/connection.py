@@ -8,9 +8,10 @@ or, if the old master was demoted rather than lost, gets ``READONLY`` for a writ
 into a ``ConnectionError`` after closing that connection. The store treats both as transient
 (``is_transient``): the command retries in place and its next attempt reaches the new master.
 
-In a cluster, redis-py follows a slot's move itself (``MOVED``, ``ASK``); after a failure that may mean a
-master is gone, the store reads the slot map again (``after_error``), and a cluster that cannot serve a
-slot for the moment (``CLUSTERDOWN``, ``TRYAGAIN``, a slot without a master) is transient too.
+In a cluster, each key's commands go to the master of its slot, and a slot's move (``MOVED``, ``ASK``) is
+followed (``pipeline``, store/cluster.py); after a failure that may mean a master is gone, the store
+reads the slot map again (``after_error``), and a cluster that cannot serve a slot for the moment
+(``CLUSTERDOWN``, ``TRYAGAIN``, a slot without a master) is transient too.
 """
 
 from __future__ import annotations
@@ -171,11 +172,14 @@ class RedisConnection:
         land on the old master, which WAIT reveals (it has no replicas left) but does not end. So ask
         the Sentinels now: if the master moved, the pool closes its idle connections. A plain client
         keeps its connections to a master that was demoted behind the same address (a managed Redis
-        that fails over by moving a DNS name): on READONLY, drop the idle ones. In a cluster, read the
-        slot map again (a master may be gone and its replica promoted)."""
+        that fails over by moving a DNS name): on READONLY, drop the idle ones. In a cluster, after a
+        failure of Redis itself (not a ``WAIT`` that fell short: a master that lost its replicas, or
+        its majority, stops taking writes or moves its slots, which the store meets and follows), read
+        the slot map again: a master may be gone and its replica promoted."""
         if self._topology is not None:
-            with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                await self._topology.refresh()
+            if isinstance(error, RedisError | RedisClusterException | OSError):
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    await self._topology.refresh()
             return
         assert isinstance(self.client, redis.Redis)
         pool = self.client.connection_pool
