@@ -10,10 +10,11 @@ every quarter of ``ROOM_IDLE_SECONDS``). One Redis writes the same entries insid
 write.
 
 Not atomic with the room's write, so an index may lag behind it: a failed index write is logged (the
-command's state is written and confirmed: it goes on) and redone with the room's next write; a process
-gone between the two leaves the room out until its next write, or listed until its entry expires. A
-lagging restricted index makes the gauge off by a room; a lagging reconcile list delays the room's
-reconciliation until its next write, as the reconciler allows for.
+command's state is written and confirmed: it goes on) and tried again with the store's next index write
+or reconcile pass, which every replica makes once per reconcile interval; a process gone between the
+two leaves the room out until its next write, or listed until its entry expires. A lagging restricted
+index makes the gauge off by a room; a lagging reconcile list delays the room's reconciliation, as the
+reconciler allows for.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class IndexUpdate:
 
 
 class IndexesAfterWrites:
-    """The entries a room's write or deletion implies in the indexes that span rooms."""
+    """The entries a room's write or deletion implies in the indexes that span rooms, and those whose
+    write failed, to be tried again."""
 
     def __init__(self, keys: RedisKeys, *, room_idle_seconds: float, lift_grace_seconds: float) -> None:
         self._keys = keys
@@ -83,6 +85,25 @@ class IndexesAfterWrites:
         self._lift_grace = lift_grace_seconds
         self._restricted = RoomIndex(refresh_seconds=room_idle_seconds / 4)
         self._reconcile = RoomIndex(refresh_seconds=room_idle_seconds / 4)
+        #: Failed updates by (index key, room), the latest of each; oldest first.
+        self._pending: OrderedDict[tuple[str, str], IndexUpdate] = OrderedDict()
+
+    def with_pending(self, updates: list[IndexUpdate]) -> list[IndexUpdate]:
+        """``updates`` and the failed ones they do not replace, which are taken out of the pending."""
+        for update in updates:
+            self._pending.pop((update.key, update.room), None)
+        retried = list(self._pending.values())
+        self._pending.clear()
+        return [*retried, *updates]
+
+    def written(self, update: IndexUpdate) -> None:
+        update.index.written(update.room, update.listed)
+
+    def failed(self, update: IndexUpdate) -> None:
+        update.index.failed(update.room)
+        self._pending[(update.key, update.room)] = update
+        if len(self._pending) > REMEMBERED_ROOMS:
+            self._pending.popitem(last=False)
 
     def after_write(
         self, room: str, decisions: RoomDecisions, *, decisions_written: bool, partition: int | None

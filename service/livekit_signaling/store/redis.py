@@ -259,8 +259,10 @@ class RedisStateStore:
 
     async def _write_indexes(self, updates: list[IndexUpdate]) -> None:
         """Write room entries in indexes after the rooms' own writes (a cluster), each on the master
-        that holds its index. A transient failure does not fail the command, whose state is written:
-        the entry is redone with the room's next write (store/indexes.py)."""
+        that holds its index, with those that failed before. A transient failure does not fail the
+        command, whose state is written: the entry is tried again with the next (store/indexes.py)."""
+        indexes = self._indexes
+        assert indexes is not None
 
         async def write(update: IndexUpdate) -> None:
             def queue(pipe: AnyPipeline) -> None:
@@ -273,12 +275,12 @@ class RedisStateStore:
             try:
                 await self._on(update.key, queue)
             except StoreUnavailable as error:
-                update.index.failed(update.room)
+                indexes.failed(update)
                 log.warning("index %s not updated for room %s: %s", update.key, update.room, error)
             else:
-                update.index.written(update.room, update.listed)
+                indexes.written(update)
 
-        await asyncio.gather(*(write(update) for update in updates))
+        await asyncio.gather(*(write(update) for update in indexes.with_pending(updates)))
 
     async def delete(self, room: str, *, partition: int | None = None) -> None:
         # Not a MULTI (WAIT has to follow the writes outside it); the commands are idempotent, the
@@ -304,6 +306,8 @@ class RedisStateStore:
         """Per partition, drop the rooms whose time is up and read the others: one round trip with one
         Redis, one per list's master (at once) in a cluster."""
         ordered = sorted(partitions)
+        if self._indexes is not None:
+            await self._write_indexes([])  # what failed before, so that the lists are complete
         now = time.time()
 
         keys = {partition: self.keys.reconcile(partition) for partition in ordered}
