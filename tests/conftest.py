@@ -18,19 +18,26 @@ from testkit.emulator import Emulator
 from testkit.processes import EmulatorProcess, Names, ServiceProcess
 
 TESTS = Path(__file__).resolve().parent
-#: Tiers whose tests run on RabbitMQ nodes, Redis processes and test hosts of their own: each is a group
-#: that ``scripts/test`` (pytest-xdist, ``--dist loadgroup``) runs on a worker of its own, beside the
-#: rest. Everything else shares the system RabbitMQ, which one test restarts, so it stays one group, on
-#: one worker, in collection order, as a plain ``pytest`` run has it.
-OWN_BROKER_TIERS = frozenset({"ha", "partitions"})
 SYSTEM_BROKER_GROUP = "system-broker"
+
+
+def _group(test_file: Path) -> str:
+    """Tests that run on RabbitMQ nodes, Redis processes and test hosts of their own form groups that
+    ``scripts/test`` (pytest-xdist, ``--dist loadgroup``) runs on workers of their own, beside the rest:
+    the RabbitMQ cluster's tests, the Redis groups' and clusters' tests, the network partitions. All
+    other tests share the system RabbitMQ, which one of them restarts, so they are one group, on one
+    worker, in collection order, as a plain ``pytest`` run has them."""
+    tier = test_file.relative_to(TESTS).parts[0]
+    if tier == "ha":
+        return "ha-redis" if "redis" in test_file.name else "ha-rabbitmq"
+    if tier == "partitions":
+        return tier
+    return SYSTEM_BROKER_GROUP
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        tier = item.path.resolve().relative_to(TESTS).parts[0]
-        group = tier if tier in OWN_BROKER_TIERS else SYSTEM_BROKER_GROUP
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(_group(item.path.resolve())))
 
 
 @pytest.fixture(scope="session")
