@@ -13,8 +13,9 @@
 - ``tls``: throw-away certificates;
 - ``broker_admin``, ``broker_accounts``: the system RabbitMQ's application, vhosts, users and the
   shipped permissions with a test's names;
-- ``rabbit_cluster``, ``redis_sentinel``: a 3-node RabbitMQ cluster and a Sentinel-managed Redis of
-  their own, on loopback or on test hosts;
+- ``rabbit_cluster``, ``redis_sentinel``, ``redis_cluster``: a 3-node RabbitMQ cluster, a
+  Sentinel-managed Redis (on loopback or on test hosts) and a Redis Cluster (three masters, two
+  replicas each) of their own;
 - ``hosts``, ``netns``: where a process runs (``Host``), and test hosts in network namespaces with the
   faults between them (partitions, one-way cuts, silent drops).
 """

@@ -53,7 +53,7 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0)
 
 
 def process_alive(pid: int) -> bool:
-    """Whether the process ``pid`` runs (a zombie does not, for our purpose)."""
+    """Whether process ``pid`` runs (a zombie does not; one of another user does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

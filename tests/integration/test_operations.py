@@ -89,6 +89,38 @@ async def test_operator_cli_acts_as_a_user_unless_told_otherwise(service: Servic
     assert answer["payload"] == {"message": "error", "error": "insufficient_permissions"}
 
 
+def test_operator_cli_prints_every_copy_of_a_broadcast_and_refuses_what_the_service_would(
+    service: ServiceProcess, room: str
+) -> None:
+    for participant, role in (("mod", "moderator"), ("listener", "user")):
+        cli_send(service.env, room, participant, {"action": "join"}, role=role)
+    restrict = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+    completed = subprocess.run(
+        [sys.executable, "-m", "livekit_signaling", "send", "--room", room, "--participant", "mod",
+         "--role", "moderator", json.dumps(restrict)],
+        env={**service.env, "SIGNALING_HTTP_PORT": "0"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+    lines = completed.stdout.decode().splitlines()
+    assert sorted(line.partition(" ")[0] for line in lines) == [
+        f"room.{room}.participant.listener",
+        f"room.{room}.participant.mod",
+    ]
+    # Checked as the service checks it, before anything is sent: nothing to dead-letter.
+    refused = subprocess.run(
+        [sys.executable, "-m", "livekit_signaling", "send", "--room", "a.b", "--participant", "p",
+         '{"action": "join"}'],
+        env={**service.env, "SIGNALING_HTTP_PORT": "0"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "$.room" in refused.stderr.decode()
+
+
 def test_missing_setting_stops_start_up_with_one_line() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LIVEKIT_", "SIGNALING_"))}
     completed = subprocess.run(

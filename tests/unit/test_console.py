@@ -4,8 +4,9 @@ the JSON the page reads, and the parts that talk to the outside, against small f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from livekit_signaling.client import Answers, CommandError, ReceivedEvent, Sent
 from livekit_signaling.console import stream as stream_module
 from livekit_signaling.console import traffic as traffic_module
 from livekit_signaling.console.clients import SimulatedClients
@@ -28,15 +30,17 @@ from livekit_signaling.console.views import (
     livekit_rooms,
     to_json,
 )
-from livekit_signaling.domain.permissions import TokenGrant
+from livekit_signaling.domain.permissions import PublishPolicy, TokenGrant
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.emulator.control import ControlAnswer, EmulatorControl
 from livekit_signaling.livekit.tokens import TokenMinter
+from livekit_signaling.reconcile.recent import RecordedRepair
 from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import CreateNewAccessToken
 from livekit_signaling.schemas.events import (
     Credentials,
     CredentialsEvent,
+    ErrorEvent,
     Event,
     EventEnvelope,
     ForceMuted,
@@ -45,7 +49,6 @@ from livekit_signaling.schemas.events import (
     PopoutStreamAccessToken,
     RestrictionsDisabledState,
 )
-from livekit_signaling.transport.controller import WatchedEvent
 
 
 def token(room: str, identity: str, ttl: int = 60) -> str:
@@ -209,6 +212,62 @@ def test_room_view_puts_roster_popouts_and_unknown_identities_side_by_side() -> 
     assert view["state_error"] is None
 
 
+def test_room_view_shows_each_identitys_drift_and_the_latest_repairs_first() -> None:
+    state = RoomState(
+        version=4,
+        participants={
+            "mod": RosterEntry(role="moderator", kind="user"),
+            "late": RosterEntry(role="user", kind="user"),
+            "granted": RosterEntry(role="user", kind="user"),
+        },
+        decisions=RoomDecisions(microphone_restrictions=[], screen_share={"granted": True}),
+    )
+    [livekit] = livekit_rooms(
+        [
+            emulator_room(
+                "r",
+                emulator_participant("mod"),
+                emulator_participant("late"),  # everything: a token from before the restriction
+                {
+                    **emulator_participant("granted"),
+                    "permission": {
+                        "can_publish": True,
+                        "can_publish_sources": ["camera"],
+                        "can_subscribe": True,
+                        "can_publish_data": True,
+                        "hidden": False,
+                    },
+                },
+                emulator_participant("stranger"),
+            )
+        ]
+    )
+    repairs = [
+        RecordedRepair(1.0, "late", ("microphone",), ("camera", "screen_share", "screen_share_audio")),
+        RecordedRepair(2.0, "gone", ("unknown_identity",), None),
+    ]
+    view = page_json(
+        room_view(
+            "r",
+            state,
+            livekit,
+            policy=PublishPolicy(screen_share_requires_permission=True),
+            repairs=repairs,
+        )
+    )
+    drift = {row["identity"]: (row["drift"], row["repair_to"]) for row in view["participants"]}
+    assert drift == {
+        "mod": ([], None),
+        "late": (["microphone", "screen_share"], ["camera"]),
+        "granted": (["screen_share"], ["camera", "screen_share", "screen_share_audio"]),
+        "stranger": (["unknown_identity"], None),
+    }
+    assert [(r["identity"], r["sources"]) for r in view["repairs"]] == [
+        ("gone", None),
+        ("late", ["camera", "screen_share", "screen_share_audio"]),
+    ]
+
+
 def test_a_room_is_gone_when_neither_side_knows_it() -> None:
     [empty] = livekit_rooms([emulator_room("r")])
     assert is_gone(RoomState(), None)
@@ -239,12 +298,13 @@ def test_the_snapshot_carries_what_the_page_reads_and_commands_as_published() ->
     snapshot = Snapshot(
         rooms=[],
         livekit_error="the emulated LiveKit did not answer (ClientConnectorError)",
+        webhooks=False,
         amqp_connected=True,
         commands=list(traffic.commands.values()),
         events=list(traffic.events),
     )
     page = page_json(snapshot)
-    assert page.keys() == {"rooms", "livekit_error", "amqp_connected", "commands", "events"}
+    assert page.keys() == {"rooms", "livekit_error", "webhooks", "amqp_connected", "commands", "events"}
     [command] = page["commands"]
     assert command.keys() == {"message_id", "at", "routing_key", "body", "answers", "answer_count"}
     # The "send anything" form's envelope is shown as published, unknown fields and all.
@@ -360,25 +420,58 @@ async def test_an_idle_stream_is_kept_alive_and_ended_at_shutdown(monkeypatch: p
 
 
 class FakeLink:
-    """RabbitMQ as the console sees it: each command is answered at once, before its publish returns
-    (the broker may deliver the answer before the confirm)."""
+    """The client as the console sees it: a credentials request is answered at once, and the answer
+    passes on the event stream before the call returns (the broker may deliver it before the confirm)."""
 
     def __init__(self, reply: Event | None) -> None:
         self.reply = reply
-        self.published: list[tuple[str, bytes]] = []
+        self.asked: list[tuple[str, str, str, str, str | None]] = []
         self.is_connected = True
-        self.on_event: Callable[[WatchedEvent], None] = lambda _event: None
+        self._events: asyncio.Queue[ReceivedEvent] = asyncio.Queue()
 
-    async def connect(self, on_event: Callable[[WatchedEvent], None]) -> None:
-        self.on_event = on_event
+    async def open(self) -> None:
+        pass
 
-    async def publish_command(self, routing_key: str, body: bytes, message_id: str) -> None:
-        self.published.append((routing_key, body))
-        envelope = codec.decode_envelope(body)
-        if self.reply is not None:
-            recipient = f"room.{envelope.room}.participant.{envelope.participant}"
-            answer = event_body(envelope.room, envelope.participant, self.reply)
-            self.on_event(WatchedEvent(recipient, message_id, answer))
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[ReceivedEvent]]:
+        yield self._stream()
+
+    async def _stream(self) -> AsyncIterator[ReceivedEvent]:
+        while True:
+            received = await self._events.get()
+            self._events.task_done()
+            yield received
+
+    async def publish_raw(self, room: str, body: bytes, *, message_id: str | None = None) -> Sent:
+        raise NotImplementedError
+
+    async def create_new_access_token(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: str,
+        kind: str,
+        message_id: str | None,
+        timeout: float | None,
+    ) -> CredentialsEvent:
+        self.asked.append((room, participant, role, kind, message_id))
+        assert self.reply is not None
+        received = ReceivedEvent(
+            routing_key=f"room.{room}.participant.{participant}",
+            correlation_id=message_id,
+            message_id=f"{message_id}:0",
+            event=EventEnvelope(room=room, participant=participant, payload=self.reply),
+        )
+        self._events.put_nowait(received)
+        await self._events.join()  # the console's watch has taken it
+        if isinstance(self.reply, ErrorEvent):
+            answers = Answers(
+                message_id=message_id or "", sender=participant, events=(received,), complete=True
+            )
+            raise CommandError(self.reply, answers)
+        assert isinstance(self.reply, CredentialsEvent)
+        return self.reply
 
     async def close(self) -> None:
         pass
@@ -402,6 +495,10 @@ class FakeEmulator(EmulatorControl):
         return ControlAnswer(200, {})
 
 
+#: The console's event watches the tests start (held, so that they are not collected while running).
+watching: set[asyncio.Task[None]] = set()
+
+
 async def simulated_clients(
     link: FakeLink, emulator: FakeEmulator, roster: dict[str, RosterEntry], traffic: Traffic
 ) -> SimulatedClients:
@@ -411,7 +508,8 @@ async def simulated_clients(
         return RoomState(participants=roster)
 
     controller = Controller(link, traffic=traffic, stream=LiveStream(), on_room=lambda _room: None)
-    await controller.run()
+    await controller.connect()
+    watching.add(asyncio.create_task(controller.watch()))
     return SimulatedClients(emulator=emulator, load_room=load_room, traffic=traffic, controller=controller)
 
 
@@ -425,21 +523,21 @@ async def test_a_client_without_a_token_asks_for_credentials_with_a_valid_envelo
     outcome = await clients.act("connect", ClientRequest(room="r", participant="erin"))
     assert outcome.outcome == "connected with fresh credentials (create_new_access_token)"
     assert emulator.calls == [("connect", fresh)]
-    # What the console published is an envelope the service takes, as that participant.
-    [(routing_key, body)] = link.published
-    envelope = codec.decode_envelope(body)
-    assert routing_key == "room.r"
+    # What the console asked for is shown as the envelope the service takes, as that participant.
+    [command] = traffic.commands.values()
+    assert link.asked == [("r", "erin", "moderator", "sip", command.message_id)]
+    envelope = codec.decode_envelope(bytes(command.body))
+    assert command.routing_key == "room.r"
     assert (envelope.participant, envelope.role, envelope.kind) == ("erin", "moderator", "sip")
     assert codec.decode_command(envelope.payload) == CreateNewAccessToken()
-    [command] = traffic.commands.values()
     assert [answer.message for answer in command.answers] == ["credentials"]
     # Now the console knows a valid token: the next connect uses it without asking.
     await clients.act("connect", ClientRequest(room="r", participant="erin"))
-    assert len(link.published) == 1
+    assert len(link.asked) == 1
 
 
 async def test_client_requests_that_cannot_be_tried_are_refused() -> None:
-    link = FakeLink(ForceMuted(moderator="m"))  # not credentials
+    link = FakeLink(ErrorEvent(error="insufficient_permissions"))  # not credentials
     roster = {"erin": RosterEntry(role="user", kind="user")}
     clients = await simulated_clients(link, FakeEmulator([]), roster, Traffic())
     for action, request, status, reason in (

@@ -1,10 +1,12 @@
-"""One suite for both state stores: whatever replicas share through Redis behaves as in memory."""
+"""One suite for both state stores: whatever replicas share through Redis behaves as in memory, on one
+Redis and on a Redis Cluster (three masters without replicas, started once for the module: the store
+writes its indexes after the room's script there, and routes every command to its key's master)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -13,7 +15,9 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
+from livekit_signaling.store.target import RedisTarget
 from testkit.processes import REDIS_URL
+from testkit.redis_cluster import RedisClusterGroup
 
 USER = RosterEntry(role="user", kind="user")
 MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)
@@ -21,27 +25,47 @@ MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)
 StoreFactory = Callable[..., StateStore]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterGroup]:
+    with RedisClusterGroup(replicas=0) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """Stores of the parametrized kind, with the test's idle expiry; Redis keys are removed after."""
+    """Stores of the parametrized kind, with the test's idle expiry; Redis keys are removed after (a
+    cluster goes with the module)."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     redis_stores: list[RedisStateStore] = []
+    target: RedisTarget | str = REDIS_URL
+    if request.param == "redis-cluster":
+        target = request.getfixturevalue("redis_cluster").target(min_replicas=0)
 
-    def make(*, room_idle_seconds: float = 60) -> StateStore:
+    def make(*, room_idle_seconds: float = 60, lift_grace_seconds: float = 0) -> StateStore:
         if request.param == "memory":
-            return MemoryStateStore(dedup_window_seconds=1, room_idle_seconds=room_idle_seconds)
+            return MemoryStateStore(
+                dedup_window_seconds=1,
+                room_idle_seconds=room_idle_seconds,
+                lift_grace_seconds=lift_grace_seconds,
+            )
         redis_store = RedisStateStore(
-            REDIS_URL, prefix=prefix, dedup_window_seconds=1, room_idle_seconds=room_idle_seconds
+            target,
+            prefix=prefix,
+            dedup_window_seconds=1,
+            room_idle_seconds=room_idle_seconds,
+            partitions=4,
+            lift_grace_seconds=lift_grace_seconds,
         )
         redis_stores.append(redis_store)
         return redis_store
 
     yield make
     for redis_store in redis_stores:
-        client = redis_store._redis
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
+        if request.param == "redis":
+            client = redis_store._redis
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
         await redis_store.close()
 
 
@@ -213,6 +237,33 @@ async def test_an_entry_write_keeps_the_whole_room_and_its_restriction_alive(
     assert loaded.participants == {"a": USER, "b": USER}
     assert loaded.decisions.microphone_restrictions == []
     assert await store.count_restricted_rooms() == 1
+
+
+async def test_rooms_with_standing_decisions_are_listed_on_their_commands_partition(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(lift_grace_seconds=0.6)
+    await joined(store, "quiet", "a")  # no decisions: nothing to enforce
+    state = await store.load("restricted")
+    state.decisions.microphone_restrictions = []
+    await store.save_decisions("restricted", state, partition=1)
+    state = await store.load("screen")
+    state.decisions.screen_share["a"] = False
+    await store.save_decisions("screen", state, partition=2)
+    state = await store.load("quiet", ["b"])
+    state.participants["b"] = USER
+    await store.save_entry("quiet", state, "b", partition=0)
+    assert sorted(await store.rooms_to_reconcile({0, 1, 2, 3})) == [("restricted", 1), ("screen", 2)]
+    assert await store.rooms_to_reconcile({0, 1}) == [("restricted", 1)]  # partition 2 is not ours
+    # Lifted decisions stay listed while a token minted before the lift can still connect.
+    state = await store.load("restricted")
+    state.decisions.microphone_restrictions = None
+    await store.save_decisions("restricted", state, partition=1)
+    assert await store.rooms_to_reconcile({1}) == [("restricted", 1)]
+    await asyncio.sleep(0.7)
+    assert await store.rooms_to_reconcile({1}) == []
+    await store.delete("screen", partition=2)
+    assert await store.rooms_to_reconcile({0, 1, 2, 3}) == []
 
 
 async def test_processed_message_ids_expire_after_the_window(store: StateStore) -> None:

@@ -9,9 +9,12 @@ the service's HTTP port:
   then ``event``, ``command`` (a sent command, again whenever an answer arrives) and ``rooms``.
 - ``POST /console/commands``: publish an envelope to the command exchange as a controller does.
 - ``POST /console/clients/<action>``: act as a participant's LiveKit client on the emulator.
+- ``POST /console/livekit/<action>``: act on the emulated LiveKit itself: ``forget`` a room as a restart
+  does, switch its ``webhooks`` on or off (off, only the service's reconciliation repairs drift).
 
-Everything it needs is injected: the room state (a read function), RabbitMQ (URL and exchange names)
-and the emulator (its URL); it imports nothing from ``livekit_signaling.app``. This module wires the
+Everything it needs is injected: the room state (a read function), the reconciler's latest repairs
+(another), the publish policy, RabbitMQ (URL and exchange names) and the emulator (its URL); it
+imports nothing from ``livekit_signaling.app``. This module wires the
 parts and speaks HTTP; what each part does is in its own module.
 """
 
@@ -24,27 +27,30 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from urllib.parse import urlsplit
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
-from livekit_signaling.console.clients import SimulatedClients
+from livekit_signaling.client import SignalingClient, UndecodableEvent
+from livekit_signaling.console.clients import SimulatedClients, said
 from livekit_signaling.console.controller import Controller
 from livekit_signaling.console.room_watch import POLL_SECONDS, RoomWatch
-from livekit_signaling.console.rooms import LoadRoom
+from livekit_signaling.console.rooms import LoadRoom, RecentRepairsOf
 from livekit_signaling.console.stream import LiveStream
 from livekit_signaling.console.traffic import Traffic
 from livekit_signaling.console.views import (
     ClientOutcome,
     ClientRequest,
     ErrorAnswer,
+    LiveKitRequest,
     Refused,
     SentCommand,
     Snapshot,
     to_json,
 )
+from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.emulator.control import EmulatorControl
 from livekit_signaling.schemas import codec
-from livekit_signaling.transport.controller import ControllerLink
 
 #: Files of ``static/`` the page loads, with their content types (nothing else is served from there).
 STATIC_FILES = {
@@ -54,6 +60,7 @@ STATIC_FILES = {
 }
 
 _client_request_decoder = msgspec.json.Decoder(ClientRequest)
+_livekit_request_decoder = msgspec.json.Decoder(LiveKitRequest)
 
 
 def _json(value: object, *, status: int = 200) -> web.Response:
@@ -89,6 +96,9 @@ class Console:
         event_exchange: str,
         emulator_url: str,
         poll_seconds: float = POLL_SECONDS,
+        policy: PublishPolicy | None = None,
+        disconnect_unknown: bool = True,
+        recent_repairs: RecentRepairsOf = lambda _room: (),
     ) -> None:
         traffic = Traffic()
         self._emulator = EmulatorControl(emulator_url)
@@ -99,12 +109,22 @@ class Console:
             traffic=traffic,
             stream=self._stream,
             poll_seconds=poll_seconds,
+            policy=policy,
+            disconnect_unknown=disconnect_unknown,
+            recent_repairs=recent_repairs,
         )
-        link = ControllerLink(
+
+        def show_undecodable(event: UndecodableEvent) -> None:
+            # The controller is made after the client it drives; a body that is not an event is shown
+            # as text.
+            self._controller.on_undecodable(event)
+
+        link = SignalingClient(
             amqp_urls,
             command_exchange=command_exchange,
             event_exchange=event_exchange,
             connection_name=f"livekit-signaling-console-{uuid.uuid4().hex[:6]}",
+            on_undecodable=show_undecodable,
         )
         self._controller = Controller(link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice)
         self._clients = SimulatedClients(
@@ -120,6 +140,7 @@ class Console:
         app.router.add_get("/console/stream", self._live)
         app.router.add_post("/console/commands", self._send_command)
         app.router.add_post("/console/clients/{action}", self._client_action)
+        app.router.add_post("/console/livekit/{action}", self._livekit_action)
         app.router.add_get("/console/{name}", self._static_file)
         app.on_startup.append(self._start)
         # on_shutdown runs before aiohttp waits for open requests: the streams must end there, or
@@ -150,6 +171,7 @@ class Console:
         return Snapshot(
             rooms=rooms.rooms,
             livekit_error=rooms.livekit_error,
+            webhooks=rooms.webhooks,
             amqp_connected=self._controller.is_connected,
             commands=list(self._traffic.commands.values()),
             events=list(self._traffic.events),
@@ -206,4 +228,29 @@ class Console:
             raise Refused(400, f"not a client request: {error}") from None
         outcome = await self._clients.act(request.match_info["action"], client)
         self._rooms.note_outcome(client.room, client.participant, outcome.outcome)
+        return outcome
+
+    async def _livekit_action(self, request: web.Request) -> web.Response:
+        return await _answer(self._act_on_livekit(request))
+
+    async def _act_on_livekit(self, request: web.Request) -> ClientOutcome:
+        try:
+            asked = _livekit_request_decoder.decode(await _same_origin_json(request))
+        except msgspec.DecodeError as error:
+            raise Refused(400, f"not a LiveKit request: {error}") from None
+        try:
+            match request.match_info["action"]:
+                case "forget":
+                    answer = await self._emulator.forget(asked.room)
+                    outcome = said(answer, f"LiveKit restarted and lost {asked.room}")
+                case "webhooks":
+                    answer = await self._emulator.set_webhooks(enabled=asked.enabled)
+                    outcome = said(answer, f"webhooks {'on' if asked.enabled else 'off'}")
+                    if outcome.ok:
+                        self._rooms.webhooks = asked.enabled
+                case other:
+                    raise Refused(404, f"no LiveKit action {other!r}")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise Refused(502, f"the emulated LiveKit did not answer ({type(error).__name__})") from None
+        self._rooms.notice(asked.room)
         return outcome
