@@ -389,11 +389,13 @@ class TestNetwork:
 
     def delivers(self, source: str, target: str, *, port: int = 9, timeout: float = 0.5) -> bool:
         """Whether a UDP datagram from ``source`` reaches ``target`` (one direction only, unlike a TCP
-        connection, which needs both)."""
+        connection, which needs both). The receiver looks only once the sender has sent, so that a slow
+        start of either process (a loaded machine) cannot pass for a lost datagram."""
         listen = (
             "import socket, sys\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"s.bind(('0.0.0.0', {port})); s.settimeout({timeout}); print('ready', flush=True)\n"
+            f"s.bind(('0.0.0.0', {port})); print('ready', flush=True)\n"
+            f"sys.stdin.readline(); s.settimeout({timeout})\n"
             "try: s.recv(64); print('got')\n"
             "except TimeoutError: print('nothing')\n"
         )
@@ -404,10 +406,16 @@ class TestNetwork:
             f"try: s.sendto(b'probe', ({address!r}, {port}))\n"
             "except OSError: pass\n"
         )
-        with subprocess.Popen(self._python(target, listen), stdout=subprocess.PIPE, text=True) as receiver:
+        receiving = subprocess.Popen(
+            self._python(target, listen), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        with receiving as receiver:
+            assert receiver.stdin is not None
             assert receiver.stdout is not None
             receiver.stdout.readline()
             subprocess.run(self._python(source, send), timeout=30, check=False)
+            receiver.stdin.write("sent\n")
+            receiver.stdin.flush()
             return receiver.stdout.readline().strip() == "got"
 
     def _python(self, where: str, code: str) -> list[str]:
