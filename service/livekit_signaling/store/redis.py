@@ -14,6 +14,7 @@ from livekit_signaling.store.connection import RedisConnection, failure_text, is
 from livekit_signaling.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
 from livekit_signaling.store.replication import ReplicationGuard
 from livekit_signaling.store.target import RedisTarget
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 T = TypeVar("T")
 
@@ -76,6 +77,7 @@ class RedisStateStore:
         timeout_seconds: float = 2.0,
         min_replicas: int = 0,
         wait_timeout_seconds: float = 1.0,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         target = RedisTarget(url=target) if isinstance(target, str) else target
         # A reply may take as long as the WAIT it answers, on top of the ordinary bound.
@@ -83,6 +85,7 @@ class RedisStateStore:
             target, timeout_seconds=timeout_seconds + (wait_timeout_seconds if min_replicas else 0)
         )
         self._redis = self._connection.client
+        self._tracing = tracing
         self._prefix = prefix
         self._dedup_window = max(1, int(dedup_window_seconds))
         self._room_idle = max(1, int(room_idle_seconds))
@@ -96,10 +99,12 @@ class RedisStateStore:
     def _room_key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """One round trip (a command, or a pipeline named after what it does), traced as ``name``."""
         try:
-            async with self._connection.slots:  # one connection per operation, first come first served
-                return await operation()
+            with self._tracing.store_call(name):
+                async with self._connection.slots:  # one connection per operation, first come first served
+                    return await operation()
         except StoreUnavailable as error:  # a write that too few replicas acknowledged
             await self._connection.after_error(error)
             raise
@@ -112,7 +117,7 @@ class RedisStateStore:
     async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self._room_key(room)
         if participants is None:
-            fields: dict[bytes, bytes] = await self._call(lambda: self._redis.hgetall(key))  # type: ignore[arg-type,return-value]
+            fields: dict[bytes, bytes] = await self._call("HGETALL", lambda: self._redis.hgetall(key))  # type: ignore[arg-type,return-value]
             version = fields.pop(_VERSION_FIELD.encode(), None)
             decisions = fields.pop(_DECISIONS_FIELD.encode(), None)
             stamp = fields.pop(_STAMP_FIELD.encode(), None)
@@ -120,7 +125,8 @@ class RedisStateStore:
         else:
             names = list(participants)
             values: list[bytes | None] = await self._call(
-                lambda: self._redis.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names])  # type: ignore[arg-type,return-value]
+                "HMGET",
+                lambda: self._redis.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names]),  # type: ignore[arg-type,return-value]
             )
             version, decisions, stamp = values[0], values[1], values[2]
             entries = {
@@ -128,9 +134,9 @@ class RedisStateStore:
                 for name, data in zip(names, values[3:], strict=True)
                 if data is not None
             }
-        await self._call(
-            lambda: self._replication.confirm_read(self._redis, room, stamp.decode() if stamp else None)
-        )
+        read_stamp = stamp.decode() if stamp else None
+        if self._replication.needs_barrier(room, read_stamp):
+            await self._call("WAIT", lambda: self._replication.confirm_read(self._redis, room, read_stamp))
         return RoomState(
             version=int(version) if version is not None else 0,
             decisions=decode_decisions(decisions) if decisions is not None else RoomDecisions(),
@@ -166,10 +172,11 @@ class RedisStateStore:
         # caches the compiled script by its hash anyway.
         version: Any
         (version,) = await self._call(
+            "EVAL",
             lambda: self._replication.write(
                 self._redis,
                 lambda pipe: pipe.eval(_WRITE_SCRIPT, 2, self._room_key(room), self._restricted_key, *args),
-            )
+            ),
         )
         if not version:
             raise StaleState(f"room {room}: another writer saved since version {state.version}")
@@ -184,23 +191,26 @@ class RedisStateStore:
             pipe.zrem(self._restricted_key, room)
 
         self._replication.forget(room)
-        await self._call(lambda: self._replication.write(self._redis, delete_both, probe=True))
+        await self._call("DEL", lambda: self._replication.write(self._redis, delete_both, probe=True))
 
     async def is_processed(self, message_id: str) -> bool:
-        count: int = await self._call(lambda: self._redis.exists(f"{self._prefix}:msg:{message_id}"))
+        key = f"{self._prefix}:msg:{message_id}"
+        count: int = await self._call("EXISTS", lambda: self._redis.exists(key))
         return count > 0
 
     async def mark_processed(self, message_id: str) -> None:
         await self._call(
-            lambda: self._redis.set(f"{self._prefix}:msg:{message_id}", b"1", ex=self._dedup_window)
+            "SET", lambda: self._redis.set(f"{self._prefix}:msg:{message_id}", b"1", ex=self._dedup_window)
         )
 
     async def count_restricted_rooms(self) -> int:
-        count: int = await self._call(lambda: self._redis.zcount(self._restricted_key, time.time(), "+inf"))
+        count: int = await self._call(
+            "ZCOUNT", lambda: self._redis.zcount(self._restricted_key, time.time(), "+inf")
+        )
         return count
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        await self._call("PING", self._redis.ping)
 
     async def close(self) -> None:
         await self._connection.close()
@@ -228,7 +238,7 @@ class RedisReplicaRegistry:
             members: list[bytes] = results[-1]
             return members
 
-        return sorted(member.decode() for member in await self._store._call(refresh))
+        return sorted(member.decode() for member in await self._store._call("ZADD", refresh))
 
     async def leave(self, replica: str) -> None:
-        await self._store._call(lambda: self._store._redis.zrem(self._key, replica))
+        await self._store._call("ZREM", lambda: self._store._redis.zrem(self._key, replica))

@@ -91,10 +91,14 @@ class ReplicationGuard:
         """Return once ``min_replicas`` replicas hold every write the master has accepted so far."""
         await self.write(client, lambda pipe: None, probe=True)
 
+    def needs_barrier(self, room: str, stamp: str | None) -> bool:
+        """Whether a read of ``room`` carrying ``stamp`` (None when the room has none) must wait for a
+        barrier: yes, unless the guard is off or this process saw that very stamp confirmed."""
+        return self.enabled and (stamp is None or self._confirmed.get(room) != stamp)
+
     async def confirm_read(self, client: redis.Redis, room: str, stamp: str | None) -> None:
-        """Before a read of ``room`` (carrying ``stamp``, None when the room has none) is acted on:
-        run the barrier unless this process saw that very stamp confirmed."""
-        if not self.enabled or (stamp is not None and self._confirmed.get(room) == stamp):
+        """Before a read of ``room`` is acted on: the barrier, if ``needs_barrier``."""
+        if not self.needs_barrier(room, stamp):
             return
         await self.barrier(client)
         if stamp is not None:

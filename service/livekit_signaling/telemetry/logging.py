@@ -1,5 +1,6 @@
 """Structured logs: JSON lines (or readable text on a terminal), with the command's identifying fields
-(room, participant, action, message id) on every line logged while it is handled."""
+(room, participant, action, message id) on every line logged while it is handled, and the ids of the
+trace and span it is handled in (``trace_id``, ``span_id``), to go from a line to its trace."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import trace
+
 _command_context: ContextVar[dict[str, str] | None] = ContextVar("command_log_context", default=None)
-_CONTEXT_FIELDS = ("room", "participant", "action", "message_id")
+_CONTEXT_FIELDS = ("room", "participant", "action", "message_id", "trace_id", "span_id")
 #: The ``user:password@`` of a URL. aiormq names a connection by its URL in its own error lines (the
 #: password masked, the user name not); our lines name nodes as host:port/vhost. Dropped from every line.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s\"']+@")
@@ -47,6 +50,10 @@ class _ContextFilter(logging.Filter):
         for key, value in (_command_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = trace.format_trace_id(span.trace_id)
+            record.span_id = trace.format_span_id(span.span_id)
         return True
 
 
