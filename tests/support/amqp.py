@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -27,6 +27,8 @@ class ReceivedEvent:
     message_id: str | None = None
     #: ``time.monotonic()`` when the test received it.
     received_at: float = 0.0
+    #: Its AMQP headers (the trace context).
+    headers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def participant(self) -> str:
@@ -104,6 +106,7 @@ class SignalingClient:
             persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
             received_at=time.monotonic(),
+            headers=dict(message.headers or {}),
         )
         async with self._changed:
             self.events.append(event)
@@ -120,6 +123,7 @@ class SignalingClient:
         message_id: str | None = "auto",
         routing_key: str | None = None,
         raw: bytes | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> str | None:
         """Publish one command (with publisher confirms); returns its message id."""
         if raw is None:
@@ -137,6 +141,7 @@ class SignalingClient:
                 message_id=message_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 user_id=self._user_id,
+                headers=headers,
             ),
             routing_key=routing_key or f"room.{room}",
         )
