@@ -4,14 +4,16 @@ clean-up; CPU and memory probes (psutil)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -33,6 +35,7 @@ __all__ = [
     "RESULTS",
     "BaselineTarget",
     "EmulatorProcess",
+    "OtlpReceiverProcess",
     "ServiceTarget",
     "Target",
     "cpu_seconds",
@@ -96,6 +99,8 @@ class ServiceTarget:
     prefetch: int
     use_redis: bool = False
     label: str = "service"
+    #: More environment (W10: the tracing mode).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.names = _names("svc")
@@ -105,6 +110,7 @@ class ServiceTarget:
             "LIVEKIT_REQUEST_TIMEOUT_SECONDS": "2.0",
             "COMMAND_DEADLINE_SECONDS": "8.0",
             "REDIS_URL": REDIS_URL if self.use_redis else "",
+            **self.extra_env,
         }
         self._process = ServiceProcess(self.names, self.livekit_url, partitions=self.partitions, env=env)
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -173,6 +179,52 @@ class BaselineTarget:
                 self._process.kill()
                 self._process.wait()
         asyncio.run(_clean_up(self.names, self.partitions, redis_too=False))
+
+
+class OtlpReceiverProcess:
+    """``python -m tests.support.otlp``: an OTLP/HTTP traces receiver that counts the spans it gets, in a
+    process of its own (its parsing is not the target's CPU, nor the load generator's)."""
+
+    def __init__(self) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self._log = (LOGS / "otlp-receiver.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.otlp"], stdout=subprocess.PIPE, stderr=self._log
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("LISTENING "):
+            self.process.kill()
+            raise RuntimeError(f"OTLP receiver did not start: {line!r}")
+        #: What ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes.
+        self.endpoint = line.removeprefix("LISTENING ")
+
+    def spans(self) -> int:
+        """Spans received so far."""
+        with urllib.request.urlopen(f"{self.endpoint}/spans", timeout=5) as response:  # noqa: S310 - loopback
+            return int(json.loads(response.read())["spans"])
+
+    async def settled(self, *, quiet_seconds: float = 1.0, timeout: float = 60.0) -> int:
+        """The count once no span arrived for ``quiet_seconds`` (the exporter sends a batch at least
+        every ``OTEL_BSP_SCHEDULE_DELAY``, which W10 sets well below that)."""
+        deadline = time.monotonic() + timeout
+        count = await asyncio.to_thread(self.spans)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(quiet_seconds)
+            now = await asyncio.to_thread(self.spans)
+            if now == count:
+                return count
+            count = now
+        return count
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
 
 
 def wait_for_broker(timeout: float = 120.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -96,6 +97,11 @@ class Collector:
         return self.types.get("error", 0)
 
 
+def _new_traceparent() -> str:
+    """A controller span's context: a new trace, sampled."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
 class LoadGenerator:
     """One connection publishes (confirms on), another consumes the events."""
 
@@ -105,10 +111,14 @@ class LoadGenerator:
         *,
         publish_urls: Sequence[str] = (AMQP_URL,),
         event_urls: Sequence[str] = (AMQP_URL,),
+        traced: bool = False,
     ) -> None:
         """``publish_urls``/``event_urls``: the broker, or a cluster's nodes in the order each connection
-        tries them (so that publishing and receiving can start on other nodes than the target's)."""
+        tries them (so that publishing and receiving can start on other nodes than the target's).
+        ``traced``: every command carries a ``traceparent`` of its own (sampled), as an instrumented
+        controller's do."""
         self.names = names
+        self._traced = traced
         self._publish_urls = tuple(publish_urls)
         self._event_urls = tuple(event_urls)
         self.collector = Collector()
@@ -164,7 +174,10 @@ class LoadGenerator:
             exchange=self.names.command_exchange,
             routing_key=cmd.routing_key,
             properties=spec.Basic.Properties(
-                content_type="application/json", message_id=cmd.message_id, delivery_mode=PERSISTENT
+                content_type="application/json",
+                message_id=cmd.message_id,
+                delivery_mode=PERSISTENT,
+                headers={"traceparent": _new_traceparent()} if self._traced else None,
             ),
             mandatory=False,
         )

@@ -8,6 +8,7 @@ import math
 import os
 import statistics
 import time
+import timeit
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from bench.harness import REDIS_URL, Target, cpu_seconds, rabbitmq_pid, settled_rss
+from bench.harness import REDIS_URL, OtlpReceiverProcess, Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
 from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
@@ -588,3 +589,94 @@ async def w9_room_memory(target: Target, env: Env, sizes: Sizes, *, redis_store:
             memory["redis_processed_bytes"] / max(1, memory["redis_processed_keys"]), 1
         )
     return figures
+
+
+# -- W10: what tracing costs --------------------------------------------------------------------------
+
+
+def tracing_modes(endpoint: str) -> dict[str, dict[str, str]]:
+    """The service's environment for each tracing mode W10 compares."""
+    return {
+        "off": {"OTEL_SDK_DISABLED": "true"},
+        "propagation": {"OTEL_TRACES_EXPORTER": "none"},
+        # Batches leave every 200 ms (the SDK's default is 5 s), so that the spans of the measured
+        # commands are exported, and their export counted, before W10 reads the CPU.
+        "export": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+    }
+
+
+async def w10_tracing_cost(
+    target: Target, env: Env, sizes: Sizes, *, receiver: OtlpReceiverProcess, fan_out: bool
+) -> Figures:
+    """W1's load from a traced controller (every command with a ``traceparent`` of its own, sampled):
+    CPU seconds of the service per 1,000 commands, counted until the receiver got every span of them;
+    with ``fan_out``, also one restriction in a room of W8's larger size: its spans and the service's
+    CPU for it."""
+    async with LoadGenerator(target.names, traced=True) as gen, Emulator(env.emulator_url) as view:
+        tag = _tag()
+        rooms = sizes.w1_rooms
+        await _warm_up(gen, sizes, [f"w10-{tag}-{r}" for r in range(rooms)])
+        count = sizes.w1_commands
+        commands = [command(f"w10-{tag}-{i % rooms}", f"p{(i // rooms) % 10}", TOKEN) for i in range(count)]
+        spans_before = await receiver.settled()
+        base = gen.collector.received
+        cpu_before = cpu_seconds(target.pid)
+        elapsed, complete = await _run_batch(gen, commands, len(commands))
+        spans = await receiver.settled() - spans_before
+        cpu = cpu_seconds(target.pid) - cpu_before
+        n = len(commands)
+        figures: Figures = {
+            "commands": n,
+            "commands_per_second": round(n / elapsed, 1),
+            "cpu_seconds_per_1000": round(cpu / n * 1000, 4),
+            "spans": spans,
+            "spans_per_command": round(spans / n, 3),
+            **_outcome(gen, complete, n, base),
+        }
+        if fan_out:
+            size = max(sizes.w8_sizes)
+            room, _ = await _fanout_room(gen, view, size, ["microphone"])
+            enable = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+            spans_before = await receiver.settled()
+            cpu_before = cpu_seconds(target.pid)
+            timed = await _timed_moderation(gen, view, room, enable, expected=size, done=_no_microphone)
+            figures["fan_out"] = {
+                "participants": size,
+                "seconds": timed["seconds"],
+                "spans": await receiver.settled() - spans_before,
+                "cpu_seconds": round(cpu_seconds(target.pid) - cpu_before, 3),
+                "livekit_verified": timed["livekit_verified"],
+                "complete": timed["complete"],
+            }
+        return figures
+
+
+def noop_seams_ns_per_command(rounds: int = 200_000) -> float:
+    """What the tracing seams cost a command when tracing is off (``NO_TRACING``): the calls the
+    processor and the publisher make for one command with one event, timed in this process. Shows that
+    "off" costs nothing measurable without a second build of the service to compare with."""
+    from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
+    from livekit_signaling.telemetry.tracing import NO_TRACING
+
+    delivery = Delivery(
+        body=b"{}",
+        routing_key="room.r",
+        message_id="m",
+        partition=0,
+        delivery_count=0,
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+    events = [OutgoingEvent(b"{}", "room.r.participant.p", "credentials", "m", "m:0")]
+
+    def one_command() -> None:
+        trace = NO_TRACING.command(delivery)
+        with trace.activate("r"):
+            _ = trace.event_headers
+            with trace.publication(events):
+                pass
+            trace.settled("create_new_access_token", "ok")
+            trace.exemplar()
+        trace.end()
+
+    seconds = min(timeit.repeat(one_command, number=rounds, repeat=3))
+    return round(seconds / rounds * 1e9, 1)

@@ -3,14 +3,15 @@ with a protobuf ``ExportTraceServiceRequest`` (gzip or not), parsed with opentel
 classes and answered with an empty ``ExportTraceServiceResponse``, as a Collector does.
 
 In a test it runs in a thread of the test process (``OtlpReceiver``); the benchmark runs it as a process
-of its own (``python -m tests.support.otlp``), which prints ``LISTENING <url>`` and, at SIGTERM, the spans
-it received.
+of its own (``python -m tests.support.otlp``), which prints ``LISTENING <url>``, counts the spans (``GET
+/spans``) and prints their number at SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import signal
 import sys
 import threading
@@ -127,6 +128,22 @@ class _Handler(BaseHTTPRequestHandler):
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def do_GET(self) -> None:
+        """``/spans``: how many spans arrived so far (for a benchmark counting them from outside)."""
+        if self.path != "/spans":
+            self.send_error(404)
+            return
+        received = self.received
+        with received.changed:
+            answer = json.dumps(
+                {"spans": received.counted + len(received.spans), "requests": received.requests}
+            ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)

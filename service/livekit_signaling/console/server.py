@@ -10,9 +10,9 @@ the service's HTTP port:
 - ``POST /console/commands``: publish an envelope to the command exchange as a controller does.
 - ``POST /console/clients/<action>``: act as a participant's LiveKit client on the emulator.
 
-Everything it needs is injected: the room state (a read function), RabbitMQ (URL and exchange names)
-and the emulator (its URL); it imports nothing from ``livekit_signaling.app``. This module wires the
-parts and speaks HTTP; what each part does is in its own module.
+Everything it needs is injected: the room state (a read function), RabbitMQ (URL and exchange names),
+the emulator (its URL) and the service's kept traces; it imports nothing from ``livekit_signaling.app``.
+This module wires the parts and speaks HTTP; what each part does is in its own module.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 
 from livekit_signaling.console.clients import SimulatedClients
-from livekit_signaling.console.controller import Controller
+from livekit_signaling.console.controller import CommandTraces, Controller
 from livekit_signaling.console.room_watch import POLL_SECONDS, RoomWatch
 from livekit_signaling.console.rooms import LoadRoom
 from livekit_signaling.console.stream import LiveStream
@@ -89,7 +89,9 @@ class Console:
         event_exchange: str,
         emulator_url: str,
         poll_seconds: float = POLL_SECONDS,
+        traces: CommandTraces | None = None,
     ) -> None:
+        """``traces``: the service's kept traces; each sent command then shows its trace's waterfall."""
         traffic = Traffic()
         self._emulator = EmulatorControl(emulator_url)
         self._stream = LiveStream()
@@ -106,7 +108,9 @@ class Console:
             event_exchange=event_exchange,
             connection_name=f"livekit-signaling-console-{uuid.uuid4().hex[:6]}",
         )
-        self._controller = Controller(link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice)
+        self._controller = Controller(
+            link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice, traces=traces
+        )
         self._clients = SimulatedClients(
             emulator=self._emulator, load_room=load_room, traffic=traffic, controller=self._controller
         )

@@ -101,14 +101,7 @@ class CommandProcessor:
     def on_delivery(self, delivery: Delivery) -> None:
         received = time.perf_counter()
         self._metrics.commands_in_flight.inc()
-        delivery.trace = self._tracing.command(
-            delivery.headers,
-            routing_key=delivery.routing_key,
-            message_id=delivery.message_id,
-            partition=delivery.partition,
-            body_size=len(delivery.body),
-            delivery_count=delivery.delivery_count,
-        )
+        delivery.trace = self._tracing.command(delivery)
         if not self._trusted_publishers.allows(delivery.user_id):
             # Checked first: a command from an untrusted publisher is neither parsed nor run, and
             # only the reason is logged, never the body.
@@ -155,7 +148,7 @@ class CommandProcessor:
         partition = delivery.partition
         room, participant = envelope.room, envelope.participant
         with (
-            delivery.trace.activate(room, participant),
+            delivery.trace.activate(room),
             command_context(room=room, participant=participant, message_id=delivery.message_id),
         ):
             try:
@@ -292,7 +285,7 @@ class CommandProcessor:
         await self._transport.ack(delivery)
 
     async def _reject(self, delivery: Delivery, reason: str, label: str) -> None:
-        with delivery.trace.activate(None, None):
+        with delivery.trace.activate(None):
             log.warning("command dead-lettered: %s", reason)
             try:
                 await self._dead_letter(delivery, reason, label=label, action="unknown", outcome=label)

@@ -177,9 +177,11 @@ class ControllerLink:
             raise
         self._connection, self._commands = connection, commands
 
-    async def publish_command(self, routing_key: str, body: bytes, message_id: str) -> None:
-        """Publish one command as a controller does (persistent, JSON, confirmed by the broker); raises
-        ``ConnectionError`` when the broker did not take it."""
+    async def publish_command(
+        self, routing_key: str, body: bytes, message_id: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish one command as a controller does (persistent, JSON, confirmed by the broker, with
+        ``headers``: its trace context); raises ``ConnectionError`` when the broker did not take it."""
         if self._commands is None:
             raise ConnectionError("not connected to RabbitMQ")
         message = aio_pika.Message(
@@ -188,6 +190,7 @@ class ControllerLink:
             message_id=message_id,
             delivery_mode=DeliveryMode.PERSISTENT,
             user_id=connection_user(str(self._connection.url)) if self._connection is not None else None,
+            headers=dict(headers) if headers is not None else None,
         )
         try:
             await self._commands.publish(message, routing_key=routing_key)

@@ -1,16 +1,28 @@
 """The latest traces' finished spans, kept in process memory for the dev console's waterfall (``dev``
-only): a span processor beside the exporter, bounded by traces and by spans per trace."""
+only): a span processor beside the exporter, bounded by traces and by spans per trace; and the console's
+own span, as a controller's, at the root of each command it sends."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import (
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    format_span_id,
+    format_trace_id,
+    set_span_in_context,
+)
+
+from livekit_signaling.telemetry.tracing.carrier import NO_CONTEXT, inject
 
 #: Traces kept (the console keeps as many sent commands).
 TRACES = 200
@@ -83,3 +95,56 @@ class KeptTraces(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class SentTrace:
+    """A command's trace, started by the controller that publishes it."""
+
+    trace_id: str
+    #: The controller span's context, for the command's AMQP headers.
+    headers: dict[str, str]
+
+
+class ControllerTraces:
+    """The dev console as an instrumented controller: a producer span per command it publishes (the root
+    of the command's trace, its context in the command's headers), and the spans of those traces as
+    ``KeptTraces`` keeps them."""
+
+    def __init__(self, tracer: Tracer, kept: KeptTraces, *, command_exchange: str) -> None:
+        self._tracer = tracer
+        self._kept = kept
+        self._exchange = command_exchange
+
+    @contextlib.contextmanager
+    def publishing(self, routing_key: str, message_id: str) -> Iterator[SentTrace]:
+        """The producer span, around the publish of one command."""
+        span = self._tracer.start_span(
+            f"publish {self._exchange}",
+            NO_CONTEXT,
+            SpanKind.PRODUCER,
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+                "messaging.destination.name": f"{self._exchange}:{routing_key}",
+                "messaging.rabbitmq.destination.routing_key": routing_key,
+                "messaging.message.id": message_id,
+            },
+        )
+        headers: dict[str, str] = {}
+        inject(set_span_in_context(span), headers)
+        try:
+            yield SentTrace(format_trace_id(span.get_span_context().trace_id), headers)
+        except BaseException as error:
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            span.end()
+
+    def spans(self, trace_id: str) -> list[KeptSpan]:
+        return self._kept.trace(trace_id)
+
+    def on_trace(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with the trace id whenever one of the kept traces got a span."""
+        self._kept.on_trace = callback

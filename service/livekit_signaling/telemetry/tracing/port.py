@@ -14,6 +14,22 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 
+class Received(Protocol):
+    """A command as it came off the broker (``pipeline.ports.Delivery``)."""
+
+    @property
+    def headers(self) -> Mapping[str, object]: ...
+
+    @property
+    def routing_key(self) -> str: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def delivery_count(self) -> int: ...
+
+
 class Addressed(Protocol):
     """An outgoing message as a publication span describes it (``pipeline.ports.OutgoingEvent``)."""
 
@@ -42,9 +58,9 @@ class CommandTrace(TraceSpan, Protocol):
         """The trace headers of the command's events (``traceparent``, ``tracestate``, ``baggage``): one
         dict shared by all of them, filled when ``publication`` starts; None when it is not traced."""
 
-    def activate(self, room: str | None, participant: str | None) -> AbstractContextManager[None]:
+    def activate(self, room: str | None) -> AbstractContextManager[None]:
         """The span is the current one inside: child spans, the context sent to LiveKit and log lines
-        belong to it. ``room`` and ``participant`` are the envelope's (None when it did not decode)."""
+        belong to it. ``room`` is the envelope's (None when it did not decode)."""
 
     def publication(self, events: Sequence[Addressed]) -> AbstractContextManager[TraceSpan]:
         """The producer span of the command's events, from before the first is handed to the channel
@@ -63,18 +79,9 @@ class CommandTrace(TraceSpan, Protocol):
 class Tracing(Protocol):
     """Makes command traces, and annotates whatever command runs in the current task."""
 
-    def command(
-        self,
-        headers: Mapping[str, object],
-        *,
-        routing_key: str,
-        message_id: str | None,
-        partition: int,
-        body_size: int,
-        delivery_count: int,
-    ) -> CommandTrace:
-        """Start a command's consumer span under the context its AMQP ``headers`` carry (a trace of its
-        own when they carry none)."""
+    def command(self, delivery: Received) -> CommandTrace:
+        """Start a command's consumer span under the context its AMQP headers carry (a trace of its own
+        when they carry none)."""
 
     def store_call(self, operation: str) -> AbstractContextManager[None]:
         """A client span for one state-store round trip of the current command."""
@@ -94,19 +101,10 @@ class _Nothing:
     #: Commands carry no trace headers.
     event_headers = None
 
-    def command(
-        self,
-        headers: Mapping[str, object],
-        *,
-        routing_key: str,
-        message_id: str | None,
-        partition: int,
-        body_size: int,
-        delivery_count: int,
-    ) -> _Nothing:
+    def command(self, delivery: Received) -> _Nothing:
         return self
 
-    def activate(self, room: str | None, participant: str | None) -> AbstractContextManager[None]:
+    def activate(self, room: str | None) -> AbstractContextManager[None]:
         return _NO_BLOCK
 
     def publication(self, events: Sequence[Addressed]) -> AbstractContextManager[_Nothing]:

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NoOpTracer
 
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
-from livekit_signaling.telemetry.tracing.kept import KeptTraces
+from livekit_signaling.telemetry.tracing.kept import ControllerTraces, KeptTraces
 from livekit_signaling.telemetry.tracing.port import NO_TRACING, Tracing
 from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing
 
@@ -103,6 +103,13 @@ class TracingSetup:
     http_trace_configs: list[aiohttp.TraceConfig]
     provider: TracerProvider | None = None
     kept: KeptTraces | None = None
+
+    def controller_traces(self, *, command_exchange: str) -> ControllerTraces | None:
+        """For the dev console (``keep_for_console``): its commands' traces, None otherwise."""
+        if self.provider is None or self.kept is None:
+            return None
+        tracer = self.provider.get_tracer("livekit_signaling.console")
+        return ControllerTraces(tracer, self.kept, command_exchange=command_exchange)
 
     def shutdown(self) -> None:
         """Export what is left (bounded by the exporter's own timeout). Blocking: run it in a thread."""

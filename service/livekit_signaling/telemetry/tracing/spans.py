@@ -17,7 +17,7 @@ nothing is recorded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -28,11 +28,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 
 from livekit_signaling.telemetry.tracing.carrier import extract, inject
-from livekit_signaling.telemetry.tracing.port import Addressed
+from livekit_signaling.telemetry.tracing.port import Addressed, Received
 
 #: Attribute names of our own (not in the semantic conventions), under one namespace.
 ROOM = "livekit_signaling.room"
-PARTICIPANT = "livekit_signaling.participant"
 ACTION = "livekit_signaling.action"
 OUTCOME = "livekit_signaling.outcome"
 DELIVERY_COUNT = "livekit_signaling.delivery_count"
@@ -80,9 +79,9 @@ class _CommandSpan:
 
     # -- the command's own span ------------------------------------------------------------------
 
-    def activate(self, room: str | None, participant: str | None) -> _CommandSpan:
+    def activate(self, room: str | None) -> _CommandSpan:
         if room is not None and self.span.is_recording():
-            self.span.set_attributes({ROOM: room, PARTICIPANT: participant or ""})
+            self.span.set_attribute(ROOM, room)
         return self
 
     def __enter__(self) -> None:
@@ -161,8 +160,6 @@ class _Publication:
                 "messaging.operation.type": "send",
                 "messaging.operation.name": "publish",
             }
-            if command.message_id is not None:
-                attributes["messaging.message.conversation_id"] = command.message_id
             if len(events) == 1:
                 attributes["messaging.destination.name"] = f"{exchange}:{events[0].routing_key}"
                 attributes["messaging.rabbitmq.destination.routing_key"] = events[0].routing_key
@@ -250,33 +247,24 @@ class OpenTelemetryTracing:
         self.process_span_name = f"process {command_exchange}"
         self.publish_span_name = f"publish {event_exchange}"
 
-    def command(
-        self,
-        headers: Mapping[str, object],
-        *,
-        routing_key: str,
-        message_id: str | None,
-        partition: int,
-        body_size: int,
-        delivery_count: int,
-    ) -> _CommandSpan:
-        parent = extract(headers)
+    def command(self, delivery: Received) -> _CommandSpan:
+        parent = extract(delivery.headers)
+        message_id = delivery.message_id
         if not self.records:
             span = self.tracer.start_span(self.process_span_name, parent)
             return _CommandSpan(self, span, parent, message_id)
+        routing_key = delivery.routing_key
         attributes: dict[str, str | int] = {
             "messaging.system": _RABBITMQ,
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.destination.name": f"{self.command_exchange}:{routing_key}",
-            "messaging.destination.partition.id": str(partition),
             "messaging.rabbitmq.destination.routing_key": routing_key,
-            "messaging.message.body.size": body_size,
         }
         if message_id is not None:
             attributes["messaging.message.id"] = message_id
-        if delivery_count:
-            attributes[DELIVERY_COUNT] = delivery_count
+        if delivery.delivery_count:
+            attributes[DELIVERY_COUNT] = delivery.delivery_count
         span = self.tracer.start_span(self.process_span_name, parent, SpanKind.CONSUMER, attributes)
         return _CommandSpan(self, span, parent, message_id)
 
