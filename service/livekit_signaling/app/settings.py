@@ -120,14 +120,15 @@ def _otlp_protocol(value: str) -> str:
     return value
 
 
-def _headers(value: str) -> tuple[tuple[str, str], ...]:
-    """``key=value,key=value`` as OpenTelemetry's ``OTEL_EXPORTER_OTLP_HEADERS`` (values URL-encoded)."""
+def _key_values(value: str) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value`` as OpenTelemetry's ``OTEL_EXPORTER_OTLP_HEADERS`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` write it (values URL-encoded)."""
     headers = []
     for item in value.split(","):
         key, equals, text = item.partition("=")
         if not equals or not key.strip():
             raise ValueError("expected key=value[,key=value...]")
-        headers.append((unquote(key.strip()).lower(), unquote(text.strip())))
+        headers.append((unquote(key.strip()), unquote(text.strip())))
     return tuple(headers)
 
 
@@ -357,6 +358,11 @@ class Settings:
     otel_service_name: str = _env(
         "OTEL_SERVICE_NAME", "`service.name` of the spans.", default="livekit-signaling"
     )
+    otel_resource_attributes: tuple[tuple[str, str], ...] | None = _env(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "More attributes of the spans' resource, `key=value,key=value` (e.g. "
+        "`deployment.environment.name=production`); `service.instance.id` is the replica's id.",
+    )
     otel_traces_exporter: str | None = _env(
         "OTEL_TRACES_EXPORTER",
         "`otlp` (spans to an OpenTelemetry Collector over OTLP/HTTP), `console` (printed to stdout) or "
@@ -439,6 +445,7 @@ class Settings:
         return TracingConfig(
             disabled=self.otel_sdk_disabled,
             service_name=self.otel_service_name,
+            resource_attributes=dict(self.otel_resource_attributes or ()),
             exporter=self.otel_traces_exporter or ("otlp" if configured else "none"),
             otlp_endpoint=endpoint,
             otlp_headers=dict(self.otel_exporter_otlp_headers or ()),
@@ -507,7 +514,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "otel_exporter_otlp_traces_endpoint": _url,
     "otel_exporter_otlp_protocol": _otlp_protocol,
     "otel_exporter_otlp_traces_protocol": _otlp_protocol,
-    "otel_exporter_otlp_headers": _headers,
+    "otel_exporter_otlp_headers": _key_values,
+    "otel_resource_attributes": _key_values,
     "otel_traces_sampler": _choice(*SAMPLERS),
     "otel_traces_sampler_arg": _ratio,
     "tracing_spans_per_command": _non_negative_int,

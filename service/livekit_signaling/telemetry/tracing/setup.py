@@ -53,6 +53,7 @@ class TracingConfig:
     #: ``OTEL_SDK_DISABLED``: no spans and no propagation.
     disabled: bool = False
     service_name: str = "livekit-signaling"
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
     exporter: str = "none"
     #: The full URL spans are posted to (``.../v1/traces``).
     otlp_endpoint: str = "http://localhost:4318/v1/traces"
@@ -137,7 +138,12 @@ def start_tracing(
         provider = TracerProvider(
             sampler=sampler(config.sampler, config.sampler_arg),
             resource=Resource.create(
-                {SERVICE_NAME: config.service_name, SERVICE_INSTANCE_ID: instance, SERVICE_VERSION: version}
+                {
+                    **config.resource_attributes,
+                    SERVICE_NAME: config.service_name,
+                    SERVICE_INSTANCE_ID: instance,
+                    SERVICE_VERSION: version,
+                }
             ),
         )
         if exporter is not None:
