@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 import uuid
 from collections import Counter
@@ -97,9 +98,10 @@ class Collector:
         return self.types.get("error", 0)
 
 
-def _new_traceparent() -> str:
-    """A controller span's context: a new trace, sampled."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+def _new_traceparent(sampled: float) -> str:
+    """A controller span's context: a new trace, sampled with probability ``sampled``."""
+    flags = "01" if sampled >= 1 or random.random() < sampled else "00"
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-{flags}"
 
 
 class LoadGenerator:
@@ -112,13 +114,15 @@ class LoadGenerator:
         publish_urls: Sequence[str] = (AMQP_URL,),
         event_urls: Sequence[str] = (AMQP_URL,),
         traced: bool = False,
+        sampled: float = 1.0,
     ) -> None:
         """``publish_urls``/``event_urls``: the broker, or a cluster's nodes in the order each connection
         tries them (so that publishing and receiving can start on other nodes than the target's).
-        ``traced``: every command carries a ``traceparent`` of its own (sampled), as an instrumented
-        controller's do."""
+        ``traced``: every command carries a ``traceparent`` of its own, as an instrumented controller's
+        do, marked sampled for the ``sampled`` fraction of them (the controller's head sampling)."""
         self.names = names
         self._traced = traced
+        self._sampled = sampled
         self._publish_urls = tuple(publish_urls)
         self._event_urls = tuple(event_urls)
         self.collector = Collector()
@@ -177,7 +181,7 @@ class LoadGenerator:
                 content_type="application/json",
                 message_id=cmd.message_id,
                 delivery_mode=PERSISTENT,
-                headers={"traceparent": _new_traceparent()} if self._traced else None,
+                headers={"traceparent": _new_traceparent(self._sampled)} if self._traced else None,
             ),
             mandatory=False,
         )

@@ -149,6 +149,8 @@ def tracing_rows(results: dict[str, Any]) -> list[Row]:
         Row(name, "CPU per 1,000: propagation only / off", value("propagation", "cpu_seconds_per_1000"), off,
             "CPU s"),
         Row("W10", "CPU per 1,000: every span exported / off", exported, off, "CPU s", "<= 1.10x", ok),
+        Row("W10", "CPU per 1,000: one trace in ten exported / off",
+            value("export_sampled_10", "cpu_seconds_per_1000"), off, "CPU s"),
         Row("W10", "throughput: exported / off", value("export", "commands_per_second"),
             value("off", "commands_per_second"), "cmd/s"),
         Row("W10", "spans per command, exported", value("export", "spans_per_command"), None, ""),

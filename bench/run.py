@@ -380,18 +380,19 @@ def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
     args, env, sizes = runner.args, runner.env, runner.sizes
     print(
         f"W10 tracing cost: {sizes.w1_commands:,} create_new_access_token from a traced controller, "
-        f"tracing off / propagation only / every span exported, {args.rounds} round(s) alternating"
+        f"tracing off / propagation only / every span exported / one trace in ten exported, "
+        f"{args.rounds} round(s) alternating"
     )
     receiver = OtlpReceiverProcess()
     by_mode: dict[str, list[Figures]] = {}
     try:
         for number in range(args.rounds):
-            for mode, extra_env in tracing_modes(receiver.endpoint).items():
-                by_mode.setdefault(mode, []).append(
+            for name, mode in tracing_modes(receiver.endpoint).items():
+                by_mode.setdefault(name, []).append(
                     runner.on(
-                        partial(runner.service, extra_env=extra_env, label=f"tracing {mode}"),
-                        lambda t, first=number == 0: w10_tracing_cost(
-                            t, env, sizes, receiver=receiver, fan_out=first
+                        partial(runner.service, extra_env=mode.env, label=f"tracing {name}"),
+                        lambda t, first=number == 0, sampled=mode.sampled: w10_tracing_cost(
+                            t, env, sizes, receiver=receiver, fan_out=first and sampled == 1, sampled=sampled
                         ),
                     )
                 )

@@ -594,25 +594,43 @@ async def w9_room_memory(target: Target, env: Env, sizes: Sizes, *, redis_store:
 # -- W10: what tracing costs --------------------------------------------------------------------------
 
 
-def tracing_modes(endpoint: str) -> dict[str, dict[str, str]]:
-    """The service's environment for each tracing mode W10 compares."""
+@dataclass(frozen=True)
+class TracingMode:
+    """How W10 runs the service, and which fraction of the controller's traces are sampled."""
+
+    env: dict[str, str]
+    sampled: float = 1.0
+
+
+def tracing_modes(endpoint: str) -> dict[str, TracingMode]:
+    """The tracing modes W10 compares."""
+    # Batches leave every 200 ms (the SDK's default is 5 s), so that the spans of the measured commands
+    # are exported, and their export counted, before W10 reads the CPU.
+    export = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     return {
-        "off": {"OTEL_SDK_DISABLED": "true"},
-        "propagation": {"OTEL_TRACES_EXPORTER": "none"},
-        # Batches leave every 200 ms (the SDK's default is 5 s), so that the spans of the measured
-        # commands are exported, and their export counted, before W10 reads the CPU.
-        "export": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+        "off": TracingMode({"OTEL_SDK_DISABLED": "true"}),
+        "propagation": TracingMode({"OTEL_TRACES_EXPORTER": "none"}),
+        "export": TracingMode(export),
+        # The controller samples one trace in ten; the service follows (parent-based, its default).
+        "export_sampled_10": TracingMode(export, sampled=0.1),
     }
 
 
 async def w10_tracing_cost(
-    target: Target, env: Env, sizes: Sizes, *, receiver: OtlpReceiverProcess, fan_out: bool
+    target: Target,
+    env: Env,
+    sizes: Sizes,
+    *,
+    receiver: OtlpReceiverProcess,
+    fan_out: bool,
+    sampled: float = 1.0,
 ) -> Figures:
-    """W1's load from a traced controller (every command with a ``traceparent`` of its own, sampled):
+    """W1's load from a traced controller (every command with a ``traceparent`` of its own, ``sampled``):
     CPU seconds of the service per 1,000 commands, counted until the receiver got every span of them;
     with ``fan_out``, also one restriction in a room of W8's larger size: its spans and the service's
     CPU for it."""
-    async with LoadGenerator(target.names, traced=True) as gen, Emulator(env.emulator_url) as view:
+    generator = LoadGenerator(target.names, traced=True, sampled=sampled)
+    async with generator as gen, Emulator(env.emulator_url) as view:
         tag = _tag()
         rooms = sizes.w1_rooms
         await _warm_up(gen, sizes, [f"w10-{tag}-{r}" for r in range(rooms)])
