@@ -34,6 +34,7 @@ from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.telemetry.metrics import Metrics
 from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
+from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, sampler, start_tracing
 from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing
 from tests.support.processes import REDIS_URL
 from tests.unit.test_processor import FakeTransport
@@ -495,3 +496,54 @@ async def test_with_tracing_off_nothing_is_passed_on(emulator: LiveKitEmulator, 
     [(_, _, event)] = rig.transport.published
     assert event.headers is None
     assert emulator.traceparents == [None]
+
+
+# -- the SDK as the settings configure it ------------------------------------------------------------------
+
+
+def _start(config: TracingConfig, *, keep_for_console: bool = False) -> TracingSetup:
+    return start_tracing(
+        config,
+        command_exchange=COMMANDS,
+        event_exchange=EVENTS,
+        instance="host:1:abc",
+        version="0",
+        keep_for_console=keep_for_console,
+    )
+
+
+def test_off_is_the_no_op_and_no_trace_config() -> None:
+    setup = _start(TracingConfig(disabled=True, exporter="otlp"))
+    assert setup.tracing is NO_TRACING
+    assert setup.http_trace_configs == []
+    assert setup.provider is None
+
+
+def test_without_an_exporter_nothing_is_recorded_but_the_context_travels() -> None:
+    setup = _start(TracingConfig(exporter="none"))
+    assert isinstance(setup.tracing, OpenTelemetryTracing) and not setup.tracing.records
+    assert len(setup.http_trace_configs) == 1
+    assert setup.provider is None and setup.controller_traces(command_exchange=COMMANDS) is None
+
+
+def test_dev_records_and_keeps_spans_without_an_exporter() -> None:
+    setup = _start(TracingConfig(exporter="none"), keep_for_console=True)
+    assert isinstance(setup.tracing, OpenTelemetryTracing) and setup.tracing.records
+    traces = setup.controller_traces(command_exchange=COMMANDS)
+    assert traces is not None
+    with traces.publishing("room.r", "m1") as sent:
+        pass
+    [span] = traces.spans(sent.trace_id)
+    assert (span.name, span.kind, span.parent_id) == (f"publish {COMMANDS}", "producer", None)
+    assert setup.provider is not None
+    assert setup.provider.resource.attributes["service.instance.id"] == "host:1:abc"
+
+
+def test_samplers_by_name() -> None:
+    assert (
+        sampler("parentbased_always_on", None)
+        .get_description()
+        .startswith("ParentBased{root:AlwaysOnSampler,remoteParentSampled:AlwaysOnSampler")
+    )
+    assert sampler("traceidratio", 0.25).get_description() == "TraceIdRatioBased{0.25}"
+    assert sampler("always_off", None).get_description() == "AlwaysOffSampler"

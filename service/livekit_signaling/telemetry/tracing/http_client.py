@@ -47,10 +47,9 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
         _session: aiohttp.ClientSession, call: SimpleNamespace, params: aiohttp.TraceRequestStartParams
     ) -> None:
         call.span = None
-        command = current_command()
+        call.command = command = current_command()
         if command is None:
             return
-        call.command = command
         if not command.take_span():
             inject(command.context, params.headers)
             return
@@ -71,7 +70,7 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
                 span.set_attribute(ERROR_TYPE, str(status))
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
-        elif status >= 400 and getattr(call, "command", None) is not None:
+        elif status >= 400 and call.command is not None:
             call.command.span.add_event(
                 _FAILED_CALL, {"url.template": params.url.path, "http.response.status_code": status}
             )
@@ -85,7 +84,7 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
             span.set_attribute(ERROR_TYPE, error)
             span.set_status(Status(StatusCode.ERROR, error))
             span.end()
-        elif getattr(call, "command", None) is not None:
+        elif call.command is not None:
             call.command.span.add_event(_FAILED_CALL, {"url.template": params.url.path, ERROR_TYPE: error})
 
     config = aiohttp.TraceConfig()
