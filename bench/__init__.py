@@ -1,1 +1,1 @@
-"""Benchmark of the signaling service against a bare aio-pika baseline (issue 6); see bench/README.md."""
+"""Benchmark of the signaling service against a bare aio-pika baseline; see bench/README.md."""

@@ -29,6 +29,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, ExchangeType
 
+from livekit_signaling.schemas.routing import EVERY_ROOM_COMMAND, participant_routing_key
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -68,7 +70,7 @@ class Baseline:
                 source = await consume.declare_exchange(
                     f"{self.queue}.partitions", "x-consistent-hash", durable=True
                 )
-                await source.bind(commands, routing_key="room.*")
+                await source.bind(commands, routing_key=EVERY_ROOM_COMMAND)
             for partition in range(self.partitions):
                 queue = await consume.declare_queue(
                     self.queue if self.partitions == 1 else f"{self.queue}.{partition}",
@@ -80,7 +82,7 @@ class Baseline:
                         "x-dead-letter-exchange": self.dead_letter,
                     },
                 )
-                await queue.bind(source, routing_key="1" if self.partitions > 1 else "room.*")
+                await queue.bind(source, routing_key="1" if self.partitions > 1 else EVERY_ROOM_COMMAND)
                 await queue.consume(self.on_message)
             print("READY", flush=True)
             await stop.wait()
@@ -113,7 +115,7 @@ class Baseline:
                 *(
                     self._publish(
                         json.dumps({"room": room, "participant": who, "payload": {"message": kind}}).encode(),
-                        f"room.{room}.participant.{who}",
+                        participant_routing_key(room, who),
                         message.message_id,
                         kind,
                     )

@@ -17,7 +17,7 @@ import sys
 
 import aio_pika
 
-from bench.harness import AMQP_URL
+from testkit.processes import AMQP_URL
 
 PREFIX = "bench-"
 

@@ -1,16 +1,15 @@
-"""Processes under test: the signaling service, the baseline, the LiveKit emulator; their topology and its
-clean-up; CPU and memory probes (psutil)."""
+"""The bench's targets (the signaling service, or the baseline) as processes on uuid-named topologies,
+removing a run's topology (waiting out a broker another tenant of the machine restarted), and CPU and
+memory probes (psutil). The processes themselves, the emulator and the topology's names are testkit's."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,30 +19,13 @@ from urllib.parse import urlsplit
 
 import aiormq
 import psutil  # type: ignore[import-untyped]
-import redis.asyncio as redis
 
-from tests.support.amqp import delete_topology
-from tests.support.processes import AMQP_URL, REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import delete_topology
+from testkit.cleanup import delete_redis_keys
+from testkit.processes import AMQP_URL, REDIS_URL, Names, ServiceProcess, stop_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOGS = RESULTS / "logs"
-
-__all__ = [
-    "AMQP_URL",
-    "LOGS",
-    "REDIS_URL",
-    "RESULTS",
-    "BaselineTarget",
-    "EmulatorProcess",
-    "OtlpReceiverProcess",
-    "ServiceTarget",
-    "Target",
-    "cpu_seconds",
-    "rabbitmq_pid",
-    "rss_bytes",
-    "settled_rss",
-    "wait_for_broker",
-]
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -126,7 +108,7 @@ class ServiceTarget:
 
     def stop(self) -> None:
         self._process.stop()
-        asyncio.run(_clean_up(self.names, self.partitions, redis_too=self.use_redis))
+        asyncio.run(remove_run(self.names, self.partitions, redis_keys=self.use_redis))
 
 
 @dataclass
@@ -149,16 +131,11 @@ class BaselineTarget:
         return self._process.pid
 
     def start(self) -> None:
-        n = self.names
         env = {
             **os.environ,
             "AMQP_URL": AMQP_URL,
             "AMQP_PREFETCH": str(self.prefetch),
-            "SIGNALING_COMMAND_EXCHANGE": n.command_exchange,
-            "SIGNALING_EVENT_EXCHANGE": n.event_exchange,
-            "SIGNALING_QUEUE": n.queue,
-            "SIGNALING_DEAD_LETTER_EXCHANGE": n.dead_letter,
-            "SIGNALING_PARTITIONS": str(self.partitions),
+            **self.names.environment(self.partitions),
         }
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -171,60 +148,8 @@ class BaselineTarget:
             raise RuntimeError(f"baseline did not start ({line!r}); see {self.log_path}")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        asyncio.run(_clean_up(self.names, self.partitions, redis_too=False))
-
-
-class OtlpReceiverProcess:
-    """``python -m tests.support.otlp``: an OTLP/HTTP traces receiver that counts the spans it gets, in a
-    process of its own (its parsing is not the target's CPU, nor the load generator's)."""
-
-    def __init__(self) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self._log = (LOGS / "otlp-receiver.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.otlp"], stdout=subprocess.PIPE, stderr=self._log
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
-        if not line.startswith("LISTENING "):
-            self.process.kill()
-            raise RuntimeError(f"OTLP receiver did not start: {line!r}")
-        #: What ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes.
-        self.endpoint = line.removeprefix("LISTENING ")
-
-    def spans(self) -> int:
-        """Spans received so far."""
-        with urllib.request.urlopen(f"{self.endpoint}/spans", timeout=5) as response:  # noqa: S310 - loopback
-            return int(json.loads(response.read())["spans"])
-
-    async def settled(self, *, quiet_seconds: float = 1.0, timeout: float = 60.0) -> int:
-        """The count once no span arrived for ``quiet_seconds`` (the exporter sends a batch at least
-        every ``OTEL_BSP_SCHEDULE_DELAY``, which W10 sets well below that)."""
-        deadline = time.monotonic() + timeout
-        count = await asyncio.to_thread(self.spans)
-        while time.monotonic() < deadline:
-            await asyncio.sleep(quiet_seconds)
-            now = await asyncio.to_thread(self.spans)
-            if now == count:
-                return count
-            count = now
-        return count
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._log.close()
+        stop_process(self._process)
+        asyncio.run(remove_run(self.names, self.partitions, redis_keys=False))
 
 
 def wait_for_broker(timeout: float = 120.0) -> None:
@@ -242,24 +167,18 @@ def wait_for_broker(timeout: float = 120.0) -> None:
     raise TimeoutError(f"RabbitMQ not reachable for {timeout:.0f}s")
 
 
-async def _clean_up(
-    names: Names, partitions: int, *, redis_too: bool, urls: Sequence[str] = (AMQP_URL,)
+async def remove_run(
+    names: Names, partitions: int, *, redis_keys: bool, urls: Sequence[str] = (AMQP_URL,)
 ) -> None:
-    """Delete the exchanges and queues (partitions, hash exchange, dead-letter exchange and queue) and,
-    with the Redis store, the run's keys. ``urls``: the broker, or a cluster's nodes."""
+    """Delete the run's exchanges and queues (on the broker, or a cluster's nodes) and, with the Redis
+    store, its keys. A broker that is restarting is waited for, and asked again."""
     try:
         await delete_topology(names, partitions, urls=urls)
     except (ConnectionError, aiormq.exceptions.AMQPError):
         await asyncio.to_thread(wait_for_broker)
         await delete_topology(names, partitions, urls=urls)
-    if redis_too:
-        client = redis.from_url(REDIS_URL)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"{names.redis_prefix}*", count=1000)]
-            for start in range(0, len(keys), 1000):
-                await client.delete(*keys[start : start + 1000])
-        finally:
-            await client.aclose()
+    if redis_keys:
+        await asyncio.to_thread(delete_redis_keys, names.redis_prefix, url=REDIS_URL)
 
 
 async def settled_rss(pid: int, *, seconds: float = 1.0) -> int:

@@ -5,7 +5,6 @@ was published and the time its events arrived. It runs in the bench process, on 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import time
@@ -19,9 +18,11 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq import spec
 
+from livekit_signaling.schemas.routing import EVERY_EVENT, command_routing_key
 from livekit_signaling.transport.amqp import PERSISTENT, publish_confirmed
 from livekit_signaling.transport.brokers import connect_failover
-from tests.support.processes import AMQP_URL, Names
+from testkit.amqp import encode_command
+from testkit.processes import AMQP_URL, Names
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,8 @@ def command(
     extra: dict[str, Any] | None = None,
 ) -> Command:
     """One encoded command envelope (``extra`` adds envelope fields only the baseline reads)."""
-    envelope = {"room": room, "participant": participant, "role": role, "payload": payload, **(extra or {})}
-    return Command(uuid.uuid4().hex, f"room.{room}", json.dumps(envelope).encode())
+    body = encode_command(room, participant, payload, role=role, **(extra or {}))
+    return Command(uuid.uuid4().hex, command_routing_key(room), body)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Track:
 
 @dataclass
 class Collector:
-    """Every event on the event exchange (bound ``room.#``), counted by command id and by type."""
+    """Every event on the event exchange (bound to ``EVERY_EVENT``), counted by command id and by type."""
 
     tracks: dict[str, Track] = field(default_factory=dict)
     types: Counter[str] = field(default_factory=Counter)
@@ -148,7 +149,7 @@ class LoadGenerator:
         queue = await events_channel.declare_queue(
             f"{self.names.prefix}.bench-events", exclusive=True, auto_delete=True
         )
-        await queue.bind(events, routing_key="room.#")
+        await queue.bind(events, routing_key=EVERY_EVENT)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             self.collector.on_event(message)

@@ -1,8 +1,8 @@
-"""What "acknowledged state is replicated state" costs (issue 11): ``REDIS_MIN_REPLICAS`` 0 against 1.
+"""What "acknowledged state is replicated state" costs: ``REDIS_MIN_REPLICAS`` 0 against 1.
 
 ``.venv/bin/python -m bench.redis_wait [--rounds N] [--commands N] [--rate R] [--store-ops N]``
 
-Starts a Sentinel-managed Redis (master, one replica, three Sentinels: tests/support/redis_sentinel.py)
+Starts a Sentinel-managed Redis (master, one replica, three Sentinels: testkit/redis_sentinel.py)
 and measures, with 0 and 1 required replicas alternating round by round, on the same Redis:
 
 - **store**: the state-store work of one state-writing command (load, then save the sender's entry:
@@ -26,14 +26,13 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import RESULTS, _clean_up
+from bench.harness import RESULTS, remove_run
 from bench.loadgen import LoadGenerator, command
 from bench.workloads import latency_figures
 from livekit_signaling.domain.state import RosterEntry
 from livekit_signaling.store.redis import RedisStateStore
-from livekit_signaling.store.target import RedisTarget
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
-from tests.support.redis_sentinel import RedisSentinelGroup
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
+from testkit.redis_sentinel import RedisSentinelGroup
 
 POPOUT = {"action": "request_popout_stream_access_token"}
 ROOMS = 500
@@ -41,16 +40,9 @@ PARTITIONS = 4
 CONCURRENT_ROOMS = 32
 
 
-def _target(group: RedisSentinelGroup) -> RedisTarget:
-    return RedisTarget(
-        sentinels=tuple(("127.0.0.1", node.port) for node in group.sentinel_nodes),
-        sentinel_master=group.master_name,
-    )
-
-
 def _store(group: RedisSentinelGroup, min_replicas: int) -> RedisStateStore:
     return RedisStateStore(
-        _target(group),
+        group.target(),
         prefix=f"bench-wait-{uuid.uuid4().hex[:8]}",
         dedup_window_seconds=60,
         room_idle_seconds=600,
@@ -143,7 +135,7 @@ async def _service_round(
         }
     finally:
         await asyncio.to_thread(service.stop)
-        await _clean_up(names, PARTITIONS, redis_too=False)
+        await remove_run(names, PARTITIONS, redis_keys=False)
 
 
 def _median(rounds: list[dict[str, Any]], key: str) -> float:

@@ -1,5 +1,6 @@
-"""Throughput of one replica against three (issue 4), and of one replica on a 3-node RabbitMQ cluster
-against a single node (issue 11), on the same machine, in one run.
+"""Throughput of one replica against three (does scaling out add capacity, or only coordination?), and of
+one replica on a 3-node RabbitMQ cluster against a single node (what replicated quorum queues cost), on
+the same machine, in one run.
 
 ``.venv/bin/python -m bench.replicas [--commands N] [--partitions P]``: for 1 and then 3 replicas
 sharing Redis and P partition queues, warm up until the partitions are shared out (each replica active on
@@ -9,7 +10,7 @@ and the ratio. On this 2-core machine three replicas compete for the same cores 
 generator, so the ratio measures the cost of coordination more than added capacity.
 
 ``--cluster [--rounds R]`` starts a 3-node cluster beside the system node
-(``tests/support/rabbit_cluster.py``; needs root, about a minute) and measures one replica on the system
+(``testkit/rabbit_cluster.py``; needs root, about a minute) and measures one replica on the system
 node and one on the cluster instead, R rounds of each, alternating; the median rounds are compared. On
 the cluster the replica has every node in ``AMQP_URL`` and is on node a, the load generator publishes
 through node b and receives through node c, and the partition leaders are spread (``balanced``): a
@@ -28,9 +29,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.harness import RESULTS, _clean_up
+from bench.harness import RESULTS, remove_run
 from bench.loadgen import LoadGenerator, command
-from tests.support.processes import AMQP_URL, REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from testkit.processes import AMQP_URL, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 TOKEN = {"action": "create_new_access_token"}
 ROOMS = 500
@@ -109,7 +110,7 @@ async def measure(
     finally:
         for replica in replicas:
             await asyncio.to_thread(replica.stop)
-        await _clean_up(names, partitions, redis_too=True, urls=broker.service_url.split(","))
+        await remove_run(names, partitions, redis_keys=True, urls=broker.service_url.split(","))
 
 
 async def replicas_on_one_node(emulator_url: str, partitions: int, commands: int) -> None:
@@ -126,7 +127,7 @@ async def replicas_on_one_node(emulator_url: str, partitions: int, commands: int
 async def single_node_and_cluster(emulator_url: str, partitions: int, commands: int, rounds: int) -> None:
     """``rounds`` times each, single node and cluster alternating (the machine's load drifts); the
     median round of each is compared."""
-    from tests.support.rabbit_cluster import RabbitCluster
+    from testkit.rabbit_cluster import RabbitCluster
 
     cluster = RabbitCluster()
     await asyncio.to_thread(cluster.start_cluster)

@@ -69,7 +69,7 @@ class _Rows:
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
-    """One row per figure, with the issue's targets evaluated."""
+    """One row per figure, with its target (bench/README.md's "Target" column) evaluated."""
     built = _Rows(results)
     add, label, out = built.add, built.label, built.out
 
@@ -163,7 +163,7 @@ def tracing_rows(results: dict[str, Any]) -> list[Row]:
 
 
 def large_room_rows(results: dict[str, Any]) -> list[Row]:
-    """W7-W9 (issue 14). W7 and W8 compare the service with itself (one room against many, the larger
+    """W7-W9, the large rooms. W7 and W8 compare the service with itself (one room against many, the larger
     room against the smaller), so their ratio rows carry the service's ratio and, beside it, the
     baseline's same ratio."""
     built = _Rows(results)

@@ -29,8 +29,6 @@ import psutil  # type: ignore[import-untyped]
 from bench.harness import (
     RESULTS,
     BaselineTarget,
-    EmulatorProcess,
-    OtlpReceiverProcess,
     ServiceTarget,
     Target,
     cpu_seconds,
@@ -61,6 +59,8 @@ from bench.workloads import (
     w9_room_memory,
     w10_tracing_cost,
 )
+from testkit.otlp import OtlpReceiverProcess
+from testkit.processes import EmulatorProcess
 
 ALL = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "w10")
 #: What a run measures unless ``--only`` says otherwise: W10 (tracing's cost) is asked for by name.
@@ -345,7 +345,7 @@ def throughput_and_latency(
 
 
 def large_rooms(runner: Runner, results: dict[str, Any]) -> None:
-    """W7-W9 (issue 14): whether a command costs more in a room of 10,000 than in a room of 10."""
+    """W7-W9: whether a command costs more in a room of 10,000 than in a room of 10."""
     args, env, sizes = runner.args, runner.env, runner.sizes
     if "w7" in args.only:
         print(f"W7 {sizes.w7_joins:,} joins into one room against the same over {sizes.w7_rooms:,} rooms")

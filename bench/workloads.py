@@ -16,10 +16,12 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from bench.harness import REDIS_URL, OtlpReceiverProcess, Target, cpu_seconds, rabbitmq_pid, settled_rss
+from bench.harness import Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
-from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.otlp import OtlpReceiverProcess
+from testkit.processes import REDIS_URL
 
 TOKEN = {"action": "create_new_access_token"}
 JOIN = {"action": "join"}
@@ -381,7 +383,7 @@ async def w6_start_up_rss(target: Target, env: Env, sizes: Sizes) -> Figures:
     return {"rss_start_bytes": rss_start, "rss_after_warm_up_bytes": await settled_rss(target.pid)}
 
 
-# -- W7: a room of 10,000 against the same joins over many rooms (issue 14) ----------------------------
+# -- W7: a room of 10,000 against the same joins over many rooms --------------------------------------
 
 
 def _arrival_quarters(gen: LoadGenerator, commands: list[Command], start: float) -> Figures:
@@ -441,7 +443,7 @@ async def w7_one_room_against_many(target: Target, env: Env, sizes: Sizes, *, ro
     }
 
 
-# -- W8: restrictions in rooms of 1,000 and 10,000 (issue 14) -----------------------------------------
+# -- W8: restrictions in rooms of 1,000 and 10,000 ----------------------------------------------------
 
 
 def _microphone_allowed(info: Any) -> bool:
@@ -533,7 +535,7 @@ async def w8_fanout_baseline(target: Target, env: Env, sizes: Sizes) -> Figures:
     }
 
 
-# -- W9: memory of one room of 10,000 (issue 14) ------------------------------------------------------
+# -- W9: memory of one room of 10,000 -----------------------------------------------------------------
 
 
 async def _redis_memory(prefix: str, room: str) -> Figures:

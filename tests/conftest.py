@@ -1,5 +1,8 @@
-"""Fixtures shared by the integration tests: a LiveKit emulator process, the service as a process on a
-uuid-named topology, a broker client and an emulator client per test."""
+"""The suite's fixtures, under one name each: the LiveKit emulator process (``emulator_process``) and a
+control client of it (``emulator``), the uuid-named topology (``names``), the service as a process on it
+(``service``), a broker client (``client``) and a fresh room id (``room``). A directory whose tests need
+another scope overrides the fixture of the same name in its own conftest.py (tests/reliability:
+``names`` per test)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.emulator import Emulator
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
-
-PARTITIONS = 4
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.emulator import Emulator
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -25,15 +26,16 @@ def emulator_process() -> Iterator[EmulatorProcess]:
 
 @pytest.fixture(scope="session")
 def names() -> Names:
+    """The topology of the session's ``service``."""
     return Names()
 
 
 @pytest.fixture(scope="session")
 def service(names: Names, emulator_process: EmulatorProcess) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(names, emulator_process.url, partitions=PARTITIONS).start()
+    process = ServiceProcess(names, emulator_process.url).start()
     yield process
     process.stop()
-    asyncio.run(delete_topology(names, PARTITIONS))
+    asyncio.run(delete_topology(names))
 
 
 @pytest.fixture
@@ -44,6 +46,7 @@ async def client(service: ServiceProcess, names: Names) -> AsyncIterator[Signali
 
 @pytest.fixture
 async def emulator(emulator_process: EmulatorProcess) -> AsyncIterator[Emulator]:
+    """The emulator's control client, its fault mode reset before and after the test."""
     async with Emulator(emulator_process.url) as control:
         await control.fault("none")
         yield control

@@ -16,8 +16,8 @@ comparable across the processes of one machine.
 
 ``python -m bench.trace.report`` joins the files by command id and splits each command's latency into
 broker-in (publish to the service's processor), service, and broker-out (event publish to the load
-generator). It is how the W2 tail was traced to a full garbage collection and to aiormq's publish lock
-(issue 6).
+generator). It is how the W2 tail was traced to a full garbage collection and to aiormq's publish
+lock.
 """
 
 from __future__ import annotations

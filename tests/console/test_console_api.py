@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from livekit_signaling.console import Console
 from livekit_signaling.domain.state import RoomState, RosterEntry
-from tests.support.processes import AMQP_URL, DevProcess
+from testkit.processes import AMQP_URL, DevProcess
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from tests.support.processes import LOG_DIR, DevProcess
+from testkit.processes import LOG_DIR, DevProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless as root needs --no-sandbox; the rest keeps Chromium from reaching out or doing background work.
@@ -144,11 +144,13 @@ def test_a_sent_command_shows_its_trace_as_a_waterfall(dev: DevProcess, page: Pa
     page.goto(dev.console_url)
     expect(page.locator("#connection")).to_have_text("live")
     page.get_by_label("Room", exact=True).fill(room)
+    article = page.locator(f'article[data-room="{room}"]')  # the page also shows the module's other rooms
     for participant, role in (("moderator", "moderator"), ("alice", "user"), ("bob", "user")):
         send(page, participant, role, "join")
-        page.get_by_role("button", name=f"Connect {participant} to LiveKit").click()
-        page.get_by_role("button", name=f"Publish microphone as {participant}").click()
-        row = page.locator(f'article[data-room="{room}"] tr[data-identity="{participant}"]')
+        row = article.locator(f'tr[data-identity="{participant}"]')
+        article.get_by_role("button", name=f"Connect {participant} to LiveKit").click()
+        expect(row).to_have_attribute("data-connected", "true")
+        article.get_by_role("button", name=f"Publish microphone as {participant}").click()
         expect(row.locator(".tracks")).to_have_attribute("data-sources", "microphone")
 
     send(page, "moderator", "moderator", "enable_microphone_restrictions", unrestricted="alice")

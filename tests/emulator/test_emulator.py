@@ -1,4 +1,4 @@
-"""The LiveKit emulator, driven through the real, unmodified livekit-api client."""
+"""The LiveKit server, driven through the real, unmodified livekit-api client."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[LiveKitEmulator]:
+async def server() -> AsyncIterator[LiveKitEmulator]:
     emu = LiveKitEmulator(KEY, SECRET, unknown_participant_mute_delay=MUTE_DELAY)
     await emu.start()
     yield emu
@@ -54,8 +54,8 @@ async def emulator() -> AsyncIterator[LiveKitEmulator]:
 
 
 @pytest.fixture
-async def lkapi(emulator: LiveKitEmulator) -> AsyncIterator[LiveKitAPI]:
-    api = LiveKitAPI(emulator.url, KEY, SECRET)
+async def lkapi(server: LiveKitEmulator) -> AsyncIterator[LiveKitAPI]:
+    api = LiveKitAPI(server.url, KEY, SECRET)
     yield api
     await api.aclose()
 
@@ -91,6 +91,13 @@ def admin_token(room: str) -> str:
     return AccessToken(KEY, SECRET).with_grants(VideoGrants(room_admin=True, room=room)).to_jwt()
 
 
+def room_list_token(*, expired_seconds_ago: int) -> str:
+    """A token that may list rooms, whose expiry passed ``expired_seconds_ago`` seconds ago."""
+    now = int(time.time())
+    claims = {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - expired_seconds_ago}
+    return jwt.encode({**claims, "video": {"roomList": True}}, SECRET, algorithm="HS256")
+
+
 async def twirp_status(
     http: aiohttp.ClientSession, url: str, method: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, str, str]:
@@ -102,37 +109,32 @@ async def twirp_status(
 
 
 async def test_missing_or_malformed_authorization_is_401(
-    emulator: LiveKitEmulator, http: aiohttp.ClientSession
+    server: LiveKitEmulator, http: aiohttp.ClientSession
 ) -> None:
     body = ListRoomsRequest().SerializeToString()
     proto = {"Content-Type": "application/protobuf"}
     # No header: LiveKit's middleware lets it through without grants, the grant check refuses it.
-    status, ctype, text = await twirp_status(http, emulator.url, "ListRooms", body, proto)
+    status, ctype, text = await twirp_status(http, server.url, "ListRooms", body, proto)
     assert status == 401
     assert ctype == "application/json"
     assert '"unauthenticated"' in text
     # A header that is not "Bearer ...": the middleware answers in plain text.
     status, ctype, _ = await twirp_status(
-        http, emulator.url, "ListRooms", body, {**proto, "Authorization": "Token abc"}
+        http, server.url, "ListRooms", body, {**proto, "Authorization": "Token abc"}
     )
     assert (status, ctype) == (401, "text/plain")
     status, ctype, _ = await twirp_status(
-        http, emulator.url, "ListRooms", body, {**proto, "Authorization": "Bearer not-a-jwt"}
+        http, server.url, "ListRooms", body, {**proto, "Authorization": "Bearer not-a-jwt"}
     )
     assert (status, ctype) == (401, "text/plain")
 
 
-async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(emulator: LiveKitEmulator) -> None:
-    now = int(time.time())
-    expired = jwt.encode(
-        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 120, "video": {"roomList": True}},
-        SECRET,
-        algorithm="HS256",
-    )
+async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(server: LiveKitEmulator) -> None:
+    expired = room_list_token(expired_seconds_ago=120)
     clients = [
-        LiveKitAPI(emulator.url, KEY, "another-secret-0123456789abcdef-xyz"),
-        LiveKitAPI(emulator.url, "otherkey", SECRET),
-        LiveKitAPI.with_token(expired, emulator.url),
+        LiveKitAPI(server.url, KEY, "another-secret-0123456789abcdef-xyz"),
+        LiveKitAPI(server.url, "otherkey", SECRET),
+        LiveKitAPI.with_token(expired, server.url),
     ]
     try:
         for client in clients:
@@ -145,22 +147,17 @@ async def test_bad_secret_unknown_key_and_expired_token_are_plain_401(emulator: 
             await client.aclose()
 
 
-async def test_expiry_has_one_minute_leeway(emulator: LiveKitEmulator) -> None:
-    now = int(time.time())
-    token = jwt.encode(
-        {"iss": KEY, "sub": "", "nbf": now - 600, "exp": now - 20, "video": {"roomList": True}},
-        SECRET,
-        algorithm="HS256",
-    )
-    async with LiveKitAPI.with_token(token, emulator.url) as client:
+async def test_expiry_has_one_minute_leeway(server: LiveKitEmulator) -> None:
+    token = room_list_token(expired_seconds_ago=20)
+    async with LiveKitAPI.with_token(token, server.url) as client:
         await client.room.list_rooms(ListRoomsRequest())
 
 
 async def test_token_for_another_room_or_without_grant_is_unauthenticated(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+    server: LiveKitEmulator, lkapi: LiveKitAPI
 ) -> None:
     await lkapi.room.create_room(CreateRoomRequest(name="room-b"))
-    async with LiveKitAPI.with_token(admin_token("room-a"), emulator.url) as client:
+    async with LiveKitAPI.with_token(admin_token("room-a"), server.url) as client:
         with pytest.raises(ServerError) as info:
             await client.room.list_participants(ListParticipantsRequest(room="room-b"))
         assert (info.value.status, info.value.code, info.value.message) == (
@@ -183,7 +180,7 @@ async def test_token_for_another_room_or_without_grant_is_unauthenticated(
 
 
 async def test_create_room_is_idempotent_and_delete_disconnects(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+    server: LiveKitEmulator, lkapi: LiveKitAPI
 ) -> None:
     first = await lkapi.room.create_room(CreateRoomRequest(name="r1", empty_timeout=30, max_participants=5))
     assert first.sid.startswith("RM_")
@@ -198,9 +195,9 @@ async def test_create_room_is_idempotent_and_delete_disconnects(
     only = await lkapi.room.list_rooms(ListRoomsRequest(names=["r2", "missing"]))
     assert [r.name for r in only.rooms] == ["r2"]
 
-    emulator.connect(participant_token("r1", "alice"))
+    server.connect(participant_token("r1", "alice"))
     await lkapi.room.delete_room(DeleteRoomRequest(room="r1"))
-    assert emulator.state.find_participant("r1", "alice") is None
+    assert server.state.find_participant("r1", "alice") is None
     with pytest.raises(ServerError) as info:
         await lkapi.room.delete_room(DeleteRoomRequest(room="r1"))
     assert (info.value.status, info.value.code) == (404, "not_found")
@@ -218,14 +215,14 @@ async def test_update_room_metadata(lkapi: LiveKitAPI) -> None:
 # -- participants ----------------------------------------------------------------------------------
 
 
-async def test_list_get_remove_participants(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+async def test_list_get_remove_participants(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
     empty = await lkapi.room.list_participants(ListParticipantsRequest(room="no-such-room"))
     assert list(empty.participants) == []
 
-    alice = emulator.connect(participant_token("r", "alice"))
+    alice = server.connect(participant_token("r", "alice"))
     assert alice.sid.startswith("PA_")
     assert alice.state == ParticipantInfo.ACTIVE
-    emulator.connect(participant_token("r", "bob"))
+    server.connect(participant_token("r", "bob"))
     listed = await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
     assert {p.identity for p in listed.participants} == {"alice", "bob"}
 
@@ -251,10 +248,10 @@ async def test_list_get_remove_participants(emulator: LiveKitEmulator, lkapi: Li
     assert info.value.code == "not_found"
 
 
-async def test_reconnect_replaces_participant(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    first = emulator.connect(participant_token("r", "alice"))
-    emulator.publish("r", "alice", "microphone")
-    second = emulator.connect(participant_token("r", "alice"))
+async def test_reconnect_replaces_participant(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    first = server.connect(participant_token("r", "alice"))
+    server.publish("r", "alice", "microphone")
+    second = server.connect(participant_token("r", "alice"))
     assert second.sid != first.sid
     got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
     assert got.sid == second.sid
@@ -278,11 +275,11 @@ def test_connect_refuses_bad_tokens() -> None:
 
 
 async def test_update_participant_replaces_whole_permission(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI
+    server: LiveKitEmulator, lkapi: LiveKitAPI
 ) -> None:
-    emulator.connect(participant_token("r", "rec", sources=["microphone", "camera"], hidden=True))
-    mic = emulator.publish("r", "rec", "microphone")
-    cam = emulator.publish("r", "rec", "camera")
+    server.connect(participant_token("r", "rec", sources=["microphone", "camera"], hidden=True))
+    mic = server.publish("r", "rec", "microphone")
+    cam = server.publish("r", "rec", "camera")
 
     info = await lkapi.room.update_participant(
         UpdateParticipantRequest(
@@ -302,25 +299,25 @@ async def test_update_participant_replaces_whole_permission(
     assert [t.sid for t in info.tracks] == [cam]
     assert (info.metadata, dict(info.attributes)) == ("meta", {"a": "1"})
     with pytest.raises(PermissionError):
-        emulator.publish("r", "rec", "microphone")
-    assert mic not in {t.sid for t in emulator.state.participant("r", "rec").tracks}
+        server.publish("r", "rec", "microphone")
+    assert mic not in {t.sid for t in server.state.participant("r", "rec").tracks}
 
     # Empty sources with can_publish means every source; can_publish false removes everything.
     await lkapi.room.update_participant(
         UpdateParticipantRequest(room="r", identity="rec", permission=ParticipantPermission(can_publish=True))
     )
-    emulator.publish("r", "rec", "screen_share")
-    emulator.publish("r", "rec", "microphone")
+    server.publish("r", "rec", "screen_share")
+    server.publish("r", "rec", "microphone")
     info = await lkapi.room.update_participant(
         UpdateParticipantRequest(room="r", identity="rec", permission=ParticipantPermission())
     )
     assert list(info.tracks) == []
     with pytest.raises(PermissionError):
-        emulator.publish("r", "rec", "camera")
+        server.publish("r", "rec", "camera")
 
 
-async def test_update_without_permission_keeps_it(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    emulator.connect(participant_token("r", "popout", hidden=True))
+async def test_update_without_permission_keeps_it(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    server.connect(participant_token("r", "popout", hidden=True))
     info = await lkapi.room.update_participant(
         UpdateParticipantRequest(room="r", identity="popout", name="Pop")
     )
@@ -331,10 +328,10 @@ async def test_update_without_permission_keeps_it(emulator: LiveKitEmulator, lka
 # -- tracks ----------------------------------------------------------------------------------------
 
 
-async def test_mute_published_track(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    emulator.connect(participant_token("r", "alice"))
-    mic = emulator.publish("r", "alice", "microphone")
-    cam = emulator.publish("r", "alice", "camera")
+async def test_mute_published_track(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    server.connect(participant_token("r", "alice"))
+    mic = server.publish("r", "alice", "microphone")
+    cam = server.publish("r", "alice", "camera")
     got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
     assert {(t.sid, t.type, t.source) for t in got.tracks} == {
         (mic, TrackType.AUDIO, TrackSource.MICROPHONE),
@@ -353,7 +350,7 @@ async def test_mute_published_track(emulator: LiveKitEmulator, lkapi: LiveKitAPI
     assert (info.value.status, info.value.code) == (412, "failed_precondition")
 
     # The participant itself may unmute what the server muted.
-    emulator.set_track_muted("r", "alice", mic, False)
+    server.set_track_muted("r", "alice", mic, False)
     got = await lkapi.room.get_participant(RoomParticipantIdentity(room="r", identity="alice"))
     assert not next(t for t in got.tracks if t.sid == mic).muted
 
@@ -376,24 +373,24 @@ async def test_mute_unknown_participant_times_out(lkapi: LiveKitAPI) -> None:
 # -- faults ----------------------------------------------------------------------------------------
 
 
-async def test_fault_unavailable(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    emulator.fault = EmulatorFault.UNAVAILABLE
+async def test_fault_unavailable(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    server.fault = EmulatorFault.UNAVAILABLE
     with pytest.raises(ServerError) as info:
         await lkapi.room.list_rooms(ListRoomsRequest())
     assert (info.value.status, info.value.code) == (503, "unavailable")
-    emulator.fault = EmulatorFault.NONE
+    server.fault = EmulatorFault.NONE
     await lkapi.room.list_rooms(ListRoomsRequest())
 
 
-async def test_fault_hang_then_recover(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    emulator.fault = EmulatorFault.HANG
+async def test_fault_hang_then_recover(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    server.fault = EmulatorFault.HANG
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
             await lkapi.room.list_rooms(ListRoomsRequest())
     pending = asyncio.create_task(lkapi.room.create_room(CreateRoomRequest(name="late")))
     await asyncio.sleep(0.1)
     assert not pending.done()
-    emulator.fault = EmulatorFault.NONE
+    server.fault = EmulatorFault.NONE
     async with asyncio.timeout(2):
         room = await pending
     assert room.name == "late"
@@ -412,53 +409,51 @@ async def test_hung_calls_end_when_server_stops() -> None:
                 await pending
 
 
-async def test_fault_reset(emulator: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
-    emulator.fault = EmulatorFault.RESET
+async def test_fault_reset(server: LiveKitEmulator, lkapi: LiveKitAPI) -> None:
+    server.fault = EmulatorFault.RESET
     with pytest.raises(aiohttp.ClientError):
         await lkapi.room.list_rooms(ListRoomsRequest())
-    emulator.fault = EmulatorFault.NONE
+    server.fault = EmulatorFault.NONE
     await lkapi.room.list_rooms(ListRoomsRequest())
 
 
-async def test_control_routes_ignore_faults(emulator: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
-    base = f"{emulator.url}/_emulator"
+async def test_control_routes_ignore_faults(server: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
+    base = f"{server.url}/_emulator"
     async with http.post(f"{base}/fault", json={"mode": "unavailable"}) as resp:
         assert resp.status == 200
-    assert emulator.fault is EmulatorFault.UNAVAILABLE
+    assert server.fault is EmulatorFault.UNAVAILABLE
     async with http.post(f"{base}/connect", json={"token": participant_token("r", "a")}) as resp:
         assert resp.status == 200
     async with http.post(f"{base}/fault", json={"mode": "bogus"}) as resp:
         assert resp.status == 400
     async with http.post(f"{base}/fault", json={"mode": "none"}) as resp:
         assert resp.status == 200
-    assert emulator.fault.value == "none"
+    assert server.fault.value == "none"
 
 
 # -- calls log, routing ----------------------------------------------------------------------------
 
 
 async def test_calls_are_recorded(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+    server: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
 ) -> None:
     await lkapi.room.create_room(CreateRoomRequest(name="r"))
     await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
-    assert emulator.calls == ["CreateRoom", "ListParticipants"]
-    async with http.get(f"{emulator.url}/_emulator/calls") as resp:
+    assert server.calls == ["CreateRoom", "ListParticipants"]
+    async with http.get(f"{server.url}/_emulator/calls") as resp:
         assert await resp.json() == {"calls": ["CreateRoom", "ListParticipants"]}
-    async with http.post(f"{emulator.url}/_emulator/calls/clear") as resp:
+    async with http.post(f"{server.url}/_emulator/calls/clear") as resp:
         assert resp.status == 200
-    assert emulator.calls == []
+    assert server.calls == []
 
 
-async def test_bad_route_and_json_body(emulator: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
+async def test_bad_route_and_json_body(server: LiveKitEmulator, http: aiohttp.ClientSession) -> None:
     headers = {"Authorization": f"Bearer {admin_token('r')}", "Content-Type": "application/json"}
-    status, _, text = await twirp_status(http, emulator.url, "NoSuchMethod", b"{}", headers)
+    status, _, text = await twirp_status(http, server.url, "NoSuchMethod", b"{}", headers)
     assert status == 404
     assert '"bad_route"' in text
-    emulator.connect(participant_token("r", "alice"))
-    status, ctype, text = await twirp_status(
-        http, emulator.url, "ListParticipants", b'{"room": "r"}', headers
-    )
+    server.connect(participant_token("r", "alice"))
+    status, ctype, text = await twirp_status(http, server.url, "ListParticipants", b'{"room": "r"}', headers)
     assert (status, ctype) == (200, "application/json")
     assert '"alice"' in text
 
@@ -467,9 +462,9 @@ async def test_bad_route_and_json_body(emulator: LiveKitEmulator, http: aiohttp.
 
 
 async def test_control_routes_simulate_clients(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+    server: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
 ) -> None:
-    base = f"{emulator.url}/_emulator"
+    base = f"{server.url}/_emulator"
     async with http.post(f"{base}/connect", json={"token": "garbage"}) as resp:
         assert resp.status == 401
         assert "error" in await resp.json()
@@ -503,15 +498,15 @@ async def test_control_routes_simulate_clients(
 
 
 async def test_control_routes_unpublish_and_rooms_snapshot(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+    server: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
 ) -> None:
-    base = f"{emulator.url}/_emulator"
-    emulator.connect(participant_token("r", "alice", sources=["microphone", "camera"]))
-    emulator.connect(participant_token("r", "rec", can_publish=False, hidden=True))
-    emulator.connect(participant_token("other", "bob"))
-    microphone = emulator.publish("r", "alice", "microphone")
-    camera = emulator.publish("r", "alice", "camera")
-    emulator.set_track_muted("r", "alice", camera, True)
+    base = f"{server.url}/_emulator"
+    server.connect(participant_token("r", "alice", sources=["microphone", "camera"]))
+    server.connect(participant_token("r", "rec", can_publish=False, hidden=True))
+    server.connect(participant_token("other", "bob"))
+    microphone = server.publish("r", "alice", "microphone")
+    camera = server.publish("r", "alice", "camera")
+    server.set_track_muted("r", "alice", camera, True)
 
     async with http.get(f"{base}/rooms", params={"room": "r"}) as resp:
         assert resp.status == 200
@@ -544,7 +539,7 @@ async def test_control_routes_unpublish_and_rooms_snapshot(
 
 
 async def test_bulk_participants(
-    emulator: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
+    server: LiveKitEmulator, lkapi: LiveKitAPI, http: aiohttp.ClientSession
 ) -> None:
     body = {
         "room": "big",
@@ -553,7 +548,7 @@ async def test_bulk_participants(
         "sources": ["microphone", "camera"],
         "can_publish_sources": ["microphone", "camera"],
     }
-    async with http.post(f"{emulator.url}/_emulator/participants/bulk", json=body) as resp:
+    async with http.post(f"{server.url}/_emulator/participants/bulk", json=body) as resp:
         assert resp.status == 200
         identities = (await resp.json())["identities"]
     assert identities[:2] == ["u0", "u1"]

@@ -1,5 +1,6 @@
 """Fixtures of the high-availability tests: one 3-node RabbitMQ cluster for the whole package (about a
-minute to start; removed at the end), the fault tests' LiveKit emulator and uuid-named topology."""
+minute to start; removed at the end); the fault tests' own (a topology per test, services and load
+clients cleaned up after it) come from tests/reliability/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.reliability.conftest import livekit, topology
-from tests.support.rabbit_cluster import RabbitCluster
+from testkit.rabbit_cluster import RabbitCluster
+from tests.reliability.conftest import load_client, names, start_service
 
-__all__ = ["cluster", "livekit", "topology"]
+__all__ = ["cluster", "load_client", "names", "start_service"]
 
 
 @pytest.fixture(scope="session")

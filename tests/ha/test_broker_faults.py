@@ -1,11 +1,12 @@
-"""Issue 11: the service on a 3-node RabbitMQ cluster under steady load, while nodes fail.
+"""The service on a 3-node RabbitMQ cluster under steady load, while nodes fail.
 
 The service gets every node in ``AMQP_URL``. The load client publishes with confirms from its own
 connection (also over every node, starting elsewhere than the service) and collects the events on a
 durable quorum queue led by another node than the service's, so that the books survive the fault. Every
 confirmed command is counted: answered exactly once, lost, doubled, reordered within its room, and the
-longest time without any answer, overall (the issue's bound: 5 s) and within one room (a partition
-stalled while others answer; bound 10 s), printed with ``-s``."""
+longest time without any answer, overall (answers resume within 5 s after a node is lost, while the
+cluster keeps a majority) and within one room (a partition stalled while others answer; bound 10 s),
+printed with ``-s``."""
 
 from __future__ import annotations
 
@@ -17,27 +18,21 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.reliability.harness import (
-    PARTITIONS,
-    Accounting,
-    Books,
-    LoadClient,
-    abandoned_commands,
-    cleanup,
-    started_service,
-)
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
-from tests.support.rabbit_cluster import RabbitCluster
+from testkit.load import Accounting, Books, LoadClient, abandoned_commands
+from testkit.processes import Names, ServiceProcess
+from testkit.rabbit_cluster import RabbitCluster
+from tests.reliability.conftest import ConnectLoadClient, StartService
 
 pytestmark = [pytest.mark.slow, pytest.mark.ha]
 
 ROOMS = 20
 PACE = 0.25  # seconds between a room's commands: ~70 commands/s in all
-#: The issue's bound: answers resume within this after a node is lost.
+#: Answers resume within this after a node is lost, while the cluster keeps a majority: the time a
+#: quorum queue takes to elect a new leader plus the service's reconnect, with room to spare.
 RESUME_SECONDS = 5.0
 #: A generous bound for one room, whose partition queue may elect a new leader (or whose command's
 #: publish waits for that) after the others answer again: up to 5.4 s measured in a rolling restart.
-#: It catches a partition that stays stalled; the issue's 5 s is about answers resuming.
+#: It catches a partition that stays stalled; RESUME_SECONDS is about answers resuming at all.
 ROOM_RESUME_SECONDS = 10.0
 #: The events' queue: replicated, and led by the node the load client declares it on.
 COLLECTOR = {"x-queue-type": "quorum", "x-queue-leader-locator": "client-local"}
@@ -84,17 +79,11 @@ class Figures:
         )
 
 
-async def start_on(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names, node: str
-) -> ServiceProcess:
+async def start_on(cluster: RabbitCluster, start_service: StartService, node: str) -> ServiceProcess:
     """The service with every node in ``AMQP_URL``, ``node`` first; checks it is on that node."""
-    service = await started_service(topology, livekit.url, {"AMQP_URL": cluster.amqp_url(first=node)})
+    service = await start_service({"AMQP_URL": cluster.amqp_url(first=node)}, broker_urls=cluster.urls())
     assert service.status()["amqp_node"] == cluster.nodes[node].address
     return service
-
-
-def partition_queues(topology: Names) -> list[str]:
-    return [f"{topology.queue}.{n}" for n in range(PARTITIONS)]
 
 
 async def under_load(
@@ -134,102 +123,94 @@ def report(title: str, figures: Figures, service: ServiceProcess, extra: str = "
 
 
 async def test_stopping_the_node_the_service_is_on_moves_it_to_another_node(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names
+    cluster: RabbitCluster, start_service: StartService, load_client: ConnectLoadClient
 ) -> None:
     """(1) ``rabbitmqctl stop`` of the service's node, kept down: answers resume within 5 s."""
-    service = await start_on(cluster, livekit, topology, "a")
-    client = LoadClient(topology, urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
+    service = await start_on(cluster, start_service, "a")
+    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
     stopped_for = 0.0
+
+    async def stop_service_node() -> None:
+        nonlocal stopped_for
+        stopped_for = await asyncio.to_thread(cluster.stop, "a")
+
     try:
-        async with client:
-
-            async def stop_service_node() -> None:
-                nonlocal stopped_for
-                stopped_for = await asyncio.to_thread(cluster.stop, "a")
-
-            figures, _ = await under_load(client, service, stop_service_node, after=8.0)
-            moved_to = service.status()["amqp_node"]
-            report(
-                "stop the service's node (a), kept down",
-                figures,
-                service,
-                f"stop took {stopped_for:.1f}s, service now on {cluster.node_at(moved_to)}",
-            )
-            assert cluster.node_at(moved_to) != "a"
-            figures.books.assert_exactly_once_in_order()
-            figures.assert_resumed()
+        figures, _ = await under_load(client, service, stop_service_node, after=8.0)
+        moved_to = service.status()["amqp_node"]
+        report(
+            "stop the service's node (a), kept down",
+            figures,
+            service,
+            f"stop took {stopped_for:.1f}s, service now on {cluster.node_at(moved_to)}",
+        )
+        assert cluster.node_at(moved_to) != "a"
+        figures.books.assert_exactly_once_in_order()
+        figures.assert_resumed()
     finally:
-        await cleanup(topology, [service], queues=[client.observer_queue_name], urls=cluster.urls())
         await asyncio.to_thread(cluster.start, "a")
 
 
 async def test_killing_the_node_that_leads_most_partitions_keeps_the_service_consuming(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names
+    cluster: RabbitCluster, names: Names, start_service: StartService, load_client: ConnectLoadClient
 ) -> None:
     """(2) ``kill -9`` of the node that leads most partition queues, the service connected to another
     one: their leaders move, the service keeps consuming on its connection; answers resume within 5 s.
     Also: the ``balanced`` leader locator spread the partitions over every node."""
-    service = await start_on(cluster, livekit, topology, "a")
-    leaders = await asyncio.to_thread(cluster.leaders, partition_queues(topology))
+    service = await start_on(cluster, start_service, "a")
+    leaders = await asyncio.to_thread(cluster.leaders, names.partition_queues())
     target = leaders.most_common(1)[0][0]
-    client: LoadClient | None = None
+    assert set(leaders) == set(cluster.nodes), f"partition leaders not spread: {dict(leaders)}"
+    if target == "a":
+        # The kill must hit the partitions' leaders, not the service's connection (test 1 does that).
+        await asyncio.to_thread(service.stop)
+        service = await start_on(cluster, start_service, "b")
+    service_node = cluster.node_at(service.status()["amqp_node"])
+    client_node = next(n for n in cluster.nodes if n not in {target, service_node})
+    client = await load_client(urls=cluster.urls(first=client_node), observer_arguments=COLLECTOR)
+
+    async def kill_leader() -> None:
+        await asyncio.to_thread(cluster.kill, target)
+
     try:
-        assert set(leaders) == set(cluster.nodes), f"partition leaders not spread: {dict(leaders)}"
-        if target == "a":
-            # The kill must hit the partitions' leaders, not the service's connection (test 1 does that).
-            await asyncio.to_thread(service.stop)
-            service = await start_on(cluster, livekit, topology, "b")
-        service_node = cluster.node_at(service.status()["amqp_node"])
-        client_node = next(n for n in cluster.nodes if n not in {target, service_node})
-        client = LoadClient(topology, urls=cluster.urls(first=client_node), observer_arguments=COLLECTOR)
-        async with client:
-
-            async def kill_leader() -> None:
-                await asyncio.to_thread(cluster.kill, target)
-
-            figures, _ = await under_load(client, service, kill_leader, after=8.0)
-            after = await asyncio.to_thread(cluster.leaders, partition_queues(topology), via=service_node)
-            report(
-                f"kill -9 the node leading most partitions ({target})",
-                figures,
-                service,
-                f"partition leaders before {dict(sorted(leaders.items()))}, "
-                f"after {dict(sorted(after.items()))}; service on {service_node}, collector on {client_node}",
-            )
-            assert target not in after, "a partition is still led by the killed node"
-            assert cluster.node_at(service.status()["amqp_node"]) == service_node, "the service reconnected"
-            figures.books.assert_exactly_once_in_order()
-            figures.assert_resumed()
+        figures, _ = await under_load(client, service, kill_leader, after=8.0)
+        after = await asyncio.to_thread(cluster.leaders, names.partition_queues(), via=service_node)
+        report(
+            f"kill -9 the node leading most partitions ({target})",
+            figures,
+            service,
+            f"partition leaders before {dict(sorted(leaders.items()))}, "
+            f"after {dict(sorted(after.items()))}; service on {service_node}, collector on {client_node}",
+        )
+        assert target not in after, "a partition is still led by the killed node"
+        assert cluster.node_at(service.status()["amqp_node"]) == service_node, "the service reconnected"
+        figures.books.assert_exactly_once_in_order()
+        figures.assert_resumed()
     finally:
-        observer = [client.observer_queue_name] if client is not None else []
-        await cleanup(topology, [service], queues=observer, urls=cluster.urls())
         await asyncio.to_thread(cluster.start, target)
 
 
 async def test_rolling_restart_of_every_node_loses_nothing(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names
+    cluster: RabbitCluster, start_service: StartService, load_client: ConnectLoadClient
 ) -> None:
     """(3) Each node stopped and started again in turn, as an upgrade does (each only once no quorum
     queue depends on it: ``rabbitmq-queues check_if_node_is_quorum_critical``): nothing lost."""
-    service = await start_on(cluster, livekit, topology, "a")
-    client = LoadClient(topology, urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
+    service = await start_on(cluster, start_service, "a")
+    client = await load_client(urls=cluster.urls(first="b"), observer_arguments=COLLECTOR)
     steps: list[str] = []
+
+    async def rolling_restart() -> None:
+        for node in cluster.nodes:
+            began = time.monotonic()
+            await asyncio.to_thread(cluster.wait_quorum_safe, node)
+            await asyncio.to_thread(cluster.stop, node)
+            await asyncio.to_thread(cluster.start, node)
+            steps.append(f"{node} {time.monotonic() - began:.1f}s")
+
     try:
-        async with client:
-
-            async def rolling_restart() -> None:
-                for node in cluster.nodes:
-                    began = time.monotonic()
-                    await asyncio.to_thread(cluster.wait_quorum_safe, node)
-                    await asyncio.to_thread(cluster.stop, node)
-                    await asyncio.to_thread(cluster.start, node)
-                    steps.append(f"{node} {time.monotonic() - began:.1f}s")
-
-            figures, _ = await under_load(client, service, rolling_restart, after=5.0)
-            report("rolling restart a, b, c", figures, service, f"restarts {', '.join(steps)}")
-            figures.books.assert_exactly_once_in_order()
+        figures, _ = await under_load(client, service, rolling_restart, after=5.0)
+        report("rolling restart a, b, c", figures, service, f"restarts {', '.join(steps)}")
+        figures.books.assert_exactly_once_in_order()
     finally:
-        await cleanup(topology, [service], queues=[client.observer_queue_name], urls=cluster.urls())
         await asyncio.to_thread(cluster.start_stopped)
 
 
@@ -321,7 +302,10 @@ def partition_handling(request: pytest.FixtureRequest, cluster: RabbitCluster) -
 
 
 async def test_two_of_three_nodes_down_stops_answers_and_loses_nothing(
-    cluster: RabbitCluster, livekit: EmulatorProcess, topology: Names, partition_handling: str
+    cluster: RabbitCluster,
+    start_service: StartService,
+    load_client: ConnectLoadClient,
+    partition_handling: str,
 ) -> None:
     """(4) ``rabbitmqctl stop`` of b and c at once, the service on a; both kept down ~10 s, then b
     started again, later c. No quorum queue has a majority meanwhile (a commit needs two of three):
@@ -337,14 +321,14 @@ async def test_two_of_three_nodes_down_stops_answers_and_loses_nothing(
     - ``pause_minority`` (the Cluster Operator's default): node a, seeing itself in a minority, stops
       its RabbitMQ application and closes every connection; no node accepts one until b's VM is up,
       then a starts again by itself. The service reconnects, to whichever node answers first."""
-    service = await start_on(cluster, livekit, topology, "a")
+    service = await start_on(cluster, start_service, "a")
     # The load client does not hang on the outage: each publish waits 5 s at most for its confirm
     # (``publish_once``), a command is retried for 60 s at most and then left unconfirmed (not counted),
     # and ``under_load`` bounds the whole load. The load client is on a too, so that its publishes reach
     # the broker during the outage. Started on b (as in the other tests), it was reconnecting for the
     # whole outage: aio-pika restores its collector's consumer, and consuming from a quorum queue needs
     # a majority (one run: 2,218 attempts failed in the client, ChannelInvalidStateError).
-    client = LoadClient(topology, urls=cluster.urls(first="a"), observer_arguments=COLLECTOR)
+    client = await load_client(urls=cluster.urls(first="a"), observer_arguments=COLLECTOR)
     times: dict[str, float] = {}
     a_listening: list[bool] = []  # whether a accepted connections at the end of the outage
 
@@ -354,55 +338,50 @@ async def test_two_of_three_nodes_down_stops_answers_and_loses_nothing(
             await asyncio.to_thread(cluster.wait_running, "a")
             times["a running"] = time.monotonic()
 
+    async def two_nodes_down() -> None:
+        times["stopping"] = time.monotonic()
+        await asyncio.gather(asyncio.to_thread(cluster.stop, "b"), asyncio.to_thread(cluster.stop, "c"))
+        times["both down"] = time.monotonic()
+        await asyncio.sleep(TWO_DOWN_SECONDS)
+        a_listening.append(await asyncio.to_thread(cluster.listening, "a"))
+        times["starting b"] = time.monotonic()
+        await asyncio.gather(asyncio.to_thread(cluster.start, "b"), a_running_again())
+        times["b running"] = time.monotonic()
+        await asyncio.sleep(5.0)
+        times["starting c"] = time.monotonic()
+        await asyncio.to_thread(cluster.start, "c")
+        times["c running"] = time.monotonic()
+
     try:
-        async with client:
-
-            async def two_nodes_down() -> None:
-                times["stopping"] = time.monotonic()
-                await asyncio.gather(
-                    asyncio.to_thread(cluster.stop, "b"), asyncio.to_thread(cluster.stop, "c")
-                )
-                times["both down"] = time.monotonic()
-                await asyncio.sleep(TWO_DOWN_SECONDS)
-                a_listening.append(await asyncio.to_thread(cluster.listening, "a"))
-                times["starting b"] = time.monotonic()
-                await asyncio.gather(asyncio.to_thread(cluster.start, "b"), a_running_again())
-                times["b running"] = time.monotonic()
-                await asyncio.sleep(5.0)
-                times["starting c"] = time.monotonic()
-                await asyncio.to_thread(cluster.start, "c")
-                times["c running"] = time.monotonic()
-
-            figures, began = await under_load(client, service, two_nodes_down, after=5.0)
-            outage = Outage.of(client.books, times)
-            duplicates = sum("duplicate command ignored" in line for line in service.logs().splitlines())
-            report(
-                f"stop b and c (the service on a; {partition_handling}), b back after ~10 s, then c",
-                figures,
-                service,
-                f"{', '.join(f'{k} {at - began:+.1f}s' for k, at in times.items())}; {outage.line()}; "
-                f"duplicates dropped by the service {duplicates}",
-            )
-            print("rooms answered again, from b running:", ", ".join(f"{at:+.2f}" for at in outage.rooms))
-            figures.books.assert_exactly_once_in_order(every_publish_confirmed=False)
-            assert outage.while_down == 0, f"{outage.while_down} answers while two of three nodes were down"
-            # Under pause_minority the service is disconnected too: once a runs again it reconnects (up
-            # to AMQP_RECONNECT_SECONDS later) and aio-pika restores its 17 channels, the quorum queues'
-            # declarations and the consumers on a node whose application has just restarted, one
-            # channel after another: 2.7-5 s measured before the first answer. The per-room bound
-            # applies; the issue's 5 s is for a cluster that kept a majority (tests 1 to 3).
-            resume_bound = RESUME_SECONDS if partition_handling == "ignore" else ROOM_RESUME_SECONDS
-            assert outage.resumed < resume_bound, outage.line()
-            assert len(outage.rooms) == ROOMS, f"only {len(outage.rooms)} rooms answered after the outage"
-            assert outage.rooms[-1] < ROOM_RESUME_SECONDS, outage.line()
-            if partition_handling == "ignore":
-                assert a_listening == [True], "node a stopped accepting connections under 'ignore'"
-                assert cluster.node_at(service.status()["amqp_node"]) == "a", "the service left node a"
-            else:
-                assert a_listening == [False], "node a, a minority under pause_minority, did not pause"
-                assert figures.reconnects >= 1, "the service did not reconnect after node a paused"
+        figures, began = await under_load(client, service, two_nodes_down, after=5.0)
+        outage = Outage.of(client.books, times)
+        duplicates = sum("duplicate command ignored" in line for line in service.logs().splitlines())
+        report(
+            f"stop b and c (the service on a; {partition_handling}), b back after ~10 s, then c",
+            figures,
+            service,
+            f"{', '.join(f'{k} {at - began:+.1f}s' for k, at in times.items())}; {outage.line()}; "
+            f"duplicates dropped by the service {duplicates}",
+        )
+        print("rooms answered again, from b running:", ", ".join(f"{at:+.2f}" for at in outage.rooms))
+        figures.books.assert_exactly_once_in_order(every_publish_confirmed=False)
+        assert outage.while_down == 0, f"{outage.while_down} answers while two of three nodes were down"
+        # Under pause_minority the service is disconnected too: once a runs again it reconnects (up
+        # to AMQP_RECONNECT_SECONDS later) and aio-pika restores its 17 channels, the quorum queues'
+        # declarations and the consumers on a node whose application has just restarted, one
+        # channel after another: 2.7-5 s measured before the first answer. The per-room bound
+        # applies; RESUME_SECONDS is for a cluster that kept a majority (tests 1 to 3).
+        resume_bound = RESUME_SECONDS if partition_handling == "ignore" else ROOM_RESUME_SECONDS
+        assert outage.resumed < resume_bound, outage.line()
+        assert len(outage.rooms) == ROOMS, f"only {len(outage.rooms)} rooms answered after the outage"
+        assert outage.rooms[-1] < ROOM_RESUME_SECONDS, outage.line()
+        if partition_handling == "ignore":
+            assert a_listening == [True], "node a stopped accepting connections under 'ignore'"
+            assert cluster.node_at(service.status()["amqp_node"]) == "a", "the service left node a"
+        else:
+            assert a_listening == [False], "node a, a minority under pause_minority, did not pause"
+            assert figures.reconnects >= 1, "the service did not reconnect after node a paused"
     finally:
-        await cleanup(topology, [service], queues=[client.observer_queue_name], urls=cluster.urls())
         await asyncio.to_thread(cluster.start_stopped)
         # Whole again for the next tests: every quorum queue's members on b and c are back in step.
         for node in cluster.nodes:

@@ -5,6 +5,7 @@ retry of a command whose WAIT fell short), deletions too, and the store follows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,16 +15,14 @@ import pytest
 import redis
 
 from livekit_signaling.domain.errors import StoreUnavailable
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
 from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.schemas.commands import EnableMicrophoneRestrictions, Envelope
 from livekit_signaling.store.encoding import decode_decisions
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.store.replication import ReplicationNotConfirmed
-from livekit_signaling.store.target import RedisTarget
-from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
-from tests.unit.test_handler import FakeLiveKit, FakeTokens
+from testkit.redis_sentinel import RedisNode, RedisSentinelGroup
+from tests.unit.fakes import fake_handler
 
 pytestmark = pytest.mark.slow
 
@@ -46,32 +45,29 @@ def group(request: pytest.FixtureRequest) -> Iterator[RedisSentinelGroup]:
         yield started
 
 
-def store_for(
+@contextlib.asynccontextmanager
+async def opened_store(
     group: RedisSentinelGroup, *, min_replicas: int = 1, prefix: str | None = None
-) -> RedisStateStore:
-    target = RedisTarget(
-        sentinels=tuple(("127.0.0.1", node.port) for node in group.sentinel_nodes),
-        sentinel_master=group.master_name,
-        username=group.username,
-        password=group.password,
-        sentinel_username=group.sentinel_username,
-        sentinel_password=group.sentinel_password,
-    )
-    return RedisStateStore(
-        target,
+) -> AsyncIterator[RedisStateStore]:
+    """A store through the group's Sentinels, as a process of the service has one; closed afterwards."""
+    store = RedisStateStore(
+        group.target(),
         prefix=prefix or f"test-{uuid.uuid4().hex[:8]}",
         dedup_window_seconds=60,
         room_idle_seconds=600,
         min_replicas=min_replicas,
         wait_timeout_seconds=WAIT_SECONDS,
     )
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture
 async def store(group: RedisSentinelGroup) -> AsyncIterator[RedisStateStore]:
-    opened = store_for(group)
-    yield opened
-    await opened.close()
+    async with opened_store(group) as opened:
+        yield opened
 
 
 def stored(
@@ -109,13 +105,10 @@ async def test_a_write_counts_once_the_replica_holds_it(
 
 
 async def test_min_replicas_zero_does_not_wait(group: RedisSentinelGroup) -> None:
-    store = store_for(group, min_replicas=0)
-    try:
+    async with opened_store(group, min_replicas=0) as store:
         group.stop_node(group.replicas()[0])
         await store.save_decisions("r", restricted())
         assert (await store.load("r")).decisions.microphone_restrictions == ["m"]
-    finally:
-        await store.close()
 
 
 async def test_the_retry_of_a_command_whose_wait_fell_short_does_not_answer_unconfirmed(
@@ -124,13 +117,7 @@ async def test_the_retry_of_a_command_whose_wait_fell_short_does_not_answer_unco
     """The subtle case: the write reached the master, WAIT fell short. The processor re-runs the handler,
     which reads the written state and finds nothing to change; it must not answer before the replica
     holds that state."""
-    handler = CommandHandler(
-        livekit=FakeLiveKit(),
-        tokens=FakeTokens(),
-        store=store,
-        policy=PublishPolicy(screen_share_requires_permission=False),
-        urls=ConnectionUrls(public_url="wss://public"),
-    )
+    handler = fake_handler(store, policy=PublishPolicy(screen_share_requires_permission=False))
     envelope = Envelope(room="r", participant="m", role="moderator", payload=msgspec.Raw(b"{}"))
     command = EnableMicrophoneRestrictions(unrestricted_participants=["m"])
     state = RoomState()
@@ -163,22 +150,16 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
     """A writer that died between its write and its WAIT left unconfirmed state; another process (this
     store) reads it: it must not be handed out before the replica holds it."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    writer = store_for(group, prefix=prefix)
     replica = group.replicas()[0]
-    try:
+    async with opened_store(group, prefix=prefix) as writer:
         group.stop_node(replica)
         with pytest.raises(ReplicationNotConfirmed):
             await writer.save_decisions("r", restricted())
-    finally:
-        await writer.close()
-    reader = store_for(group, prefix=prefix)
-    try:
+    async with opened_store(group, prefix=prefix) as reader:
         with pytest.raises(StoreUnavailable):
             await reader.load("r")
         group.start_as_replica(replica)
         assert (await reader.load("r")).decisions.microphone_restrictions == ["m"]
-    finally:
-        await reader.close()
 
 
 async def test_more_rooms_at_work_than_connections_wait_their_turn(

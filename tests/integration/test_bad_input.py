@@ -12,8 +12,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.support.amqp import SignalingClient
-from tests.support.processes import AMQP_URL, Names, ServiceProcess
+from livekit_signaling.schemas.routing import command_routing_key
+from testkit.amqp import SignalingClient
+from testkit.processes import AMQP_URL, Names, ServiceProcess
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ async def test_bodies_that_are_not_envelopes_are_dead_lettered_with_a_reason(
     message = await wait_dead_letter(dead_letters, body)
     assert message.headers is not None
     assert reason in str(message.headers["x-signaling-reason"])
-    assert message.headers["x-original-routing-key"] == f"room.{room}"
+    assert message.headers["x-original-routing-key"] == command_routing_key(room)
     # Still serving.
     answer = await client.reply(room, "p", {"action": "create_new_access_token"})
     assert answer.message == "credentials"
@@ -76,7 +77,7 @@ async def test_command_published_under_another_rooms_key_is_dead_lettered(
     body = json.dumps(
         {"room": victim_room, "participant": "p", "role": "moderator", "payload": {"action": "close_room"}}
     ).encode()
-    await client.send(sender_room, "p", {}, raw=body, routing_key=f"room.{sender_room}")
+    await client.send(sender_room, "p", {}, raw=body, routing_key=command_routing_key(sender_room))
     message = await wait_dead_letter(dead_letters, body)
     assert message.headers is not None
     assert str(message.headers["x-signaling-reason"]).startswith("room_mismatch")

@@ -1,53 +1,20 @@
-"""Issue 10: a broker that answers but refuses the service's topology is a configuration error, said once
-with its fix (log and ``/readyz``), never "not reachable"; the replica recovers by itself once the
-broker is fixed (README, "First run")."""
+"""A broker that answers but refuses the service's topology is a configuration error, said once with its
+fix (log and ``/readyz``), never "not reachable"; the replica recovers by itself once the broker is
+fixed (docs/operations/first-run.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 
-import aio_pika
 import pytest
 
-from tests.support.amqp import declare_partition_queues_as_before, delete_topology
-from tests.support.broker_admin import BrokerUser, vhost_with_user
-from tests.support.processes import AMQP_URL, EmulatorProcess, Names, ServiceProcess
-from tests.support.rabbit_cluster import HASH_PLUGIN, RabbitCluster
-
-PARTITIONS = 4
-
-
-def _log_lines(service: ServiceProcess) -> list[dict[str, object]]:
-    return [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
-
-
-def _wait_refused(service: ServiceProcess, timeout: float = 20.0) -> str:
-    """The ``/readyz`` body once it names a refusal (503 throughout)."""
-    deadline = time.monotonic() + timeout
-    body = ""
-    while time.monotonic() < deadline:
-        assert service.process is not None and service.process.poll() is None, service.logs()[-2000:]
-        try:
-            status, body = service.http("/readyz")
-        except OSError:
-            status = 0
-        if status:
-            assert status == 503, body
-            if "amqp_refused:" in body:
-                return body
-        time.sleep(0.1)
-    raise AssertionError(f"/readyz never named a refusal; last body {body!r}\n{service.logs()[-2000:]}")
-
-
-def _refusal_log(service: ServiceProcess) -> list[str]:
-    lines = _log_lines(service)
-    assert not [line for line in lines if "not reachable" in str(line.get("message"))], (
-        "a refusing broker was reported as unreachable"
-    )
-    return [str(line["message"]) for line in lines if line.get("level") == "error"]
+from testkit.amqp import declare_partition_queues_as_before, delete_queues, delete_topology
+from testkit.broker_admin import BrokerUser, vhost_with_user
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
+from testkit.rabbit_cluster import HASH_PLUGIN, RabbitCluster
+from tests.integration.refusals import refusal_errors, wait_refused
 
 
 @pytest.fixture
@@ -61,17 +28,15 @@ def test_refused_hash_exchange_is_named_with_its_fix_and_heals_once_granted(
     restricted_user: BrokerUser, emulator_process: EmulatorProcess
 ) -> None:
     names = Names()
-    service = ServiceProcess(
-        names, emulator_process.url, partitions=PARTITIONS, env={"AMQP_URL": restricted_user.url()}
-    )
+    service = ServiceProcess(names, emulator_process.url, env={"AMQP_URL": restricted_user.url()})
     service.start(wait_ready=False)
     try:
-        body = _wait_refused(service)
-        assert f"access to exchange '{names.queue}.partitions'" in body
+        body = wait_refused(service)
+        assert f"access to exchange '{names.hash_exchange}'" in body
         assert "ACCESS_REFUSED" in body and "fix: grant the service's RabbitMQ user" in body
         assert restricted_user.password not in body
         time.sleep(3)  # several retries: the cause is still said once
-        errors = _refusal_log(service)
+        errors = refusal_errors(service)
         assert len(errors) == 1, errors
         assert "RabbitMQ refused the service" in errors[0] and "ACCESS_REFUSED" in errors[0]
         assert restricted_user.password not in service.logs()
@@ -85,61 +50,52 @@ def test_refused_hash_exchange_is_named_with_its_fix_and_heals_once_granted(
         service.stop()
 
 
-async def _delete_queue(name: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(name)
-
-
 def test_queue_declared_with_other_arguments_names_the_argument_and_setting(
     emulator_process: EmulatorProcess,
 ) -> None:
     names = Names()
     asyncio.run(declare_partition_queues_as_before(names, 1, delivery_limit=99))
-    service = ServiceProcess(
-        names, emulator_process.url, partitions=PARTITIONS, env={"SIGNALING_DELIVERY_LIMIT": "5"}
-    )
+    service = ServiceProcess(names, emulator_process.url, env={"SIGNALING_DELIVERY_LIMIT": "5"})
     service.start(wait_ready=False)
     try:
-        body = _wait_refused(service)
+        body = wait_refused(service)
         assert "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit'" in body
         assert f"queue '{names.queue}.0'" in body
         assert "SIGNALING_DELIVERY_LIMIT" in body and "received '5' but current is '99'" in body
-        errors = _refusal_log(service)
+        errors = refusal_errors(service)
         assert len(errors) == 1 and "x-delivery-limit" in errors[0], errors
 
         # The fix the line names: delete the (empty) queue; the service declares it anew by itself.
-        asyncio.run(_delete_queue(f"{names.queue}.0"))
+        asyncio.run(delete_queues([f"{names.queue}.0"]))
         service.wait_ready(timeout=30)
     finally:
         service.stop()
-        asyncio.run(delete_topology(names, PARTITIONS))
+        asyncio.run(delete_topology(names))
 
 
 @pytest.mark.slow
 def test_a_stock_broker_without_the_hash_plugin_is_named_with_the_plugin_command(
     emulator_process: EmulatorProcess,
 ) -> None:
-    """The issue's first run, literally: default settings (16 partitions) against a broker on which the
+    """A first run as it happens: default settings (16 partitions) against a broker on which the
     consistent-hash plugin was never enabled. The plugin is node-wide, so the broker is a node of its
-    own (tests/support/rabbit_cluster.py, one node, no plugins; needs root or the rabbitmq user, as
+    own (testkit/rabbit_cluster.py, one node, no plugins; needs root or the rabbitmq user, as
     tests/ha do). The fix the line names, run on the node, heals the replica without a restart."""
     with RabbitCluster(size=1, plugins=()) as stock:
         service = ServiceProcess(Names(), emulator_process.url, env={"AMQP_URL": stock.amqp_url()})
         del service.env["SIGNALING_PARTITIONS"]  # the default
         service.start(wait_ready=False)
         try:
-            body = _wait_refused(service, timeout=30)
+            body = wait_refused(service, timeout=30)
             assert "unknown exchange type 'x-consistent-hash'" in body
             assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in body and "SIGNALING_PARTITIONS=1" in body
             time.sleep(3)  # several retries: the cause is still said once
-            errors = _refusal_log(service)
+            errors = refusal_errors(service)
             assert len(errors) == 1, errors
             assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in errors[0]
             # The broker closes the whole connection for it: neither aiormq's error line nor a "lost"
             # warning repeats at every attempt.
-            lost = [line for line in _log_lines(service) if "lost" in str(line.get("message"))]
+            lost = [line for line in service.log_records() if "lost" in str(line.get("message"))]
             assert not lost, lost
             assert service.metric("livekit_signaling_amqp_refused") == 1
 
@@ -157,10 +113,10 @@ def test_a_stock_broker_without_the_hash_plugin_is_named_with_the_plugin_command
         del service.env["SIGNALING_PARTITIONS"]
         service.start(wait_ready=False)
         try:
-            body = _wait_refused(service, timeout=30)
+            body = wait_refused(service, timeout=30)
             assert "invalid exchange type 'x-consistent-hash'" in body
             assert f"rabbitmq-plugins enable {HASH_PLUGIN}" in body and "SIGNALING_PARTITIONS=1" in body
-            errors = _refusal_log(service)
+            errors = refusal_errors(service)
             assert len(errors) == 1 and f"rabbitmq-plugins enable {HASH_PLUGIN}" in errors[0], errors
         finally:
             service.stop()

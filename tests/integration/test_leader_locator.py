@@ -1,7 +1,7 @@
-"""Partition queues and the quorum leader locator (issue 11): new queues are created with
-``x-queue-leader-locator: balanced``; queues an earlier release created without it (RabbitMQ refuses to
-redeclare them with it: PRECONDITION_FAILED) are taken as they are, so existing deployments keep
-starting and consuming."""
+"""Partition queues and the quorum leader locator, which spreads a cluster's partition leaders over its
+nodes: new queues are created with ``x-queue-leader-locator: balanced``; queues an earlier release
+created without it (RabbitMQ refuses to redeclare them with it: PRECONDITION_FAILED) are taken as they
+are, so existing deployments keep starting and consuming."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import json
 import subprocess
 import uuid
 
-from tests.support.amqp import SignalingClient, declare_partition_queues_as_before, delete_topology
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import SignalingClient, declare_partition_queues_as_before, delete_topology
+from testkit.processes import PARTITIONS, EmulatorProcess, Names, ServiceProcess
 
-PARTITIONS = 4
 DELIVERY_LIMIT = 5
 
 
@@ -25,7 +24,7 @@ def partition_arguments(names: Names) -> dict[str, dict[str, object]]:
         check=True,
         timeout=60,
     ).stdout
-    wanted = {f"{names.queue}.{n}" for n in range(PARTITIONS)}
+    wanted = set(names.partition_queues())
     return {
         row["name"]: {name: value for name, _type, value in row["arguments"]}
         for row in json.loads(listed)
@@ -47,10 +46,7 @@ async def test_queues_of_an_earlier_release_keep_their_arguments_and_are_consume
     names = Names()
     await declare_partition_queues_as_before(names, PARTITIONS, delivery_limit=DELIVERY_LIMIT)
     service = ServiceProcess(
-        names,
-        emulator_process.url,
-        partitions=PARTITIONS,
-        env={"SIGNALING_DELIVERY_LIMIT": str(DELIVERY_LIMIT)},
+        names, emulator_process.url, env={"SIGNALING_DELIVERY_LIMIT": str(DELIVERY_LIMIT)}
     )
     try:
         await asyncio.to_thread(service.start)
@@ -64,4 +60,4 @@ async def test_queues_of_an_earlier_release_keep_their_arguments_and_are_consume
         assert "created without a leader locator" in service.logs()
     finally:
         await asyncio.to_thread(service.stop)
-        await delete_topology(names, PARTITIONS)
+        await delete_topology(names)

@@ -7,9 +7,10 @@ import uuid
 
 from livekit.api import TokenVerifier
 
-from tests.support.amqp import ReceivedEvent, SignalingClient
-from tests.support.emulator import Emulator, allowed_sources, microphone_tracks
-from tests.support.processes import API_KEY, API_SECRET, ServiceProcess
+from livekit_signaling.schemas.routing import participant_routing_key
+from testkit.amqp import ReceivedEvent, SignalingClient
+from testkit.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.processes import API_KEY, API_SECRET, ServiceProcess
 
 ALL = {"camera", "microphone", "screen_share", "screen_share_audio"}
 verifier = TokenVerifier(API_KEY, API_SECRET)
@@ -48,7 +49,7 @@ async def test_join_success_carries_credentials_and_state(
     message_id = await client.send(room, participant, {"action": "join"})
     [event] = await client.wait_for(lambda e: e.correlation_id == message_id)
 
-    assert event.routing_key == f"room.{room}.participant.{participant}"
+    assert event.routing_key == participant_routing_key(room, participant)
     assert event.type == "join_success"
     assert event.persistent
     assert event.body["room"] == room

@@ -1,6 +1,6 @@
 """An event the broker nacks (a queue it is routed to refuses it) is retried in place, not requeued at
 once: during a cluster node's restart quorum queues refuse publishes for seconds, and five immediate
-redeliveries dead-lettered commands in the rolling-restart test (issue 11). Here a participant's own
+redeliveries dead-lettered commands in the rolling-restart test (tests/ha). Here a participant's own
 queue is full with ``x-overflow: reject-publish``, which makes the broker nack the same way."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import uuid
 
 import aio_pika
 
-from tests.support.amqp import SignalingClient
-from tests.support.processes import AMQP_URL, Names, ServiceProcess
+from livekit_signaling.schemas.routing import participant_routing_key
+from testkit.amqp import SignalingClient
+from testkit.processes import AMQP_URL, Names, ServiceProcess
 
 
 async def test_a_refused_event_is_delivered_once_the_queue_takes_it_again(
@@ -26,7 +27,7 @@ async def test_a_refused_event_is_delivered_once_the_queue_takes_it_again(
             exclusive=True,
             arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
         )
-        await full.bind(names.event_exchange, routing_key=f"room.{room}.participant.{participant}")
+        await full.bind(names.event_exchange, routing_key=participant_routing_key(room, participant))
         await channel.default_exchange.publish(aio_pika.Message(b"filler"), routing_key=full.name)
 
         message_id = await client.send(room, participant, {"action": "join"})

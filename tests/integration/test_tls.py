@@ -1,7 +1,7 @@
 """TLS to RabbitMQ (``amqps://``) and to Redis (``rediss://``), against real servers with throw-away
-certificates (tests/support/tls.py): what the README's "Settings" promises.
+certificates (testkit/tls.py): what docs/operations/tls.md promises.
 
-The RabbitMQ tests start a node of their own with a TLS listener (tests/support/rabbit_cluster.py,
+The RabbitMQ tests start a node of their own with a TLS listener (testkit/rabbit_cluster.py,
 ``tls=``; ``slow``, and root or the ``rabbitmq`` user, as tests/ha). The Redis tests start a
 ``redis-server`` of their own that listens with TLS only (``port 0``), so nothing but TLS can reach it.
 Every URL the service or a client is given names the TLS port; the plain port is never in it.
@@ -26,12 +26,14 @@ import redis.asyncio
 from livekit_signaling.app.settings import load_settings
 from livekit_signaling.domain.errors import StoreUnavailable
 from livekit_signaling.domain.state import RosterEntry
+from livekit_signaling.schemas.routing import participant_routing_key
 from livekit_signaling.store.redis import RedisStateStore
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess, cli_send
-from tests.support.rabbit_cluster import RabbitCluster, RabbitNode
-from tests.support.redis_sentinel import RedisNode, RedisSentinelGroup
-from tests.support.tls import TlsFiles, throwaway_certificates
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.processes import EmulatorProcess, Names, ServiceProcess, cli_send
+from testkit.rabbit_cluster import RabbitCluster, RabbitNode
+from testkit.redis_sentinel import RedisNode, RedisSentinelGroup
+from testkit.tls import TlsFiles, throwaway_certificates
+from tests.integration.refusals import refusal_errors, wait_refused
 
 PARTITIONS = 2
 
@@ -68,10 +70,6 @@ def tls_redis(tls: TlsFiles) -> Iterator[RedisSentinelGroup]:
 
 def _master(group: RedisSentinelGroup) -> RedisNode:
     return group.data_nodes[0]
-
-
-def _log_lines(service: ServiceProcess) -> list[dict[str, object]]:
-    return [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
 
 
 def _connections(node: RabbitNode) -> list[dict[str, object]]:
@@ -137,23 +135,12 @@ def test_a_certificate_of_another_ca_is_refused_with_the_fix(
     )
     service.start(wait_ready=False)
     try:
-        deadline = time.monotonic() + 30
-        body = ""
-        while time.monotonic() < deadline and "amqp_refused:" not in body:
-            assert service.process is not None and service.process.poll() is None, service.logs()[-2000:]
-            try:
-                status, body = service.http("/readyz")
-                assert status == 503, body
-            except OSError:
-                pass
-            time.sleep(0.1)
+        body = wait_refused(service, timeout=30)
         # RabbitMQ sends its CA along (ssl_options.cacertfile), hence OpenSSL's words.
         assert "TLS certificate was not accepted: self-signed certificate in certificate chain" in body, body
         assert "fix: check the CA in AMQP_URL's cafile" in body
         time.sleep(3)  # several retries: the cause is still said once
-        lines = _log_lines(service)
-        assert not [line for line in lines if "not reachable" in str(line.get("message"))]
-        errors = [str(line["message"]) for line in lines if line.get("level") == "error"]
+        errors = refusal_errors(service)
         assert len(errors) == 1, errors
         assert "RabbitMQ refused the service" in errors[0] and "cafile" in errors[0]
         assert service.metric("livekit_signaling_amqp_refused") == 1
@@ -191,13 +178,13 @@ def test_operator_cli_send_and_watch_over_amqps(
     try:
         time.sleep(2)  # the watcher's queue bound before the command goes out
         routing_key, answer = cli_send(env, room, "operator", {"action": "join"}, role="moderator")
-        assert routing_key == f"room.{room}.participant.operator"
+        assert routing_key == participant_routing_key(room, "operator")
         assert answer["payload"]["message"] == "join_success"
     finally:
         watcher.terminate()
         out, err = watcher.communicate(timeout=20)
         service.stop()
-    assert f"room.{room}.participant.operator" in out.decode(), err.decode()[-2000:]
+    assert participant_routing_key(room, "operator") in out.decode(), err.decode()[-2000:]
 
 
 # -- Redis ----------------------------------------------------------------------------------------------
@@ -242,11 +229,13 @@ async def test_store_writes_and_reads_over_rediss(tls_redis: RedisSentinelGroup,
         await stranger.close()
 
 
-async def _join_through_the_service(livekit: EmulatorProcess, env: dict[str, str]) -> tuple[str, str]:
+async def _join_through_the_service(
+    emulator_process: EmulatorProcess, env: dict[str, str]
+) -> tuple[str, str]:
     """The real service with ``env`` (on the shared broker) answers alice's join; then it is stopped.
     The Redis key of the room it joined and the service's log."""
     names = Names()
-    service = ServiceProcess(names, livekit.url, partitions=1, env=env)
+    service = ServiceProcess(names, emulator_process.url, partitions=1, env=env)
     service.start(timeout=30)
     room = f"room-{uuid.uuid4().hex[:8]}"
     try:

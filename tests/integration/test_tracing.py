@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.emulator import Emulator
+from testkit.otlp import OtlpReceiver, ReceivedSpan
+from testkit.processes import API_SECRET, EmulatorProcess, Names, ServiceProcess
 from tests.integration.test_protocol import join
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.emulator import Emulator
-from tests.support.otlp import OtlpReceiver, ReceivedSpan
-from tests.support.processes import API_SECRET, EmulatorProcess, Names, ServiceProcess
 
 PARTITIONS = 2
 

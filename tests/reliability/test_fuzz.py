@@ -1,5 +1,6 @@
-"""Issue 3, 7: property-based fuzzing (hypothesis) of the decoder, and of the running service over the
-broker with random bodies and random valid envelopes."""
+"""Property-based fuzzing (hypothesis) of the decoder, and of the running service over the broker with
+random bodies and random valid envelopes: it stays up, answers only the envelope's room, exactly as
+documented, and dead-letters everything else."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ from livekit_signaling.schemas.commands import (
     RequestPopoutStreamAccessToken,
     RevokeScreenSharePermission,
 )
-from tests.reliability.harness import PARTITIONS, LoadClient, cleanup
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
+from livekit_signaling.schemas.routing import command_routing_key, participant_routing_key
+from testkit.amqp import encode_command
+from testkit.cleanup import cleanup
+from testkit.load import LoadClient
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -173,9 +177,9 @@ class Fuzzing:
 
 
 @pytest.fixture(scope="module")
-def fuzzing(livekit: EmulatorProcess) -> Iterator[Fuzzing]:
+def fuzzing(emulator_process: EmulatorProcess) -> Iterator[Fuzzing]:
     names = Names()
-    service = ServiceProcess(names, livekit.url, partitions=PARTITIONS).start()
+    service = ServiceProcess(names, emulator_process.url).start()
     runner = LoopThread()
     client = LoadClient(names, name="fuzz-client")
     try:
@@ -193,8 +197,9 @@ def fuzzing(livekit: EmulatorProcess) -> Iterator[Fuzzing]:
 def expected_events(
     room_roster: set[str], sender: str, role: str, payload_bytes: bytes
 ) -> tuple[Counter[str], str]:
-    """Who hears what from one valid envelope, per README's table (nobody is connected to LiveKit in these
-    rooms, so nobody has a microphone track to mute):
+    """Who hears what from one valid envelope, per the contract's table of commands and their answers
+    (docs/contract/index.md; nobody is connected to LiveKit in these rooms, so nobody has a microphone
+    track to mute):
 
     - payload not a command -> one ``invalid_command`` error to the sender;
     - a moderator command from a user or guest -> one ``insufficient_permissions`` error to the sender;
@@ -286,13 +291,13 @@ def test_service_survives_random_traffic_answers_only_its_room_and_exactly_as_do
             envelope = {"room": room, **value}
             body = json.dumps(envelope).encode()
             if kind == "misaddressed":
-                outgoing.append((body, f"room.{other_room}", message_id))
+                outgoing.append((body, command_routing_key(other_room), message_id))
                 dead_expected += 1
                 continue
             payload_bytes = json.dumps(value["payload"]).encode()
             recipients, action = expected_events(roster, value["participant"], value["role"], payload_bytes)
             expectations[message_id] = (recipients, value["participant"], action)
-            outgoing.append((body, f"room.{room}", message_id))
+            outgoing.append((body, command_routing_key(room), message_id))
         else:
             body = value if isinstance(value, bytes) else json.dumps(value).encode()
             try:
@@ -301,20 +306,13 @@ def test_service_survives_random_traffic_answers_only_its_room_and_exactly_as_do
                 pass
             else:
                 assume(False)  # a random value that happens to be a valid envelope: not garbage
-            outgoing.append((body, f"room.{room}", message_id))
+            outgoing.append((body, command_routing_key(room), message_id))
             dead_expected += 1
     sentinel = uuid.uuid4().hex
     outgoing.append(
         (
-            json.dumps(
-                {
-                    "room": room,
-                    "participant": "sentinel",
-                    "role": "user",
-                    "payload": {"action": "create_new_access_token"},
-                }
-            ).encode(),
-            f"room.{room}",
+            encode_command(room, "sentinel", {"action": "create_new_access_token"}),
+            command_routing_key(room),
             sentinel,
         )
     )
@@ -339,7 +337,7 @@ def test_service_survives_random_traffic_answers_only_its_room_and_exactly_as_do
         if event.correlation_id in ours:
             # Never another room: the body's room and the routing key are the envelope's.
             assert event.room == room, event.body
-            assert event.routing_key == f"room.{room}.participant.{event.participant}", event.routing_key
+            assert event.routing_key == participant_routing_key(room, event.participant), event.routing_key
     for message_id, (recipients, sender, action) in expectations.items():
         got = Counter(e.participant for e in events if e.correlation_id == message_id)
         assert got == recipients, (action, sender, dict(got), dict(recipients))

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from livekit.api import TokenVerifier
 
-from tests.support.amqp import SignalingClient, delete_topology
-from tests.support.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
+from testkit.amqp import SignalingClient, delete_topology
+from testkit.cleanup import delete_redis_keys
+from testkit.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -28,35 +29,23 @@ REPLICA_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def emulator_url() -> Iterator[str]:
-    process = EmulatorProcess()
-    yield process.url
-    process.stop()
-
-
 @pytest.fixture
 def names() -> Iterator[Names]:
+    """A topology for this test alone, deleted afterwards with its Redis keys (the replicas share their
+    state in Redis)."""
     names = Names()
     yield names
     asyncio.run(delete_topology(names, PARTITIONS))
-    import redis
+    delete_redis_keys(names.redis_prefix)
 
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{names.redis_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+
+def replica_process(names: Names, emulator_process: EmulatorProcess, name: str) -> ServiceProcess:
+    return ServiceProcess(names, emulator_process.url, partitions=PARTITIONS, env=REPLICA_ENV, name=name)
 
 
 @pytest.fixture
-def replicas(names: Names, emulator_url: str) -> Iterator[list[ServiceProcess]]:
-    started = [
-        ServiceProcess(
-            names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV, name=f"replica{n}"
-        ).start()
-        for n in range(3)
-    ]
+def replicas(names: Names, emulator_process: EmulatorProcess) -> Iterator[list[ServiceProcess]]:
+    started = [replica_process(names, emulator_process, f"replica{n}").start() for n in range(3)]
     yield started
     for replica in started:
         replica.stop()
@@ -172,9 +161,11 @@ async def test_killed_replica_is_taken_over_without_loss(
     assert failover < 5
 
 
-async def test_restarted_replica_keeps_restrictions_from_redis(names: Names, emulator_url: str) -> None:
+async def test_restarted_replica_keeps_restrictions_from_redis(
+    names: Names, emulator_process: EmulatorProcess
+) -> None:
     room, moderator, late = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    first = ServiceProcess(names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV).start()
+    first = replica_process(names, emulator_process, "first").start()
     try:
         async with SignalingClient(names) as client:
             await client.reply(room, moderator, {"action": "join"}, role="moderator")
@@ -186,7 +177,7 @@ async def test_restarted_replica_keeps_restrictions_from_redis(names: Names, emu
             )
     finally:
         first.stop()
-    second = ServiceProcess(names, emulator_url, partitions=PARTITIONS, env=REPLICA_ENV).start()
+    second = replica_process(names, emulator_process, "second").start()
     try:
         async with SignalingClient(names) as client:
             event = await client.reply(room, late, {"action": "join"})

@@ -1,5 +1,5 @@
 """The service under the shipped RabbitMQ permissions: its own vhost and users, imported from
-deploy/rabbitmq/*.json with the test's names (tests/support/broker_accounts.py), and the service running
+deploy/rabbitmq/*.json with the test's names (testkit/broker_accounts.py), and the service running
 as its own user with the controllers as its only trusted publishers."""
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import BrokerAccounts
-from tests.support.processes import EmulatorProcess, Names, ServiceProcess
-
-PARTITIONS = 4
+from testkit.amqp import SignalingClient
+from testkit.broker_accounts import BrokerAccounts
+from testkit.processes import EmulatorProcess, Names, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +39,7 @@ def secured_env(accounts: BrokerAccounts) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def secured_service(accounts: BrokerAccounts, emulator_process: EmulatorProcess) -> Iterator[ServiceProcess]:
     process = ServiceProcess(
-        accounts.names,
-        emulator_process.url,
-        partitions=PARTITIONS,
-        env=secured_env(accounts),
-        name="least-privilege",
+        accounts.names, emulator_process.url, env=secured_env(accounts), name="least-privilege"
     ).start()
     yield process
     process.stop()
@@ -56,13 +50,7 @@ async def controller(
     secured_service: ServiceProcess, accounts: BrokerAccounts
 ) -> AsyncIterator[SignalingClient]:
     """A trusted controller, with exactly the shipped controller permissions."""
-    async with SignalingClient(
-        accounts.names,
-        name="controller",
-        url=accounts.url(accounts.controller),
-        user_id=accounts.controller,
-        least_privilege=True,
-    ) as client:
+    async with accounts.client(accounts.controller) as client:
         yield client
 
 

@@ -1,6 +1,6 @@
 """The shipped RabbitMQ permissions (deploy/rabbitmq/*.json), imported into the test's own vhost: the
-service does its whole job under them, and the broker refuses everything else the README's Security
-table says it refuses. Each refusal is RabbitMQ's own (the channel is closed with ACCESS_REFUSED or
+service does its whole job under them, and the broker refuses everything else the table of
+docs/security.md says it refuses. Each refusal is RabbitMQ's own (the channel is closed with ACCESS_REFUSED or
 PRECONDITION_FAILED), checked on a real broker rather than read from its documentation."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import aiormq
 import pytest
 from aiormq import spec
 
+from testkit.amqp import SignalingClient
+from testkit.broker_accounts import CONFINED_ROOM_PREFIX, SERVICE_WITHOUT, BrokerAccounts
+from testkit.emulator import Emulator, microphone_tracks
+from testkit.processes import EmulatorProcess, ServiceProcess
 from tests.security.conftest import secured_env
-from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, SERVICE_WITHOUT, BrokerAccounts
-from tests.support.emulator import Emulator, microphone_tracks
-from tests.support.processes import EmulatorProcess, ServiceProcess
 
 
 def pid() -> str:

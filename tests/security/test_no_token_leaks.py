@@ -10,10 +10,9 @@ import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from testkit.broker_accounts import CONFINED_ROOM_PREFIX, BrokerAccounts
+from testkit.processes import ServiceProcess
 from tests.security.conftest import wait_dead_letter
-from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import CONFINED_ROOM_PREFIX, BrokerAccounts
-from tests.support.processes import ServiceProcess
 
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -25,13 +24,8 @@ async def test_tokens_reach_only_their_participant(
     listener, absent = str(uuid.uuid4()), str(uuid.uuid4())
     # A (trusted) controller confined to its rooms, listening to one participant's key only: the events
     # of the other participant have no queue, and are dead-lettered as unroutable.
-    async with SignalingClient(
-        accounts.names,
-        name="confined-controller",
-        url=accounts.url(accounts.confined_controller),
-        user_id=accounts.confined_controller,
-        least_privilege=True,
-        binding=f"room.{room}.participant.{listener}",
+    async with accounts.client(
+        accounts.confined_controller, binding=f"room.{room}.participant.{listener}"
     ) as controller:
         tokens = [
             (await controller.reply(room, listener, {"action": "join"})).payload["credentials"]["token"],

@@ -11,11 +11,11 @@ import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from testkit.amqp import SignalingClient
+from testkit.broker_accounts import BrokerAccounts
+from testkit.emulator import Emulator, microphone_tracks
+from testkit.processes import ServiceProcess, cli_send
 from tests.security.conftest import wait_dead_letter
-from tests.support.amqp import SignalingClient
-from tests.support.broker_accounts import BrokerAccounts
-from tests.support.emulator import Emulator, microphone_tracks
-from tests.support.processes import ServiceProcess, cli_send
 
 
 def pid() -> str:
@@ -52,13 +52,7 @@ async def test_untrusted_force_mute_changes_nothing_and_is_dead_lettered(
     force_mute = {"action": "force_mute", "participants": [speaker]}
 
     # The rogue has a controller's permissions and claims to be the room's real moderator.
-    async with SignalingClient(
-        accounts.names,
-        name="rogue",
-        url=accounts.url(accounts.rogue),
-        user_id=accounts.rogue,
-        least_privilege=True,
-    ) as rogue:
+    async with accounts.client(accounts.rogue) as rogue:
         message_id = await rogue.send(room, moderator, force_mute, role="moderator")
 
     letter = await wait_dead_letter(dead_letters, f'"room": "{room}"'.encode())

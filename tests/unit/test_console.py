@@ -4,8 +4,9 @@ the JSON the page reads, and the parts that talk to the outside, against small f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from livekit_signaling.client import Answers, CommandError, ReceivedEvent, Sent
 from livekit_signaling.console import stream as stream_module
 from livekit_signaling.console import traffic as traffic_module
 from livekit_signaling.console.clients import SimulatedClients
@@ -40,6 +42,7 @@ from livekit_signaling.schemas.commands import CreateNewAccessToken
 from livekit_signaling.schemas.events import (
     Credentials,
     CredentialsEvent,
+    ErrorEvent,
     Event,
     EventEnvelope,
     ForceMuted,
@@ -49,7 +52,6 @@ from livekit_signaling.schemas.events import (
     RestrictionsDisabledState,
 )
 from livekit_signaling.telemetry.tracing.kept import ControllerTraces, KeptSpan, KeptTraces
-from livekit_signaling.transport.controller import WatchedEvent
 
 
 def token(room: str, identity: str, ttl: int = 60) -> str:
@@ -366,29 +368,62 @@ async def test_an_idle_stream_is_kept_alive_and_ended_at_shutdown(monkeypatch: p
 
 
 class FakeLink:
-    """RabbitMQ as the console sees it: each command is answered at once, before its publish returns
-    (the broker may deliver the answer before the confirm)."""
+    """The client as the console sees it: a credentials request is answered at once, and the answer
+    passes on the event stream before the call returns (the broker may deliver it before the confirm)."""
 
     def __init__(self, reply: Event | None) -> None:
         self.reply = reply
-        self.published: list[tuple[str, bytes]] = []
-        self.headers: list[dict[str, str] | None] = []
+        self.asked: list[tuple[str, str, str, str, str | None]] = []
+        #: What ``publish_raw`` got, with the span current when it was called (whose context the real
+        #: client publishes with the command).
+        self.published: list[tuple[str, bytes, trace.SpanContext]] = []
         self.is_connected = True
-        self.on_event: Callable[[WatchedEvent], None] = lambda _event: None
+        self._events: asyncio.Queue[ReceivedEvent] = asyncio.Queue()
 
-    async def connect(self, on_event: Callable[[WatchedEvent], None]) -> None:
-        self.on_event = on_event
+    async def open(self) -> None:
+        pass
 
-    async def publish_command(
-        self, routing_key: str, body: bytes, message_id: str, *, headers: dict[str, str] | None = None
-    ) -> None:
-        self.published.append((routing_key, body))
-        self.headers.append(headers)
-        envelope = codec.decode_envelope(body)
-        if self.reply is not None:
-            recipient = f"room.{envelope.room}.participant.{envelope.participant}"
-            answer = event_body(envelope.room, envelope.participant, self.reply)
-            self.on_event(WatchedEvent(recipient, message_id, answer))
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[ReceivedEvent]]:
+        yield self._stream()
+
+    async def _stream(self) -> AsyncIterator[ReceivedEvent]:
+        while True:
+            received = await self._events.get()
+            self._events.task_done()
+            yield received
+
+    async def publish_raw(self, room: str, body: bytes, *, message_id: str | None = None) -> Sent:
+        self.published.append((room, body, trace.get_current_span().get_span_context()))
+        return Sent(message_id=message_id or "", room=room)
+
+    async def create_new_access_token(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: str,
+        kind: str,
+        message_id: str | None,
+        timeout: float | None,
+    ) -> CredentialsEvent:
+        self.asked.append((room, participant, role, kind, message_id))
+        assert self.reply is not None
+        received = ReceivedEvent(
+            routing_key=f"room.{room}.participant.{participant}",
+            correlation_id=message_id,
+            message_id=f"{message_id}:0",
+            event=EventEnvelope(room=room, participant=participant, payload=self.reply),
+        )
+        self._events.put_nowait(received)
+        await self._events.join()  # the console's watch has taken it
+        if isinstance(self.reply, ErrorEvent):
+            answers = Answers(
+                message_id=message_id or "", sender=participant, events=(received,), complete=True
+            )
+            raise CommandError(self.reply, answers)
+        assert isinstance(self.reply, CredentialsEvent)
+        return self.reply
 
     async def close(self) -> None:
         pass
@@ -412,6 +447,10 @@ class FakeEmulator(EmulatorControl):
         return ControlAnswer(200, {})
 
 
+#: The console's event watches the tests start (held, so that they are not collected while running).
+watching: set[asyncio.Task[None]] = set()
+
+
 async def simulated_clients(
     link: FakeLink, emulator: FakeEmulator, roster: dict[str, RosterEntry], traffic: Traffic
 ) -> SimulatedClients:
@@ -421,7 +460,8 @@ async def simulated_clients(
         return RoomState(participants=roster)
 
     controller = Controller(link, traffic=traffic, stream=LiveStream(), on_room=lambda _room: None)
-    await controller.run()
+    await controller.connect()
+    watching.add(asyncio.create_task(controller.watch()))
     return SimulatedClients(emulator=emulator, load_room=load_room, traffic=traffic, controller=controller)
 
 
@@ -435,21 +475,21 @@ async def test_a_client_without_a_token_asks_for_credentials_with_a_valid_envelo
     outcome = await clients.act("connect", ClientRequest(room="r", participant="erin"))
     assert outcome.outcome == "connected with fresh credentials (create_new_access_token)"
     assert emulator.calls == [("connect", fresh)]
-    # What the console published is an envelope the service takes, as that participant.
-    [(routing_key, body)] = link.published
-    envelope = codec.decode_envelope(body)
-    assert routing_key == "room.r"
+    # What the console asked for is shown as the envelope the service takes, as that participant.
+    [command] = traffic.commands.values()
+    assert link.asked == [("r", "erin", "moderator", "sip", command.message_id)]
+    envelope = codec.decode_envelope(bytes(command.body))
+    assert command.routing_key == "room.r"
     assert (envelope.participant, envelope.role, envelope.kind) == ("erin", "moderator", "sip")
     assert codec.decode_command(envelope.payload) == CreateNewAccessToken()
-    [command] = traffic.commands.values()
     assert [answer.message for answer in command.answers] == ["credentials"]
     # Now the console knows a valid token: the next connect uses it without asking.
     await clients.act("connect", ClientRequest(room="r", participant="erin"))
-    assert len(link.published) == 1
+    assert len(link.asked) == 1
 
 
 async def test_client_requests_that_cannot_be_tried_are_refused() -> None:
-    link = FakeLink(ForceMuted(moderator="m"))  # not credentials
+    link = FakeLink(ErrorEvent(error="insufficient_permissions"))  # not credentials
     roster = {"erin": RosterEntry(role="user", kind="user")}
     clients = await simulated_clients(link, FakeEmulator([]), roster, Traffic())
     for action, request, status, reason in (
@@ -554,17 +594,12 @@ async def test_a_sent_command_carries_the_consoles_trace_and_shows_its_spans() -
     envelope = b'{"room": "r", "participant": "p", "role": "user", "payload": {"action": "join"}}'
     command = await controller.publish("r", envelope)
 
-    [headers] = link.headers
-    assert headers is not None
-    version, trace_id, console_span, flags = headers["traceparent"].split("-")
-    assert (version, command.trace_id) == ("00", trace_id)
-    assert int(flags, 16) & 1  # sampled
+    # The client published under the console's span: its context went out with the command.
+    [(_, _, console_span)] = link.published
+    assert console_span.is_valid and console_span.trace_flags.sampled
+    assert command.trace_id == trace.format_trace_id(console_span.trace_id)
     # The service's span (a child of the console's), as it would end in dev.
-    parent = trace.set_span_in_context(
-        trace.NonRecordingSpan(
-            trace.SpanContext(int(trace_id, 16), int(console_span, 16), True, trace.TraceFlags(1))
-        )
-    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(console_span))
     provider.get_tracer("service").start_span("process commands", parent, trace.SpanKind.CONSUMER).end()
     await asyncio.sleep(TRACE_UPDATE_SECONDS * 3)
     assert [(row.name, row.depth) for row in command.trace] == [

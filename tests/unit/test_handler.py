@@ -4,65 +4,17 @@ of who may publish what, and what each command answers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 import msgspec
 import pytest
 
-from livekit_signaling.domain.errors import LiveKitUnavailable
 from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
-from livekit_signaling.domain.permissions import ALL_SOURCES, PublishPolicy, TokenGrant
+from livekit_signaling.domain.permissions import ALL_SOURCES, PublishPolicy
 from livekit_signaling.domain.ports import ConnectedParticipant
 from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import Envelope
 from livekit_signaling.store.memory import MemoryStateStore
-
-
-class FakeLiveKit:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-        self.connected: dict[str, ConnectedParticipant] = {}
-        self.unavailable = False
-
-    def _call(self, *call: str) -> None:
-        if self.unavailable:
-            raise LiveKitUnavailable(call[0])
-        self.calls.append(call)
-
-    async def ensure_room(self, room: str) -> None:
-        self._call("ensure_room", room)
-
-    async def list_participants(self, room: str) -> list[ConnectedParticipant]:
-        self._call("list_participants", room)
-        return list(self.connected.values())
-
-    async def set_publish_sources(
-        self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
-    ) -> None:
-        for participant, sources in changes:
-            self._call("set_publish_sources", participant.identity, ",".join(sorted(sources)))
-
-    async def mute_track(self, room: str, identity: str, track_sid: str) -> None:
-        self._call("mute_track", identity, track_sid)
-
-    async def remove_participant(self, room: str, identity: str) -> None:
-        self._call("remove_participant", identity)
-
-    async def delete_room(self, room: str) -> None:
-        self._call("delete_room", room)
-
-
-class FakeTokens:
-    def issue(self, grant: TokenGrant) -> str:
-        return json.dumps(
-            {
-                "identity": grant.identity,
-                "room": grant.room,
-                "sources": sorted(grant.publish_sources),
-                "hidden": grant.hidden,
-                "data": grant.can_publish_data,
-            }
-        )
+from tests.unit.fakes import FakeLiveKit, fake_handler
 
 
 @pytest.fixture
@@ -72,10 +24,9 @@ def livekit() -> FakeLiveKit:
 
 @pytest.fixture
 def handler(livekit: FakeLiveKit) -> CommandHandler:
-    return CommandHandler(
+    return fake_handler(
+        MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600),
         livekit=livekit,
-        tokens=FakeTokens(),
-        store=MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600),
         policy=PublishPolicy(screen_share_requires_permission=True),
         urls=ConnectionUrls(public_url="wss://public", service_url="http://private"),
     )

@@ -1,4 +1,4 @@
-"""The lock files: pinned, hashed, and within the ranges pyproject.toml declares (issue 10)."""
+"""The lock files: pinned, hashed, and within the ranges pyproject.toml declares."""
 
 from __future__ import annotations
 

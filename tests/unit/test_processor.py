@@ -16,8 +16,6 @@ import pytest
 from aiormq import spec
 from aiormq.exceptions import DeliveryError
 
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
-from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.pipeline.ports import (
     ChannelLost,
     CommandTransport,
@@ -27,9 +25,10 @@ from livekit_signaling.pipeline.ports import (
     PublishingChannel,
 )
 from livekit_signaling.pipeline.processor import CommandProcessor
+from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.unit.test_handler import FakeLiveKit, FakeTokens
+from tests.unit.fakes import fake_handler
 
 ROOM = "room-1"
 
@@ -132,15 +131,8 @@ def transport() -> FakeTransport:
 
 @pytest.fixture
 def processor(transport: FakeTransport, store: MemoryStateStore) -> CommandProcessor:
-    handler = CommandHandler(
-        livekit=FakeLiveKit(),
-        tokens=FakeTokens(),
-        store=store,
-        policy=PublishPolicy(),
-        urls=ConnectionUrls(public_url="wss://public"),
-    )
     return CommandProcessor(
-        handler=handler,
+        handler=fake_handler(store),
         store=store,
         transport=transport,
         metrics=Metrics(),
@@ -155,11 +147,19 @@ def delivery(message_id: str | None = None, *, action: str = "create_new_access_
     body = {"room": ROOM, "participant": "p", "role": "user", "payload": {"action": action}}
     return Delivery(
         body=json.dumps(body).encode(),
-        routing_key=f"room.{ROOM}",
+        routing_key=command_routing_key(ROOM),
         message_id=message_id or uuid.uuid4().hex,
         partition=0,
         delivery_count=0,
     )
+
+
+def deliver(processor: CommandProcessor, count: int) -> list[Delivery]:
+    """``count`` commands of the room, handed to the processor in order."""
+    commands = [delivery() for _ in range(count)]
+    for command in commands:
+        processor.on_delivery(command)
+    return commands
 
 
 async def settled(processor: CommandProcessor) -> None:
@@ -169,9 +169,7 @@ async def settled(processor: CommandProcessor) -> None:
 async def test_the_next_command_starts_before_the_previous_confirms(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    commands = [delivery() for _ in range(3)]
-    for command in commands:
-        processor.on_delivery(command)
+    commands = deliver(processor, 3)
     # All three ran and handed their events over while no confirm has come back.
     await transport.until(lambda: len(transport.published) == 3)
     assert transport.order() == [c.message_id for c in commands]
@@ -186,9 +184,7 @@ async def test_the_next_command_starts_before_the_previous_confirms(
 async def test_acks_and_records_keep_the_room_order_when_confirms_come_back_out_of_order(
     processor: CommandProcessor, transport: FakeTransport, store: MemoryStateStore
 ) -> None:
-    first, second, third = commands = [delivery() for _ in range(3)]
-    for command in commands:
-        processor.on_delivery(command)
+    first, second, third = commands = deliver(processor, 3)
     await transport.until(lambda: len(transport.confirms) == 3)
     transport.confirms[2].set_result(None)
     transport.confirms[1].set_result(None)
@@ -207,9 +203,7 @@ async def test_acks_and_records_keep_the_room_order_when_confirms_come_back_out_
 async def test_events_lost_with_the_channel_go_out_again_in_the_room_order(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.published) == 2)
     lost = transport.channel
     transport.lose_channel()
@@ -247,9 +241,7 @@ async def test_a_copy_of_a_command_in_flight_is_not_run_again(
 async def test_commands_whose_channel_closed_are_neither_recorded_nor_acknowledged(
     processor: CommandProcessor, transport: FakeTransport, store: MemoryStateStore
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.published) == 2)
     transport.confirms[1].set_result(None)
     # Their consuming channel closes (broker restart): the broker hands both out again, in order.
@@ -264,9 +256,7 @@ async def test_commands_whose_channel_closed_are_neither_recorded_nor_acknowledg
 async def test_a_nacked_event_requeues_its_command_after_the_previous_one_settled(
     processor: CommandProcessor, transport: FakeTransport
 ) -> None:
-    first, second = [delivery() for _ in range(2)]
-    processor.on_delivery(first)
-    processor.on_delivery(second)
+    first, second = deliver(processor, 2)
     await transport.until(lambda: len(transport.confirms) == 2)
     transport.confirms[1].set_exception(DeliveryError(None, spec.Basic.Nack()))
     await asyncio.sleep(0.05)

@@ -79,6 +79,18 @@ def topology() -> Topology:
     )
 
 
+PERMISSION_RIGHTS = ("configure", "write", "read")
+TOPIC_RIGHTS = ("exchange", "write", "read")
+
+
+def grants(entries: list[dict[str, Any]], rights: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """(user, vhost, *rights) of each entry, sorted: a definitions file's entry holds its rights itself,
+    an operator object's spec under ``permissions``."""
+    return sorted(
+        (e["user"], e["vhost"], *(e.get("permissions", e)[right] for right in rights)) for e in entries
+    )
+
+
 def test_operator_objects_grant_what_the_definitions_file_grants() -> None:
     objects = [o for o in rendered(OVERLAY) if o["apiVersion"] == "rabbitmq.com/v1beta1"]
 
@@ -89,38 +101,15 @@ def test_operator_objects_grant_what_the_definitions_file_grants() -> None:
     as_operator = {
         "vhosts": sorted(v["name"] for v in spec("Vhost")),
         "users": users,
-        "permissions": sorted(
-            (
-                p["user"],
-                p["vhost"],
-                p["permissions"]["configure"],
-                p["permissions"]["write"],
-                p["permissions"]["read"],
-            )
-            for p in spec("Permission")
-        ),
-        "topic_permissions": sorted(
-            (
-                t["user"],
-                t["vhost"],
-                t["permissions"]["exchange"],
-                t["permissions"]["write"],
-                t["permissions"]["read"],
-            )
-            for t in spec("TopicPermission")
-        ),
+        "permissions": grants(spec("Permission"), PERMISSION_RIGHTS),
+        "topic_permissions": grants(spec("TopicPermission"), TOPIC_RIGHTS),
     }
     definitions = shipped()
     as_file = {
         "vhosts": sorted(v["name"] for v in definitions["vhosts"]),
         "users": sorted(u["name"] for u in definitions["users"]),
-        "permissions": sorted(
-            (p["user"], p["vhost"], p["configure"], p["write"], p["read"]) for p in definitions["permissions"]
-        ),
-        "topic_permissions": sorted(
-            (t["user"], t["vhost"], t["exchange"], t["write"], t["read"])
-            for t in definitions["topic_permissions"]
-        ),
+        "permissions": grants(definitions["permissions"], PERMISSION_RIGHTS),
+        "topic_permissions": grants(definitions["topic_permissions"], TOPIC_RIGHTS),
     }
     assert as_operator == as_file
     # Users without passwords, and without management tags.

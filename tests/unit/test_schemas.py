@@ -10,6 +10,8 @@ import msgspec
 import pytest
 
 from livekit_signaling.schemas import asyncapi, codec
+from livekit_signaling.schemas.answers import ANSWERS
+from livekit_signaling.schemas.commands import Command
 from livekit_signaling.schemas.events import (
     CredentialsEvent,
     ErrorEvent,
@@ -198,3 +200,27 @@ def test_generated_files_hold_no_docstring_indentation() -> None:
     assert any("\n" in text for text in texts)  # multi-line docstrings are among them
     for text in texts:
         assert not any(line.startswith(" ") for line in text.splitlines()), text
+
+
+def test_asyncapi_states_which_events_answer_each_command() -> None:
+    """Generators see the request/answer relation: one send operation per command whose ``reply`` names
+    the events that can answer it, and the correlation of both sides (message_id -> correlation_id)."""
+    document = asyncapi.build()
+    messages = document["components"]["messages"]
+    sends = {
+        name: operation for name, operation in document["operations"].items() if operation["action"] == "send"
+    }
+    assert len(sends) == len(Command.__args__)
+    for kind, answers in ANSWERS.items():
+        tag = kind.__struct_config__.tag
+        operation = sends["send" + "".join(word.capitalize() for word in tag.split("_"))]
+        assert operation["messages"] == [{"$ref": f"#/channels/commands/messages/command_{tag}"}]
+        assert operation["reply"]["channel"] == {"$ref": "#/channels/events"}
+        replies = [ref["$ref"].rsplit("/", 1)[-1] for ref in operation["reply"]["messages"]]
+        assert replies == [f"event_{answer.__struct_config__.tag}" for answer in answers]
+    correlations = document["components"]["correlationIds"]
+    assert correlations["command"]["location"] == "$message.header#/message_id"
+    assert correlations["answered_command"]["location"] == "$message.header#/correlation_id"
+    for name, message in messages.items():
+        side = "command" if name.startswith("command.") else "answered_command"
+        assert message["correlationId"] == {"$ref": f"#/components/correlationIds/{side}"}

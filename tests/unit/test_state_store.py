@@ -13,7 +13,7 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
-from tests.support.processes import REDIS_URL
+from testkit.processes import REDIS_URL
 
 USER = RosterEntry(role="user", kind="user")
 MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)
@@ -56,6 +56,13 @@ async def joined(store: StateStore, room: str, participant: str, entry: RosterEn
     state.participants[participant] = entry
     await store.save_entry(room, state, participant)
     return state
+
+
+async def restrict(store: StateStore, room: str, unrestricted: list[str] | None) -> None:
+    """What enabling (a list of who may still speak) or disabling (None) microphone restrictions saves."""
+    state = await store.load(room)
+    state.decisions.microphone_restrictions = unrestricted
+    await store.save_decisions(room, state)
 
 
 async def test_a_new_room_is_empty_at_version_0(store: StateStore) -> None:
@@ -166,9 +173,7 @@ async def test_loaded_state_is_a_copy(store: StateStore) -> None:
 
 async def test_delete_drops_the_room_and_its_restriction(store: StateStore) -> None:
     await joined(store, "r", "a")
-    state = await store.load("r")
-    state.decisions.microphone_restrictions = []
-    await store.save_decisions("r", state)
+    await restrict(store, "r", [])
     assert await store.count_restricted_rooms() == 1
     await store.delete("r")
     assert await store.load("r") == RoomState()
@@ -177,23 +182,17 @@ async def test_delete_drops_the_room_and_its_restriction(store: StateStore) -> N
 
 async def test_restricted_rooms_are_counted_by_their_decisions(store: StateStore) -> None:
     for room in ("r1", "r2"):
-        state = await store.load(room)
-        state.decisions.microphone_restrictions = ["x"]
-        await store.save_decisions(room, state)
+        await restrict(store, room, ["x"])
     await joined(store, "r1", "a")  # an entry write leaves the room restricted
     assert await store.count_restricted_rooms() == 2
-    state = await store.load("r2")
-    state.decisions.microphone_restrictions = None
-    await store.save_decisions("r2", state)
+    await restrict(store, "r2", None)
     assert await store.count_restricted_rooms() == 1
 
 
 async def test_an_idle_room_expires_with_its_restriction(make_store: StoreFactory) -> None:
     store = make_store(room_idle_seconds=1)
     await joined(store, "r", "a")
-    state = await store.load("r")
-    state.decisions.microphone_restrictions = []
-    await store.save_decisions("r", state)
+    await restrict(store, "r", [])
     await asyncio.sleep(1.3)
     await joined(store, "other", "b")  # the memory store looks for idle rooms on writes
     assert await store.load("r") == RoomState()
@@ -205,9 +204,7 @@ async def test_an_entry_write_keeps_the_whole_room_and_its_restriction_alive(
 ) -> None:
     store = make_store(room_idle_seconds=2)
     await joined(store, "r", "a")
-    state = await store.load("r")
-    state.decisions.microphone_restrictions = []
-    await store.save_decisions("r", state)
+    await restrict(store, "r", [])
     await asyncio.sleep(1.2)
     await joined(store, "r", "b")
     await asyncio.sleep(1.2)  # past the first expiry, within the one the join renewed

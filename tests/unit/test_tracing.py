@@ -33,10 +33,11 @@ from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.telemetry.metrics import Metrics
 from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
+from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, sampler, start_tracing
 from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing
-from tests.support.processes import REDIS_URL
+from testkit.processes import REDIS_URL
 from tests.unit.test_processor import FakeTransport
 
 KEY, SECRET = "trace-key", "trace-secret-" + "x" * 32
@@ -531,9 +532,10 @@ def test_dev_records_and_keeps_spans_without_an_exporter() -> None:
     assert isinstance(setup.tracing, OpenTelemetryTracing) and setup.tracing.records
     traces = setup.controller_traces(command_exchange=COMMANDS)
     assert traces is not None
-    with traces.publishing("room.r", "m1") as sent:
-        pass
-    [span] = traces.spans(sent.trace_id)
+    with traces.publishing("room.r", "m1") as trace_id:
+        # Current inside, so that a message published here carries it.
+        assert current_headers() is not None
+    [span] = traces.spans(trace_id)
     assert (span.name, span.kind, span.parent_id) == (f"publish {COMMANDS}", "producer", None)
     assert setup.provider is not None
     assert setup.provider.resource.attributes["service.instance.id"] == "host:1:abc"

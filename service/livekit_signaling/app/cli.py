@@ -5,19 +5,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from livekit_signaling.app.settings import Settings, SettingsError, load_settings, settings_table
 from livekit_signaling.telemetry.logging import configure_logging
 from livekit_signaling.transport.refusals import quiet_amqp_client_logs
 
+if TYPE_CHECKING:
+    from livekit_signaling.client import SignalingClient
+
 log = logging.getLogger("livekit_signaling")
+
+#: ``send`` prints every participant's copy of a broadcast, which follow the sender's at once.
+SEND_LINGER_SECONDS = 0.3
 
 DEV_API_KEY = "devkey"
 # The same well-known development secret `livekit-server --dev` uses; never for production.
@@ -138,30 +146,47 @@ def _client_settings() -> Settings:
     )
 
 
-async def _send(args: argparse.Namespace) -> int:
-    from livekit_signaling.transport.controller import send
+def _client(settings: Settings) -> SignalingClient:
+    from livekit_signaling.client import SignalingClient
 
-    settings = _client_settings()
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as error:
-        sys.stderr.write(f"livekit-signaling: the payload is not JSON: {error}\n")
-        return 2
-    envelope = {
-        "room": args.room, "participant": args.participant, "role": args.role, "kind": args.kind,
-        "payload": payload,
-    }  # fmt: skip
-    answers = await send(
+    return SignalingClient(
         settings.amqp_urls,
         command_exchange=settings.command_exchange,
         event_exchange=settings.event_exchange,
-        room=args.room,
-        body=json.dumps(envelope).encode(),
-        timeout=args.timeout,
+        connection_name="livekit-signaling cli",
     )
-    for answer in answers:
-        sys.stdout.write(f"{answer.routing_key} {answer.body.decode()}\n")
-    if not answers:
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from livekit_signaling.client import CommandTimeout
+    from livekit_signaling.schemas import codec
+    from livekit_signaling.transport.controller import LinkError
+
+    settings = _client_settings()
+    try:
+        command = codec.decode_command(msgspec.Raw(args.payload.encode()))
+        # The envelope is checked as the service checks it, before anything is sent.
+        codec.encode_command(args.room, args.participant, command, role=args.role, kind=args.kind)
+    except ValueError as error:  # codec.InvalidPayload, codec.MalformedEnvelope
+        sys.stderr.write(f"livekit-signaling: not a command the service takes: {error}\n")
+        return 2
+    try:
+        async with _client(settings) as client:
+            answers = await client.request(
+                args.room,
+                args.participant,
+                command,
+                role=args.role,
+                kind=args.kind,
+                timeout=args.timeout,
+                linger=SEND_LINGER_SECONDS,
+            )
+    except (LinkError, CommandTimeout) as error:
+        sys.stderr.write(f"livekit-signaling: {error}\n")
+        return 1
+    for received in answers.events:
+        sys.stdout.write(f"{received.routing_key} {codec.encode_event(received.event).decode()}\n")
+    if not answers.events:
         sys.stderr.write(
             "no answer (leave, close_room and some moderator commands answer nothing; "
             "a moderator command sent without --role moderator answers insufficient_permissions)\n"
@@ -170,12 +195,13 @@ async def _send(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from livekit_signaling.transport.controller import watch
+    from livekit_signaling.schemas import codec
 
     settings = _client_settings()
-    async for event in watch(settings.amqp_urls, settings.event_exchange, args.room):
-        sys.stdout.write(f"{event.routing_key} {event.body.decode()}\n")
-        sys.stdout.flush()
+    async with _client(settings) as client, client.events(args.room) as events:
+        async for received in events:
+            sys.stdout.write(f"{received.routing_key} {codec.encode_event(received.event).decode()}\n")
+            sys.stdout.flush()
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 import msgspec
 
+from livekit_signaling.client import CommandError, CommandTimeout
 from livekit_signaling.console.controller import Controller
 from livekit_signaling.console.rooms import LoadRoom
 from livekit_signaling.console.traffic import Traffic
@@ -18,9 +19,6 @@ from livekit_signaling.console.views import (
 )
 from livekit_signaling.domain.errors import StoreUnavailable
 from livekit_signaling.emulator.control import ControlAnswer, EmulatorControl
-from livekit_signaling.schemas import codec
-from livekit_signaling.schemas.commands import CreateNewAccessToken, Envelope
-from livekit_signaling.schemas.events import CredentialsEvent
 
 #: How long a simulated client waits for fresh credentials before giving up.
 CREDENTIALS_TIMEOUT_SECONDS = 5.0
@@ -98,24 +96,17 @@ class SimulatedClients:
                 f"{identity} has no valid token and is not in the roster of {room}: send a join "
                 "(popouts: request_popout_stream_access_token) first",
             )
-        envelope = Envelope(
-            room=room,
-            participant=identity,
-            role=entry.role,
-            kind=entry.kind,
-            payload=msgspec.Raw(codec.encode(CreateNewAccessToken())),
-        )
         try:
-            answer = await self._controller.ask(envelope, timeout=CREDENTIALS_TIMEOUT_SECONDS)
-        except TimeoutError:
+            credentials = await self._controller.credentials(
+                room, identity, role=entry.role, kind=entry.kind, timeout=CREDENTIALS_TIMEOUT_SECONDS
+            )
+        except CommandTimeout:
             raise Refused(
                 504, f"no credentials for {identity} in {CREDENTIALS_TIMEOUT_SECONDS:g} s"
             ) from None
-        if not isinstance(answer.payload, CredentialsEvent):
-            raise Refused(
-                400, f"the service answered {codec.encode(answer.payload).decode()} instead of credentials"
-            )
-        return answer.payload.token
+        except CommandError as error:
+            raise Refused(400, f"the service answered {error} instead of credentials") from None
+        return credentials.token
 
     async def _unmute_microphone(self, room: str, identity: str) -> ClientOutcome:
         """What a LiveKit client's ``setMicrophoneEnabled(true)`` does: unmute the microphone track if

@@ -1,6 +1,6 @@
-"""The console as a controller on RabbitMQ: it publishes commands as anyone and sees every event pass,
-keeps both (``Traffic``) and sends them on to the open pages; as an instrumented controller, it starts
-each command's trace and shows that trace's spans as they end."""
+"""The console as a controller on RabbitMQ, through the package's client: it publishes commands as anyone
+and sees every event pass, keeps both (``Traffic``) and sends them on to the open pages; as an instrumented
+controller, it starts each command's trace and shows that trace's spans as they end."""
 
 from __future__ import annotations
 
@@ -8,37 +8,58 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol
 
+from livekit_signaling.client import (
+    CommandTimeout,
+    EventStreamOverflow,
+    ExchangeNotFound,
+    ReceivedEvent,
+    Sent,
+    UndecodableEvent,
+)
 from livekit_signaling.console.stream import LiveStream
 from livekit_signaling.console.traffic import Traffic
 from livekit_signaling.console.views import Refused, SentCommand
 from livekit_signaling.console.waterfall import waterfall
 from livekit_signaling.schemas import codec
-from livekit_signaling.schemas.commands import Envelope
-from livekit_signaling.schemas.events import EventEnvelope
+from livekit_signaling.schemas.commands import CreateNewAccessToken, Kind, Role
+from livekit_signaling.schemas.events import CredentialsEvent
 from livekit_signaling.schemas.routing import command_routing_key
-from livekit_signaling.telemetry.tracing.kept import KeptSpan, SentTrace
-from livekit_signaling.transport.controller import WatchedEvent
+from livekit_signaling.telemetry.tracing.kept import KeptSpan
+from livekit_signaling.transport.controller import LinkError
 
 log = logging.getLogger(__name__)
 
 AMQP_RETRY_SECONDS = 2.0
+#: How soon the console looks again for the service's exchanges while the service starts.
+EXCHANGES_RETRY_SECONDS = 0.2
 
 
 class CommandLink(Protocol):
-    """What the console needs of RabbitMQ; ``transport.controller.ControllerLink`` is the real one."""
+    """What the console needs of RabbitMQ; ``livekit_signaling.client.SignalingClient`` is the real one."""
 
     @property
     def is_connected(self) -> bool: ...
 
-    async def connect(self, on_event: Callable[[WatchedEvent], None]) -> None: ...
+    async def open(self) -> None: ...
 
-    async def publish_command(
-        self, routing_key: str, body: bytes, message_id: str, *, headers: dict[str, str] | None = None
-    ) -> None: ...
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[ReceivedEvent]]: ...
+
+    async def publish_raw(self, room: str, body: bytes, *, message_id: str | None = None) -> Sent: ...
+
+    async def create_new_access_token(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role,
+        kind: Kind,
+        message_id: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - the client's own
+    ) -> CredentialsEvent: ...
 
     async def close(self) -> None: ...
 
@@ -46,7 +67,9 @@ class CommandLink(Protocol):
 class CommandTraces(Protocol):
     """Traces of the commands the console sends (``telemetry.tracing.kept.ControllerTraces``)."""
 
-    def publishing(self, routing_key: str, message_id: str) -> AbstractContextManager[SentTrace]: ...
+    def publishing(self, routing_key: str, message_id: str) -> AbstractContextManager[str]:
+        """The console's span around publishing one command, current inside (so the client publishes
+        its context with the command); yields the trace id."""
 
     def spans(self, trace_id: str) -> list[KeptSpan]: ...
 
@@ -70,6 +93,8 @@ class Controller:
         self._link = link
         self._traffic = traffic
         self._stream = stream
+        #: Told of the room of every command and event (the rooms view re-reads it).
+        self._on_room = on_room
         self._traces = traces
         #: Traces with new spans not yet sent to the pages.
         self._changed_traces: set[str] = set()
@@ -80,78 +105,112 @@ class Controller:
                 loop.call_soon_threadsafe(self._trace_changed, trace_id)
 
             traces.on_trace(span_ended)
-        #: Told of the room of every command and event (the rooms view re-reads it).
-        self._on_room = on_room
-        #: The first answer to each command published with ``ask``, by message id.
-        self._waiting: dict[str, asyncio.Future[EventEnvelope]] = {}
 
     @property
     def is_connected(self) -> bool:
         return self._link.is_connected
 
     async def run(self) -> None:
-        """Connect once RabbitMQ answers (the service waits for it too); the link reconnects itself."""
+        """Connect, then record every event until cancelled (the client reconnects by itself)."""
+        await self.connect()
+        await self.watch()
+
+    async def connect(self) -> None:
+        """Once RabbitMQ answers and the service declared its exchanges: the console starts with the
+        service, which declares them once it is connected itself."""
         while True:
             try:
-                await self._link.connect(self._on_event)
-            except Exception as error:
-                log.warning("console: RabbitMQ not reachable (%s); retrying", type(error).__name__)
+                await self._link.open()
+            except ExchangeNotFound:
+                await asyncio.sleep(EXCHANGES_RETRY_SECONDS)
+            except (LinkError, OSError) as error:
+                log.warning("console: RabbitMQ not ready (%s); retrying", error)
                 await asyncio.sleep(AMQP_RETRY_SECONDS)
             else:
-                log.info("console: watching the event exchange")
                 return
+
+    async def watch(self) -> None:
+        """Every event on the event exchange, into the traffic and to the pages, until cancelled."""
+        log.info("console: watching the event exchange")
+        while True:
+            try:
+                async with self._link.events() as events:
+                    async for received in events:
+                        self._on_event(received)
+                return
+            except (EventStreamOverflow, LinkError, TimeoutError) as error:
+                log.warning("console: event stream interrupted (%s); watching again", error)
+                await asyncio.sleep(AMQP_RETRY_SECONDS)
 
     async def close(self) -> None:
         await self._link.close()
 
-    def _on_event(self, watched: WatchedEvent) -> None:
-        event, command = self._traffic.record_event(watched.routing_key, watched.correlation_id, watched.body)
+    def _on_event(self, received: ReceivedEvent | UndecodableEvent) -> None:
+        if isinstance(received, UndecodableEvent):
+            event, command = self._traffic.record_event(
+                received.routing_key, received.correlation_id, received.body
+            )
+        else:
+            event, command = self._traffic.record_event(
+                received.routing_key, received.correlation_id, received.event
+            )
         self._stream.broadcast("event", event)
         if command is not None:
             self._stream.broadcast("command", command)
-            waiting = self._waiting.get(command.message_id)
-            if waiting is not None and not waiting.done() and isinstance(event.body, EventEnvelope):
-                waiting.set_result(event.body)
         self._on_room(event.room)
+
+    def on_undecodable(self, event: UndecodableEvent) -> None:
+        """For the client's ``on_undecodable``: a body that is not an event is shown as text."""
+        self._on_event(event)
 
     async def publish(self, room: str, body: bytes) -> SentCommand:
         """Publish ``body`` to ``room.<room>`` as it is, valid envelope or not."""
-        return await self._publish(room, body, uuid.uuid4().hex)
-
-    async def ask(self, envelope: Envelope, *, timeout: float) -> EventEnvelope:  # noqa: ASYNC109
-        """Publish ``envelope`` and return the first event that answers it; TimeoutError without one."""
         message_id = uuid.uuid4().hex
-        # Waiting before publishing: the answer can arrive before the confirm does.
-        answer = self._waiting[message_id] = asyncio.get_running_loop().create_future()
-        try:
-            await self._publish(envelope.room, codec.encode(envelope), message_id)
-            return await asyncio.wait_for(answer, timeout)
-        finally:
-            del self._waiting[message_id]
-
-    async def _publish(self, room: str, body: bytes, message_id: str) -> SentCommand:
-        if not self._link.is_connected:
-            raise Refused(503, "not connected to RabbitMQ")
-        routing_key = command_routing_key(room)
-        traced = (
-            self._traces.publishing(routing_key, message_id)
-            if self._traces is not None
-            else contextlib.nullcontext(None)
-        )
-        with traced as trace:
-            # Recorded before publishing: the answer can arrive before the confirm does.
-            command = self._traffic.record_command(
-                message_id, routing_key, body, trace_id=trace.trace_id if trace is not None else None
-            )
-            self._on_room(room)
+        with self._traced(room, message_id) as trace_id:
+            command = self._record(room, message_id, body, trace_id)
             try:
-                await self._link.publish_command(
-                    routing_key, body, message_id, headers=trace.headers if trace is not None else None
-                )
-            except ConnectionError as error:
+                await self._link.publish_raw(room, body, message_id=message_id)
+            except (LinkError, CommandTimeout) as error:
                 raise Refused(503, str(error)) from None
         self._stream.broadcast("command", command)
         return command
+
+    async def credentials(
+        self,
+        room: str,
+        participant: str,
+        *,
+        role: Role,
+        kind: Kind,
+        timeout: float,  # noqa: ASYNC109
+    ) -> CredentialsEvent:
+        """Ask for fresh credentials as ``participant``, shown on the page as a command it sent;
+        ``CommandError``/``CommandTimeout`` as the client raises them."""
+        message_id = uuid.uuid4().hex
+        body = codec.encode_command(room, participant, CreateNewAccessToken(), role=role, kind=kind)
+        with self._traced(room, message_id) as trace_id:
+            self._stream.broadcast("command", self._record(room, message_id, body, trace_id))
+            try:
+                return await self._link.create_new_access_token(
+                    room, participant, role=role, kind=kind, message_id=message_id, timeout=timeout
+                )
+            except LinkError as error:
+                raise Refused(503, str(error)) from None
+
+    def _record(self, room: str, message_id: str, body: bytes, trace_id: str | None) -> SentCommand:
+        """Keep a command about to be published (before: its answer can arrive before the confirm)."""
+        if not self._link.is_connected:
+            raise Refused(503, "not connected to RabbitMQ")
+        command = self._traffic.record_command(message_id, command_routing_key(room), body, trace_id=trace_id)
+        self._on_room(room)
+        return command
+
+    # -- the traces of the commands it sends --------------------------------------------------------
+
+    def _traced(self, room: str, message_id: str) -> AbstractContextManager[str | None]:
+        if self._traces is None:
+            return contextlib.nullcontext(None)
+        return self._traces.publishing(command_routing_key(room), message_id)
 
     def _trace_changed(self, trace_id: str) -> None:
         if not self._changed_traces:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
+from livekit_signaling.client import SignalingClient, UndecodableEvent
 from livekit_signaling.console.clients import SimulatedClients
 from livekit_signaling.console.controller import CommandTraces, Controller
 from livekit_signaling.console.room_watch import POLL_SECONDS, RoomWatch
@@ -44,7 +45,6 @@ from livekit_signaling.console.views import (
 )
 from livekit_signaling.emulator.control import EmulatorControl
 from livekit_signaling.schemas import codec
-from livekit_signaling.transport.controller import ControllerLink
 
 #: Files of ``static/`` the page loads, with their content types (nothing else is served from there).
 STATIC_FILES = {
@@ -102,11 +102,18 @@ class Console:
             stream=self._stream,
             poll_seconds=poll_seconds,
         )
-        link = ControllerLink(
+
+        def show_undecodable(event: UndecodableEvent) -> None:
+            # The controller is made after the client it drives; a body that is not an event is shown
+            # as text.
+            self._controller.on_undecodable(event)
+
+        link = SignalingClient(
             amqp_urls,
             command_exchange=command_exchange,
             event_exchange=event_exchange,
             connection_name=f"livekit-signaling-console-{uuid.uuid4().hex[:6]}",
+            on_undecodable=show_undecodable,
         )
         self._controller = Controller(
             link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice, traces=traces

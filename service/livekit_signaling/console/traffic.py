@@ -76,15 +76,19 @@ class Traffic:
         self._seq = itertools.count(1)
 
     def record_event(
-        self, routing_key: str, correlation_id: str | None, body: bytes
+        self, routing_key: str, correlation_id: str | None, body: EventEnvelope | bytes
     ) -> tuple[SeenEvent, SentCommand | None]:
-        """Keep an event; returns it and the sent command it answers, if any."""
+        """Keep an event (decoded, or a body that is not one); returns it and the sent command it
+        answers, if any."""
         room, recipient = addressee(routing_key) or ("", "")
         decoded: EventEnvelope | str
-        try:
-            decoded = codec.decode_event(body)
-        except codec.MalformedEvent:
-            decoded = body.decode(errors="replace")
+        if isinstance(body, EventEnvelope):
+            decoded = body
+        else:
+            try:
+                decoded = codec.decode_event(body)
+            except codec.MalformedEvent:
+                decoded = body.decode(errors="replace")
         event = SeenEvent(
             seq=next(self._seq),
             at=time.time(),

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from livekit_signaling import __version__
+from livekit_signaling.schemas.answers import ANSWERS
 from livekit_signaling.schemas.commands import Command
 from livekit_signaling.schemas.events import Event
 from livekit_signaling.schemas.jsonschema import CommandEnvelope, EventMessage, normalise_prose
@@ -75,6 +76,11 @@ def _tag(kind: Any) -> str:
     return str(kind.__struct_config__.tag)
 
 
+def _operation_id(kind: Any) -> str:
+    """``send`` and the command's tag in camel case: ``sendForceMute``."""
+    return "send" + "".join(word.capitalize() for word in _tag(kind).split("_"))
+
+
 def _asyncapi_discriminators(value: Any) -> Any:
     """msgspec writes OpenAPI's ``discriminator`` object; an AsyncAPI schema names just the property."""
     if isinstance(value, dict):
@@ -113,7 +119,7 @@ def build(
             "summary": kind.__doc__ or "",
             "contentType": "application/json",
             "payload": payload,
-            "correlationId": {"location": f"$message.header#/{correlation}"},
+            "correlationId": {"$ref": f"#/components/correlationIds/{correlation}"},
             "examples": [{"name": _tag(kind), "payload": example}],
         }
 
@@ -125,11 +131,11 @@ def build(
             "role": "moderator",
             "payload": COMMAND_EXAMPLES[_tag(kind)],
         }
-        messages[f"command.{_tag(kind)}"] = message(kind, envelope, "Command", example, "message_id")
+        messages[f"command.{_tag(kind)}"] = message(kind, envelope, "Command", example, "command")
     for kind in event_types:
         example = {"room": _ROOM, "participant": _IDS[0], "payload": EVENT_EXAMPLES[_tag(kind)]}
         messages[f"event.{_tag(kind)}"] = {
-            **message(kind, event_message, "Message", example, "correlation_id"),
+            **message(kind, event_message, "Message", example, "answered_command"),
             "bindings": {"amqp": {"messageType": _tag(kind), "bindingVersion": "0.3.0"}},
         }
     # Component schemas that messages reference (the envelopes are inlined per message above).
@@ -142,6 +148,23 @@ def build(
             name.replace(".", "_"): {"$ref": f"#/components/messages/{name}"}
             for name in messages
             if name.startswith(prefix)
+        }
+
+    def send_operation(kind: Any) -> dict[str, Any]:
+        """Sending one command, with the events that can answer it (correlated by message_id)."""
+        answers = ", ".join(f"`{_tag(answer)}`" for answer in ANSWERS[kind])
+        return {
+            "action": "send",
+            "channel": {"$ref": "#/channels/commands"},
+            "summary": f"A controller publishes `{_tag(kind)}` for a room. The events that can answer "
+            f"it, each with its message_id as correlation_id: {answers}.",
+            "messages": [{"$ref": f"#/channels/commands/messages/command_{_tag(kind)}"}],
+            "reply": {
+                "channel": {"$ref": "#/channels/events"},
+                "messages": [
+                    {"$ref": f"#/channels/events/messages/event_{_tag(answer)}"} for answer in ANSWERS[kind]
+                ],
+            },
         }
 
     def exchange(name: str) -> dict[str, Any]:
@@ -202,14 +225,7 @@ def build(
             },
         },
         "operations": {
-            "sendCommand": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/commands"},
-                "summary": "A controller publishes a command for a room.",
-                "messages": [
-                    {"$ref": f"#/channels/commands/messages/{name}"} for name in channel_messages("command.")
-                ],
-            },
+            **{_operation_id(kind): send_operation(kind) for kind in command_types},
             "receiveEvent": {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/events"},
@@ -219,7 +235,23 @@ def build(
                 ],
             },
         },
-        "components": {"messages": messages, "schemas": schemas},
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+            "correlationIds": {
+                "command": {
+                    "description": "The command's AMQP message_id. Every event the command causes carries "
+                    "it as its correlation_id; a command sent again with the same message_id within "
+                    "DEDUP_WINDOW_SECONDS is not run again.",
+                    "location": "$message.header#/message_id",
+                },
+                "answered_command": {
+                    "description": "The AMQP correlation_id: the message_id of the command this event "
+                    "answers (absent when that command had none).",
+                    "location": "$message.header#/correlation_id",
+                },
+            },
+        },
     }
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from livekit_signaling.schemas.commands import Command, Envelope
+from livekit_signaling.schemas.commands import Command, Envelope, Kind, Role
 from livekit_signaling.schemas.events import EventEnvelope
 
 #: A command body larger than this is refused before it is parsed.
@@ -78,6 +78,18 @@ def envelope_room(body: bytes) -> str:
 
 def encode(value: object) -> bytes:
     return _encoder.encode(value)
+
+
+def encode_command(room: str, participant: str, command: Command, *, role: Role, kind: Kind) -> bytes:
+    """A controller's command as published, checked as the service will check it: ``MalformedEnvelope``
+    for ids the service would dead-letter, ``InvalidPayload`` for a payload it would refuse
+    (``msgspec`` does not validate a Struct built in code)."""
+    envelope = Envelope(
+        room=room, participant=participant, role=role, kind=kind, payload=msgspec.Raw(encode(command))
+    )
+    body = encode(envelope)
+    decode_command(decode_envelope(body).payload)
+    return body
 
 
 def encode_event(event: EventEnvelope) -> bytes:

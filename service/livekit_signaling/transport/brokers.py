@@ -156,10 +156,10 @@ async def connect_first(
     client_properties: dict[str, Any] | None = None,
 ) -> tuple[AbstractConnection, str]:
     """A plain (not robust) connection to the first address that answers, and that address: for a
-    short-lived client. Its server-named queues keep the broker's ``amq.gen-`` names, which a
-    controller's permissions allow; a robust connection names such queues itself (``amq_<uuid>``) so as
-    to re-declare them, and those names a controller may not use. Raises the last address's error when
-    none answered."""
+    controller (``controller.ControllerLink`` reconnects by itself). Its server-named queues keep the
+    broker's ``amq.gen-`` names, which a controller's permissions allow; a robust connection names such
+    queues itself (``amq_<uuid>``) so as to re-declare them, and those names a controller may not use.
+    Raises the last address's error when none answered."""
     last_error: BaseException | None = None
     for url in urls:
         try:

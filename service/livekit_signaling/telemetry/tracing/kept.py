@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import (
@@ -22,7 +23,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from livekit_signaling.telemetry.tracing.carrier import NO_CONTEXT, inject
+from livekit_signaling.telemetry.tracing.carrier import NO_CONTEXT
 
 #: Traces kept (the console keeps as many sent commands).
 TRACES = 200
@@ -97,15 +98,6 @@ class KeptTraces(SpanProcessor):
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class SentTrace:
-    """A command's trace, started by the controller that publishes it."""
-
-    trace_id: str
-    #: The controller span's context, for the command's AMQP headers.
-    headers: dict[str, str]
-
-
 class ControllerTraces:
     """The dev console as an instrumented controller: a producer span per command it publishes (the root
     of the command's trace, its context in the command's headers), and the spans of those traces as
@@ -117,8 +109,9 @@ class ControllerTraces:
         self._exchange = command_exchange
 
     @contextlib.contextmanager
-    def publishing(self, routing_key: str, message_id: str) -> Iterator[SentTrace]:
-        """The producer span, around the publish of one command."""
+    def publishing(self, routing_key: str, message_id: str) -> Iterator[str]:
+        """The producer span around the publish of one command, current inside: the client publishes
+        its context with the command (``transport.controller``). Yields the trace id."""
         span = self._tracer.start_span(
             f"publish {self._exchange}",
             NO_CONTEXT,
@@ -132,14 +125,14 @@ class ControllerTraces:
                 "messaging.message.id": message_id,
             },
         )
-        headers: dict[str, str] = {}
-        inject(set_span_in_context(span), headers)
+        token = context_api.attach(set_span_in_context(span, NO_CONTEXT))
         try:
-            yield SentTrace(format_trace_id(span.get_span_context().trace_id), headers)
+            yield format_trace_id(span.get_span_context().trace_id)
         except BaseException as error:
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
+            context_api.detach(token)
             span.end()
 
     def spans(self, trace_id: str) -> list[KeptSpan]:

@@ -1,34 +1,34 @@
-"""What the fault-injection tests share: a load generator that keeps books on every command it published
-(confirmed or not) and every event the service answered with, a robust observer of the event exchange
-that survives broker restarts, a /readyz poller, and RabbitMQ and Redis helpers."""
+"""Load that keeps books: a controller and an observer in one robust connection (``LoadClient``) that
+publishes numbered commands per room with publisher confirms, retries what the broker did not confirm,
+and records every event the service answered with, surviving broker restarts and node failures. The
+books (``Books``) then count every confirmed command: answered exactly once, lost, doubled, reordered
+within its room, and the longest times without an answer. The fault tests of tests/reliability and
+tests/ha run on it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-import json
-import os
-import subprocess
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-import redis
 from aio_pika.abc import AbstractIncomingMessage
 
+from livekit_signaling.schemas.routing import EVERY_EVENT, command_routing_key
+from livekit_signaling.transport.amqp import REASON_HEADER
 from livekit_signaling.transport.brokers import connect_failover
-from tests.support.amqp import delete_topology
-from tests.support.processes import AMQP_URL, REDIS_URL, Names, ServiceProcess
-from tests.support.proxy import TcpProxy
+from testkit.amqp import ReceivedEvent, encode_command
+from testkit.processes import AMQP_URL, Names, ServiceProcess
 
-PARTITIONS = 4
+#: What a room's stream sends after its join, unless told otherwise: token refreshes, which read the
+#: room's state and write nothing.
+REFRESHES = ("create_new_access_token",)
 
 
 # -- the books ---------------------------------------------------------------------------------------
@@ -50,44 +50,16 @@ class Command:
 
 
 @dataclass
-class Event:
-    message_id: str | None  # the event's own AMQP message id (unique per publish by the service)
-    correlation_id: str | None
-    routing_key: str
-    body: dict[str, Any]
-    type: str | None
-    received_at: float
-    redelivered: bool
-
-    @property
-    def room(self) -> str:
-        return str(self.body.get("room"))
-
-    @property
-    def participant(self) -> str:
-        return str(self.body.get("participant"))
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = self.body.get("payload", {})
-        return payload
-
-    @property
-    def message(self) -> str:
-        return str(self.payload.get("message"))
-
-
-@dataclass
 class Books:
     commands: dict[str, Command] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
+    events: list[ReceivedEvent] = field(default_factory=list)
 
     def confirmed(self) -> list[Command]:
         return [c for c in self.commands.values() if c.confirmed]
 
-    def answers(self) -> dict[str, list[Event]]:
+    def answers(self) -> dict[str, list[ReceivedEvent]]:
         """Per command, its distinct answers (events with distinct AMQP message ids)."""
-        by_command: dict[str, list[Event]] = defaultdict(list)
+        by_command: dict[str, list[ReceivedEvent]] = defaultdict(list)
         seen: set[str] = set()
         for event in self.events:
             if event.correlation_id in self.commands:
@@ -134,11 +106,21 @@ class Books:
         ]
         return sorted(gaps, reverse=True)[:count]
 
+    def first_answer_times(self) -> dict[str, float]:
+        """Per answered command, when its first answer arrived."""
+        return {message_id: events[0].received_at for message_id, events in self.answers().items()}
+
+    def longest_gap(self, *, since: float) -> float:
+        """The longest time without any answer, from ``since`` to the last answer."""
+        times = sorted(t for t in self.first_answer_times().values() if t >= since)
+        points = [since, *times]
+        return max((later - earlier for earlier, later in itertools.pairwise(points)), default=0.0)
+
     def accounting(self, *, returned_by_broker: Iterable[str] = ()) -> Accounting:
         """``returned_by_broker``: commands the service had started when the broker went away (it
         abandons them, since it can no longer acknowledge them); a quorum queue may deliver them again
-        after the room's later commands (README, "Per-room order"), so they are left out of the order
-        check. They must still be answered exactly once."""
+        after the room's later commands (docs/guarantees.md, "Per-room order"), so they are left out of
+        the order check. They must still be answered exactly once."""
         answers = self.answers()
         exempt = set(returned_by_broker)
         confirmed = self.confirmed()
@@ -170,7 +152,7 @@ class Books:
             for e in self.events
             if e.correlation_id in self.commands and e.room != self.commands[e.correlation_id].room
         ]
-        outcomes = Counter(e.body.get("payload", {}).get("error") or e.message for e in self.events)
+        outcomes = Counter(e.payload.get("error") or e.message for e in self.events)
         return Accounting(
             published=len(self.commands),
             confirmed=len(confirmed),
@@ -269,7 +251,7 @@ class LoadClient:
         self.observer = await self.observer_channel.declare_queue(
             self.observer_queue_name, durable=True, arguments=self.observer_arguments
         )
-        await self.observer.bind(events, routing_key="room.#")
+        await self.observer.bind(events, routing_key=EVERY_EVENT)
         await self.observer.consume(self._on_event)
         self._events_exchange = events
         return self
@@ -292,17 +274,7 @@ class LoadClient:
         if not message.redelivered or event_id is None or event_id not in self._seen_event_ids:
             if event_id is not None:
                 self._seen_event_ids.add(event_id)
-            self.books.events.append(
-                Event(
-                    message_id=event_id,
-                    correlation_id=message.correlation_id,
-                    routing_key=message.routing_key or "",
-                    body=json.loads(message.body),
-                    type=message.type,
-                    received_at=time.monotonic(),
-                    redelivered=bool(message.redelivered),
-                )
-            )
+            self.books.events.append(ReceivedEvent.of(message))
             self._changed.set()
         with contextlib.suppress(Exception):
             await message.ack()
@@ -346,17 +318,15 @@ class LoadClient:
 
         A publish whose confirm did not arrive may still have reached the queue; the retry carries the
         same message id, so the service runs it once."""
-        message_id = f"{uuid.uuid4().hex}"
+        message_id = uuid.uuid4().hex
         command = Command(message_id, room, participant, number, str(payload.get("action")))
         self.books.commands[message_id] = command
-        body = json.dumps(
-            {"room": room, "participant": participant, "role": role, "payload": payload}
-        ).encode()
+        body = encode_command(room, participant, payload, role=role)
         deadline = time.monotonic() + retry_for
         while True:
             command.attempts += 1
             try:
-                await self.publish_once(body, f"room.{room}", message_id=message_id)
+                await self.publish_once(body, command_routing_key(room), message_id=message_id)
             except Exception as error:
                 command.failures[type(error).__name__] += 1
                 if time.monotonic() > deadline:
@@ -367,32 +337,35 @@ class LoadClient:
             command.confirmed_at = time.monotonic()
             return command
 
-    async def room_stream(self, room: str, commands: int, *, pace: float) -> None:
-        """``join``, then ``commands`` numbered ``create_new_access_token``s, one at a time."""
+    async def room_stream(
+        self,
+        room: str,
+        *,
+        pace: float,
+        commands: int | None = None,
+        stop: asyncio.Event | None = None,
+        actions: Sequence[str] = REFRESHES,
+    ) -> None:
+        """``join``, then numbered commands taking ``actions`` in turn, one every ``pace`` seconds, one at a
+        time, until ``commands`` were sent or ``stop`` is set."""
         participant = f"p-{uuid.uuid4().hex[:8]}"
         await self.send_command(room, participant, 0, {"action": "join"})
-        for number in range(1, commands + 1):
+        for number, action in enumerate(itertools.cycle(actions), start=1):
+            if (commands is not None and number > commands) or (stop is not None and stop.is_set()):
+                return
             await asyncio.sleep(pace)
-            await self.send_command(room, participant, number, {"action": "create_new_access_token"})
-
-    async def steady_room_stream(self, room: str, stop: asyncio.Event, *, pace: float) -> None:
-        """``join``, then numbered ``create_new_access_token``s, one at a time, until ``stop`` is set."""
-        participant = f"p-{uuid.uuid4().hex[:8]}"
-        await self.send_command(room, participant, 0, {"action": "join"})
-        number = 0
-        while not stop.is_set():
-            await asyncio.sleep(pace)
-            number += 1
-            await self.send_command(room, participant, number, {"action": "create_new_access_token"})
+            await self.send_command(room, participant, number, {"action": action})
 
     async def steady_load(self, rooms: int, stop: asyncio.Event, *, pace: float) -> None:
         """``rooms`` streams in parallel until ``stop`` is set (a fault test's background load)."""
-        streams = (self.steady_room_stream(str(uuid.uuid4()), stop, pace=pace) for _ in range(rooms))
-        await asyncio.gather(*streams)
+        await asyncio.gather(
+            *(self.room_stream(str(uuid.uuid4()), pace=pace, stop=stop) for _ in range(rooms))
+        )
 
     async def load(self, rooms: int, commands: int, *, pace: float) -> list[str]:
-        names = [f"{uuid.uuid4()}" for _ in range(rooms)]
-        await asyncio.gather(*(self.room_stream(room, commands, pace=pace) for room in names))
+        """``rooms`` streams in parallel of ``commands`` commands each after the join; the rooms."""
+        names = [str(uuid.uuid4()) for _ in range(rooms)]
+        await asyncio.gather(*(self.room_stream(room, pace=pace, commands=commands) for room in names))
         return names
 
     # -- waiting ---------------------------------------------------------------------------------------
@@ -419,7 +392,7 @@ class LoadClient:
         await asyncio.sleep(quiet)
         return done
 
-    async def answer_to(self, message_id: str, *, timeout: float = 10.0) -> Event:
+    async def answer_to(self, message_id: str, *, timeout: float = 10.0) -> ReceivedEvent:
         def answered() -> bool:
             return any(e.correlation_id == message_id for e in self.books.events)
 
@@ -434,7 +407,7 @@ class LoadClient:
         *,
         role: str = "user",
         timeout: float = 10.0,
-    ) -> tuple[Event, float]:
+    ) -> tuple[ReceivedEvent, float]:
         """Send one command and wait for its first answer; returns it and the seconds it took from the
         confirm."""
         command = await self.send_command(room, participant, 0, payload, role=role)
@@ -459,163 +432,16 @@ class LoadClient:
 
         await queue.consume(on_dead_letter)
 
-
-# -- the service under observation ---------------------------------------------------------------------
-
-
-class ReadinessPoller:
-    """Polls a service's /readyz (and the amqp_connected gauge) in a thread, recording transitions."""
-
-    def __init__(self, service: ServiceProcess, *, interval: float = 0.1) -> None:
-        self.service = service
-        self.interval = interval
-        self.samples: list[tuple[float, int, float]] = []  # (monotonic time, status, amqp_connected)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="readyz-poller")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, _ = self.service.http("/readyz")
-                connected = self.service.metric("livekit_signaling_amqp_connected")
-            except OSError:
-                status, connected = 0, -1.0
-            self.samples.append((time.monotonic(), status, connected))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> ReadinessPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def first(self, predicate: Callable[[int, float], bool], *, after: float) -> float | None:
-        """The time of the first sample after ``after`` for which ``predicate(status, connected)``."""
-        for at, status, connected in list(self.samples):
-            if at >= after and predicate(status, connected):
-                return at
-        return None
-
-    def statuses(self) -> Counter[int]:
-        return Counter(status for _, status, _ in self.samples)
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> float | None:
-    """Poll ``predicate`` (blocking); the seconds it took, or None on timeout."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(interval)
-    return None
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-# -- RabbitMQ and Redis ----------------------------------------------------------------------------------
-
-
-async def rabbitmq(*args: str, timeout: float = 60.0) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode == 0, f"rabbitmqctl {' '.join(args)}: {stderr.decode()[-500:]}"
-
-
-async def rabbitmq_running() -> bool:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmq-diagnostics", "-q", "check_running", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    return await asyncio.wait_for(process.wait(), 30) == 0
-
-
-async def wait_rabbitmq_running(timeout: float = 60.0) -> float:
-    started = time.monotonic()
-    while not await rabbitmq_running():
-        assert time.monotonic() - started < timeout, "RabbitMQ did not come back"
-        await asyncio.sleep(0.5)
-    return time.monotonic() - started
-
-
-async def ensure_rabbitmq_running() -> None:
-    """Whatever happened in a test, leave the broker running."""
-    if not await rabbitmq_running():
-        with contextlib.suppress(Exception):
-            await rabbitmq("start_app")
-        await wait_rabbitmq_running()
-
-
-def delete_redis_keys(prefix: str) -> None:
-    with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(match=f"{prefix}:*", count=500):
-            client.delete(key)
-        client.close()
-
-
-async def cleanup(
-    names: Names,
-    services: Iterable[ServiceProcess],
-    *,
-    partitions: int = PARTITIONS,
-    queues: Iterable[str] = (),
-    urls: Sequence[str] = (AMQP_URL,),
-) -> None:
-    """Stop the services, delete the topology, the test's own queues and its Redis keys."""
-    for service in services:
-        await asyncio.to_thread(service.stop)
-    with contextlib.suppress(Exception):
-        await delete_topology(names, partitions, urls=urls)
-    with contextlib.suppress(Exception):
-        connection = await connect_failover(urls)
-        async with connection:
-            for queue in queues:
-                channel = await connection.channel()
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(queue)
-    delete_redis_keys(names.redis_prefix)
-
-
-def service_log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
-    lines = []
-    for line in service.logs().splitlines():
-        with contextlib.suppress(ValueError):
-            lines.append(json.loads(line))
-    return lines
+    def dead_letter_reasons(self, width: int = 70) -> list[str]:
+        """The distinct reasons the service gave its dead letters (cut to ``width``), sorted."""
+        return sorted({str((m.headers or {}).get(REASON_HEADER))[:width] for m in self.dead_letters})
 
 
 def abandoned_commands(service: ServiceProcess) -> set[str]:
     """Commands the service had started when its broker connection died (it abandons them, the broker
     redelivers them, possibly after later commands of their room: ``Books.accounting``)."""
     return {
-        str(line.get("message_id"))
-        for line in service_log_lines(service)
-        if line["message"].startswith("command abandoned")
+        str(record.get("message_id"))
+        for record in service.log_records()
+        if record["message"].startswith("command abandoned")
     }
-
-
-def with_port(url: str, port: int) -> str:
-    """``url`` with its host set to 127.0.0.1 and its port to ``port`` (for a proxy in front of it)."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-async def started_service(
-    topology: Names, livekit_url: str, env: dict[str, str] | None = None
-) -> ServiceProcess:
-    """A service process on the test's topology with the suite's partitions, started and ready."""
-    service = ServiceProcess(topology, livekit_url, partitions=PARTITIONS, env=env)
-    await asyncio.to_thread(service.start)
-    return service
-
-
-def proxy_for(url: str, default_port: int) -> TcpProxy:
-    parts = urlsplit(url)
-    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()

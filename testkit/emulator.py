@@ -10,7 +10,7 @@ from livekit.api import LiveKitAPI
 from livekit.protocol.models import ParticipantInfo, TrackSource
 from livekit.protocol.room import ListParticipantsRequest, RoomParticipantIdentity
 
-from tests.support.processes import API_KEY, API_SECRET
+from testkit.processes import API_KEY, API_SECRET
 
 
 class Emulator:

@@ -25,10 +25,12 @@ from urllib.parse import quote, urlsplit
 
 import aio_pika
 
-from tests.support.broker_admin import rabbitmqctl
-from tests.support.processes import AMQP_URL, Names
+from livekit_signaling.schemas.routing import EVERY_EVENT
+from testkit.amqp import SignalingClient
+from testkit.broker_admin import rabbitmqctl
+from testkit.processes import AMQP_URL, Names
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 CONFINED_CONTROLLER = ROOT / "deploy" / "rabbitmq" / "definitions-confined-controller.json"
 
@@ -68,32 +70,37 @@ def password_hash(password: str) -> str:
 class BrokerAccounts:
     names: Names
     password: str = field(default_factory=lambda: uuid.uuid4().hex)
+    vhost: str = field(init=False)
+    # The users, named after the test's prefix.
+    service: str = field(init=False)
+    controller: str = field(init=False)
+    confined_controller: str = field(init=False)
+    #: Has a controller's permissions, but is not one of the service's trusted publishers.
+    rogue: str = field(init=False)
+    #: Anyone else in the vhost: may use only resources named ``<outsider>.*``.
+    outsider: str = field(init=False)
+    # The service's resources by role, with the test's names.
+    command_exchange: str = field(init=False)
+    dead_letter_exchange: str = field(init=False)
+    hash_exchange: str = field(init=False)
+    first_partition: str = field(init=False)
+    #: A partition name the service's regexes cover but the test service does not use: RabbitMQ checks
+    #: some rights only when a queue is created.
+    spare_partition: str = field(init=False)
 
-    @property
-    def vhost(self) -> str:
-        return self.names.prefix
-
-    @property
-    def service(self) -> str:
-        return f"{self.names.prefix}-signaling"
-
-    @property
-    def controller(self) -> str:
-        return f"{self.names.prefix}-controller"
-
-    @property
-    def confined_controller(self) -> str:
-        return f"{self.names.prefix}-controller-tenant-a"
-
-    @property
-    def rogue(self) -> str:
-        """Has a controller's permissions, but is not one of the service's trusted publishers."""
-        return f"{self.names.prefix}-rogue"
-
-    @property
-    def outsider(self) -> str:
-        """Anyone else in the vhost: may use only resources named ``<outsider>.*``."""
-        return f"{self.names.prefix}-outsider"
+    def __post_init__(self) -> None:
+        prefix = self.names.prefix
+        self.vhost = prefix
+        self.service = f"{prefix}-signaling"
+        self.controller = f"{prefix}-controller"
+        self.confined_controller = f"{prefix}-controller-tenant-a"
+        self.rogue = f"{prefix}-rogue"
+        self.outsider = f"{prefix}-outsider"
+        self.command_exchange = self.names.command_exchange
+        self.dead_letter_exchange = self.names.dead_letter
+        self.hash_exchange = self.names.hash_exchange
+        self.first_partition = f"{self.names.queue}.0"
+        self.spare_partition = f"{self.names.queue}.99"
 
     def service_without(self, suffix: str) -> str:
         return f"{self.names.prefix}-service-without-{suffix}"
@@ -103,34 +110,23 @@ class BrokerAccounts:
         fixed = [self.service, self.controller, self.confined_controller, self.rogue, self.outsider]
         return fixed + [self.service_without(suffix) for suffix in SERVICE_WITHOUT]
 
-    # The service's resources by role, with the test's names.
-    @property
-    def command_exchange(self) -> str:
-        return self.names.command_exchange
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return self.names.dead_letter
-
-    @property
-    def hash_exchange(self) -> str:
-        return f"{self.names.queue}.partitions"
-
-    @property
-    def first_partition(self) -> str:
-        return f"{self.names.queue}.0"
-
-    @property
-    def spare_partition(self) -> str:
-        """A partition name the service's regexes cover but the test service does not use: RabbitMQ
-        checks some rights only when a queue is created."""
-        return f"{self.names.queue}.99"
-
     def url(self, user: str) -> str:
         """The test broker's URL with this user's credentials and the test's vhost."""
         parts = urlsplit(AMQP_URL)
         address = f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
         return f"amqp://{quote(user, safe='')}:{self.password}@{address}/{quote(self.vhost, safe='')}"
+
+    def client(self, user: str, *, binding: str = EVERY_EVENT) -> SignalingClient:
+        """A controller connected as ``user`` with exactly its permissions: it declares nothing but a
+        server-named queue (bound with ``binding``), and its commands carry its name as ``user_id``."""
+        return SignalingClient(
+            self.names,
+            name=user,
+            url=self.url(user),
+            user_id=user,
+            least_privilege=True,
+            binding=binding,
+        )
 
     # -- the shipped files, renamed ---------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""A small TCP proxy for fault injection, running its own asyncio loop in a background thread.
+"""A small TCP proxy for fault injection (between the service and RabbitMQ, Redis or LiveKit), running its
+own asyncio loop in a background thread.
 
 Modes (``set_mode`` returns once the change has been applied to every open connection):
 
@@ -23,6 +24,7 @@ import struct
 import threading
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 Mode = Literal["forward", "blackhole", "reset", "closed"]
 MODES: tuple[Mode, ...] = ("forward", "blackhole", "reset", "closed")
@@ -59,10 +61,15 @@ class _Connection:
 
 
 class TcpProxy:
-    """``TcpProxy(host, port).start()`` listens on 127.0.0.1:``.port`` and forwards to host:port."""
+    """``TcpProxy(host, port).start()`` listens on 127.0.0.1:``.port`` and forwards to host:port;
+    ``TcpProxy.for_url(url, default_port)`` does so for the server of ``url``, and ``.url`` is ``url``
+    through the proxy."""
 
-    def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, listen_port: int = 0, target_url: str | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self._target_url = target_url
         self.port = listen_port
         self.mode: Mode = "forward"
         self.accepted = 0
@@ -75,10 +82,8 @@ class TcpProxy:
     @classmethod
     def for_url(cls, url: str, default_port: int) -> TcpProxy:
         """A proxy in front of the host and port of ``url`` (``scheme://[user@]host[:port]/...``)."""
-        from urllib.parse import urlsplit
-
         parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
+        return cls(parts.hostname or "127.0.0.1", parts.port or default_port, target_url=url)
 
     # -- lifecycle (called from the test's thread) ---------------------------------------------------
 
@@ -110,9 +115,15 @@ class TcpProxy:
     def open_connections(self) -> int:
         return len(self._connections)
 
-    def url(self, template: str) -> str:
-        """``template`` with ``{port}`` replaced by the proxy's port, e.g. ``amqp://guest:guest@127.0.0.1:{port}/``."""
-        return template.format(port=self.port)
+    @property
+    def url(self) -> str:
+        """The URL the proxy was made for (``for_url``) with the proxy's host and port: a client of it
+        goes through the proxy."""
+        assert self._target_url is not None, "a proxy made with for_url"
+        parts = urlsplit(self._target_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)

@@ -11,7 +11,7 @@ removes the directory. Needs root (or the ``rabbitmq`` user), as the Debian scri
         cluster.amqp_url                      # "amqp://guest:guest@127.0.0.1:p1/,amqp://…:p2/,…"
         cluster.kill("a"); cluster.start("a")
 
-``python -m tests.support.rabbit_cluster`` starts one, prints its URLs and keeps it until Ctrl-C.
+``python -m testkit.rabbit_cluster`` starts one, prints its URLs and keeps it until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import free_port
-from tests.support.tls import TlsFiles
+from testkit.processes import free_port
+from testkit.tls import RABBITMQ_USER, TlsFiles
 
 #: What the service's default topology needs (``SIGNALING_PARTITIONS`` > 1).
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
-RABBITMQ_USER = "rabbitmq"
 
 
 class ClusterError(RuntimeError):
@@ -76,7 +75,8 @@ class RabbitNode:
     def tls_url(self, cafile: Path | str | None = None) -> str:
         """``amqps://`` to the TLS listener; ``cafile`` (default: the node's own CA) in the query, as
         aiormq reads it."""
-        assert self.tls is not None and self.tls_port is not None, "a node without tls="
+        assert self.tls is not None, "a node without tls="
+        assert self.tls_port is not None
         return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?cafile={cafile or self.tls.ca}"
 
     @property
@@ -149,7 +149,7 @@ class RabbitNode:
 class RabbitCluster:
     """Three (``size``) clustered nodes; node letters ``a``, ``b``, ``c`` name them in every method.
     ``plugins``: enabled on every node from the start (``()`` = a stock broker). ``tls``: certificate
-    files (tests/support/tls.py) for a TLS listener on every node besides the plain one
+    files (testkit/tls.py) for a TLS listener on every node besides the plain one
     (``RabbitNode.tls_url``)."""
 
     def __init__(

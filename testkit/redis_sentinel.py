@@ -2,15 +2,16 @@
 
 Each process is a ``redis-server`` of its own (config file, data directory and log in one temp dir), so
 a test can ``kill -9`` the master, stop and restart a replica, and wait for Sentinel's fail-over. Sentinel
-settings as in REFERENCE.md: quorum 2, ``down-after-milliseconds 1000``, ``failover-timeout 5000``.
-``stop()`` ends every process it started and removes the temp dir::
+settings for a fail-over within seconds (docs/high-availability/redis.md's figures use them): quorum 2,
+``down-after-milliseconds 1000``, ``failover-timeout 5000``. ``stop()`` ends every process it started
+and removes the temp dir::
 
     with RedisSentinelGroup() as group:
         env = {"REDIS_SENTINELS": group.sentinels_setting, "REDIS_SENTINEL_MASTER": group.master_name}
         old = group.kill_master()
         new = group.wait_failover(old)
 
-``python -m tests.support.redis_sentinel`` starts one and prints its addresses until interrupted.
+``python -m testkit.redis_sentinel`` starts one and prints its addresses until interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
-from tests.support.processes import free_port
-from tests.support.tls import TlsFiles
+from livekit_signaling.store.target import RedisTarget
+from testkit.processes import free_port, stop_process
+from testkit.tls import TlsFiles
 
 HOST = "127.0.0.1"
 
@@ -82,12 +85,7 @@ class RedisNode:
         if self.running:
             assert self.process is not None
             self.process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            stop_process(self.process, timeout=10)
 
 
 def _acl_user(name: str, password: str | None) -> list[str]:
@@ -115,7 +113,7 @@ class RedisSentinelGroup:
         tls: TlsFiles | None = None,
     ) -> None:
         self.master_name = master_name
-        #: With certificate files (tests/support/tls.py) every process listens with TLS only (``port 0``,
+        #: With certificate files (testkit/tls.py) every process listens with TLS only (``port 0``,
         #: ``tls-port``), replicas and Sentinels connect with TLS too; clients need no certificate.
         self.tls = tls
         self.password = password
@@ -144,6 +142,21 @@ class RedisSentinelGroup:
     def sentinels_setting(self) -> str:
         """``REDIS_SENTINELS`` for this group."""
         return ",".join(node.address for node in self.sentinel_nodes)
+
+    def target(self, **settings: Any) -> RedisTarget:
+        """The service's ``RedisTarget`` for this group (what ``service_env`` configures), for a store
+        made in the test's own process; ``settings``: more of its fields."""
+        return RedisTarget(
+            sentinels=tuple((HOST, node.port) for node in self.sentinel_nodes),
+            sentinel_master=self.master_name,
+            username=self.username,
+            password=self.password,
+            sentinel_username=self.sentinel_username,
+            sentinel_password=self.sentinel_password,
+            tls=self.tls is not None,
+            tls_ca=self.tls.ca.read_text() if self.tls is not None else None,
+            **settings,
+        )
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {"REDIS_SENTINELS": self.sentinels_setting, "REDIS_SENTINEL_MASTER": self.master_name}
@@ -287,7 +300,8 @@ class RedisSentinelGroup:
             password=password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            **({"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}),
+            ssl=self.tls is not None,
+            ssl_ca_certs=str(self.tls.ca) if self.tls is not None else None,
         )
 
     def _query(self, node: RedisNode, *command: str | int) -> object:

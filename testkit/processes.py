@@ -1,4 +1,5 @@
-"""The service and the LiveKit emulator as real processes, as they run in production."""
+"""The service and the LiveKit emulator as real processes, as they run in production, each on a uuid-named
+topology (``Names``): what the tests and the bench start, watch and stop."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ API_SECRET = "test-secret-" + "x" * 32
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/livekit-signaling-tests"))
+#: Partition queues of a service the tests start, unless a test needs another number: more than one, so
+#: that the consistent-hash exchange in front of them is part of every test.
+PARTITIONS = 4
 
 
 def free_port() -> int:
@@ -32,7 +37,32 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout`` seconds; nothing if it is
+    not running."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> float | None:
+    """Poll ``predicate`` (blocking); the seconds it took, or None on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    return None
+
+
 class EmulatorProcess:
+    """``python -m livekit_signaling.emulator`` on a free port; ``url`` once it listens."""
+
     def __init__(self, *, webhook_url: str | None = None, mute_delay: float = 1.0) -> None:
         args = [
             sys.executable, "-m", "livekit_signaling.emulator", "--port", "0",
@@ -52,12 +82,7 @@ class EmulatorProcess:
         self.url = line.removeprefix("LISTENING ")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, timeout=10)
         self._log.close()
 
 
@@ -66,26 +91,40 @@ class Names:
     """uuid-named topology, so that concurrent runs never see each other's messages."""
 
     prefix: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:10]}")
+    command_exchange: str = field(init=False)
+    event_exchange: str = field(init=False)
+    queue: str = field(init=False)
+    dead_letter: str = field(init=False)
 
-    @property
-    def command_exchange(self) -> str:
-        return f"{self.prefix}.commands"
-
-    @property
-    def event_exchange(self) -> str:
-        return f"{self.prefix}.events"
-
-    @property
-    def queue(self) -> str:
-        return f"{self.prefix}.signaling"
-
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.prefix}.dead-letter"
+    def __post_init__(self) -> None:
+        self.command_exchange = f"{self.prefix}.commands"
+        self.event_exchange = f"{self.prefix}.events"
+        self.queue = f"{self.prefix}.signaling"
+        self.dead_letter = f"{self.prefix}.dead-letter"
 
     @property
     def redis_prefix(self) -> str:
         return self.prefix
+
+    @property
+    def hash_exchange(self) -> str:
+        """The consistent-hash exchange in front of the partition queues (more than one partition)."""
+        return f"{self.queue}.partitions"
+
+    def partition_queues(self, partitions: int = PARTITIONS) -> list[str]:
+        """The queues the service consumes from: ``<queue>.<n>``, or ``<queue>`` itself for one."""
+        return [self.queue] if partitions == 1 else [f"{self.queue}.{n}" for n in range(partitions)]
+
+    def environment(self, partitions: int = PARTITIONS) -> dict[str, str]:
+        """The settings that put the service (or the bench's baseline) on these names."""
+        return {
+            "SIGNALING_COMMAND_EXCHANGE": self.command_exchange,
+            "SIGNALING_EVENT_EXCHANGE": self.event_exchange,
+            "SIGNALING_QUEUE": self.queue,
+            "SIGNALING_DEAD_LETTER_EXCHANGE": self.dead_letter,
+            "SIGNALING_PARTITIONS": str(partitions),
+            "REDIS_KEY_PREFIX": self.redis_prefix,
+        }
 
 
 class ServiceProcess:
@@ -96,7 +135,7 @@ class ServiceProcess:
         names: Names,
         livekit_url: str,
         *,
-        partitions: int = 4,
+        partitions: int = PARTITIONS,
         env: Mapping[str, str] | None = None,
         name: str = "service",
     ) -> None:
@@ -110,14 +149,9 @@ class ServiceProcess:
             "LIVEKIT_API_SECRET": API_SECRET,
             "LIVEKIT_PUBLIC_URL": "wss://livekit.example.test",
             "LIVEKIT_SERVICE_URL": "http://livekit.internal.test:7880",
-            "SIGNALING_COMMAND_EXCHANGE": names.command_exchange,
-            "SIGNALING_EVENT_EXCHANGE": names.event_exchange,
-            "SIGNALING_QUEUE": names.queue,
-            "SIGNALING_DEAD_LETTER_EXCHANGE": names.dead_letter,
-            "SIGNALING_PARTITIONS": str(partitions),
+            **names.environment(partitions),
             "SIGNALING_HTTP_HOST": "127.0.0.1",
             "SIGNALING_HTTP_PORT": str(self.port),
-            "REDIS_KEY_PREFIX": names.redis_prefix,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "LIVEKIT_REQUEST_TIMEOUT_SECONDS": "0.5",
@@ -197,6 +231,19 @@ class ServiceProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON lines of its log (``LOG_FORMAT=json``), decoded; other lines are passed over."""
+        records = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
+    def open_fds(self) -> int:
+        """How many file descriptors the process holds now."""
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
@@ -208,13 +255,43 @@ class ServiceProcess:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        stop_process(self.process)
+
+
+class ReadinessPoller:
+    """Polls a service's /readyz (and the amqp_connected gauge) in a thread, recording transitions."""
+
+    def __init__(self, service: ServiceProcess, *, interval: float = 0.1) -> None:
+        self.service = service
+        self.interval = interval
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic time, status, amqp_connected)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="readyz-poller")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
             try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                status, _ = self.service.http("/readyz")
+                connected = self.service.metric("livekit_signaling_amqp_connected")
+            except OSError:
+                status, connected = 0, -1.0
+            self.samples.append((time.monotonic(), status, connected))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ReadinessPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def first(self, predicate: Callable[[int, float], bool], *, after: float) -> float | None:
+        """The time of the first sample after ``after`` for which ``predicate(status, connected)``."""
+        for at, status, connected in list(self.samples):
+            if at >= after and predicate(status, connected):
+                return at
+        return None
 
 
 class DevProcess(ServiceProcess):

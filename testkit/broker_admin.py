@@ -1,10 +1,13 @@
-"""Vhosts and users of the test's own, made and removed with ``rabbitmqctl`` (the tests run as root on
-the broker's machine, as CI does)."""
+"""The system RabbitMQ node through its own tools (the tests run as root on the broker's machine, as CI
+does): vhosts and users of the test's own, made and removed with ``rabbitmqctl``, and the node's
+application stopped and started again."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,32 @@ def rabbitmqctl(*args: str, timeout: float = 120.0) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stdout}{result.stderr}")
     return result.stdout
+
+
+def broker_running() -> bool:
+    """Whether the node's RabbitMQ application runs (``rabbitmq-diagnostics check_running``)."""
+    result = subprocess.run(
+        ["rabbitmq-diagnostics", "-q", "check_running"], capture_output=True, timeout=30, check=False
+    )
+    return result.returncode == 0
+
+
+def wait_broker_running(timeout: float = 60.0) -> float:
+    """Until the node's application runs; the seconds that took."""
+    started = time.monotonic()
+    while not broker_running():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"RabbitMQ not running after {timeout}s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def ensure_broker_running() -> None:
+    """Whatever a test did to the node, leave its application running."""
+    if not broker_running():
+        with contextlib.suppress(RuntimeError):
+            rabbitmqctl("start_app")
+        wait_broker_running()
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,82 @@
-"""A test's view of the broker: publish commands as a controller does, collect events as clients do."""
+"""A test's view of the broker: publish commands as a controller does, collect events as clients do, and
+remove the topology a service declared."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from livekit_signaling.schemas.routing import EVERY_EVENT, command_routing_key
 from livekit_signaling.transport.brokers import connect_failover
-from tests.support.processes import AMQP_URL, Names
+from testkit.processes import AMQP_URL, PARTITIONS, Names
+
+
+def encode_command(
+    room: str, participant: str, payload: dict[str, Any], *, role: str = "user", **fields: Any
+) -> bytes:
+    """A command envelope as a controller encodes it; ``fields``: more envelope fields (``kind``, or
+    fields only the bench's baseline reads)."""
+    envelope = {"room": room, "participant": participant, "role": role, **fields, "payload": payload}
+    return json.dumps(envelope).encode()
 
 
 @dataclass(frozen=True)
 class ReceivedEvent:
+    """One event as a client received it from the event exchange."""
+
     routing_key: str
     body: dict[str, Any]
     correlation_id: str | None
     type: str | None
     persistent: bool
+    #: The event's own AMQP message id (the service gives every publish a fresh one).
     message_id: str | None = None
     #: ``time.monotonic()`` when the test received it.
     received_at: float = 0.0
+    #: Delivered again by the broker (after a reconnect of the receiving client).
+    redelivered: bool = False
     #: Its AMQP headers (the trace context).
     headers: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, message: AbstractIncomingMessage) -> ReceivedEvent:
+        return cls(
+            routing_key=message.routing_key or "",
+            body=json.loads(message.body),
+            correlation_id=message.correlation_id,
+            type=message.type,
+            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            received_at=time.monotonic(),
+            redelivered=bool(message.redelivered),
+            headers=dict(message.headers or {}),
+        )
+
+    @property
+    def room(self) -> str:
+        return str(self.body.get("room"))
+
     @property
     def participant(self) -> str:
-        return str(self.body["participant"])
+        return str(self.body.get("participant"))
 
     @property
     def payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = self.body["payload"]
+        payload: dict[str, Any] = self.body.get("payload", {})
         return payload
 
     @property
     def message(self) -> str:
-        return str(self.payload["message"])
+        return str(self.payload.get("message"))
 
 
 class SignalingClient:
@@ -55,7 +90,7 @@ class SignalingClient:
         url: str = AMQP_URL,
         user_id: str | None = None,
         least_privilege: bool = False,
-        binding: str = "room.#",
+        binding: str = EVERY_EVENT,
     ) -> None:
         """``user_id`` goes on every command (RabbitMQ accepts only the connection's own user).
         ``least_privilege``: declare nothing but a server-named queue, as a controller's permissions
@@ -98,16 +133,7 @@ class SignalingClient:
         await self.connection.close()
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        event = ReceivedEvent(
-            routing_key=message.routing_key or "",
-            body=json.loads(message.body),
-            correlation_id=message.correlation_id,
-            type=message.type,
-            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            received_at=time.monotonic(),
-            headers=dict(message.headers or {}),
-        )
+        event = ReceivedEvent.of(message)
         async with self._changed:
             self.events.append(event)
             self._changed.notify_all()
@@ -127,11 +153,8 @@ class SignalingClient:
     ) -> str | None:
         """Publish one command (with publisher confirms); returns its message id."""
         if raw is None:
-            envelope: dict[str, Any] = {"room": room, "participant": participant, "role": role}
-            if kind is not None:
-                envelope["kind"] = kind
-            envelope["payload"] = payload if isinstance(payload, dict) else json.loads(payload)
-            raw = json.dumps(envelope).encode()
+            decoded = payload if isinstance(payload, dict) else json.loads(payload)
+            raw = encode_command(room, participant, decoded, role=role, **({"kind": kind} if kind else {}))
         if message_id == "auto":
             message_id = uuid.uuid4().hex
         await self.commands.publish(
@@ -143,7 +166,7 @@ class SignalingClient:
                 user_id=self._user_id,
                 headers=headers,
             ),
-            routing_key=routing_key or f"room.{room}",
+            routing_key=routing_key or command_routing_key(room),
         )
         return message_id
 
@@ -188,36 +211,41 @@ class SignalingClient:
         await asyncio.sleep(seconds)
 
 
-async def delete_topology(names: Names, partitions: int, *, urls: Sequence[str] = (AMQP_URL,)) -> None:
-    """Remove every exchange and queue the service declared for ``names`` (on the broker, or the first
-    node of ``urls`` that answers)."""
+async def delete_topology(
+    names: Names,
+    partitions: int = PARTITIONS,
+    *,
+    urls: Sequence[str] = (AMQP_URL,),
+    queues: Iterable[str] = (),
+) -> None:
+    """Remove every exchange and queue the service declared for ``names``, and ``queues`` of the test's
+    own (on the broker, or the first node of ``urls`` that answers). What is gone already is fine."""
+    await delete_queues(
+        [names.dead_letter, *names.partition_queues(partitions), *queues],
+        urls=urls,
+        exchanges=[names.command_exchange, names.event_exchange, names.dead_letter, names.hash_exchange],
+    )
+
+
+async def delete_queues(
+    queues: Iterable[str], *, urls: Sequence[str] = (AMQP_URL,), exchanges: Iterable[str] = ()
+) -> None:
+    """Delete ``queues``, then ``exchanges``, each on a channel of its own (a failure closes its
+    channel); what is absent is fine."""
     connection = await connect_failover(urls)
     async with connection:
-        queues = [names.dead_letter]
-        queues += [names.queue] if partitions == 1 else [f"{names.queue}.{n}" for n in range(partitions)]
         for queue in queues:
-            channel = await connection.channel()
-            try:
-                await channel.queue_delete(queue)
-            except Exception:  # noqa: S110 - already gone is fine
-                pass
-        exchanges = [
-            names.command_exchange,
-            names.event_exchange,
-            names.dead_letter,
-            f"{names.queue}.partitions",
-        ]
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).queue_delete(queue)
         for exchange in exchanges:
-            channel = await connection.channel()
-            try:
-                await channel.exchange_delete(exchange)
-            except Exception:  # noqa: S110
-                pass
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).exchange_delete(exchange)
 
 
 async def declare_partition_queues_as_before(names: Names, partitions: int, *, delivery_limit: int) -> None:
-    """The partition queues with the arguments releases before issue 11 declared them with (no leader
-    locator): what an upgraded service finds on a broker that ran an earlier release."""
+    """Partition queues ``<queue>.0`` to ``<queue>.<partitions - 1>`` with the arguments releases without
+    the leader locator declared them with: what an upgraded service finds on a broker that ran an
+    earlier release."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()

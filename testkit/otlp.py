@@ -3,22 +3,26 @@ with a protobuf ``ExportTraceServiceRequest`` (gzip or not), parsed with opentel
 classes and answered with an empty ``ExportTraceServiceResponse``, as a Collector does.
 
 In a test it runs in a thread of the test process (``OtlpReceiver``); the benchmark runs it as a process
-of its own (``python -m tests.support.otlp``), which prints ``LISTENING <url>``, counts the spans (``GET
-/spans``) and prints their number at SIGTERM.
+of its own (``OtlpReceiverProcess``: ``python -m testkit.otlp``), which prints ``LISTENING <url>``, counts
+the spans (``GET /spans``) and prints their number at SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -27,6 +31,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from testkit.processes import LOG_DIR, stop_process
 
 TRACES_PATH = "/v1/traces"
 
@@ -205,10 +211,49 @@ class OtlpReceiver:
         return [span for span in self.spans if span.trace_id == trace_id]
 
 
+class OtlpReceiverProcess:
+    """The receiver as a process of its own, counting spans: its parsing is not counted as the CPU of
+    the process under measurement, nor of the load generator."""
+
+    def __init__(self, *, log_dir: Path = LOG_DIR) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = (log_dir / "otlp-receiver.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "testkit.otlp"], stdout=subprocess.PIPE, stderr=self._log
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("LISTENING "):
+            self.process.kill()
+            raise RuntimeError(f"OTLP receiver did not start: {line!r}")
+        #: What ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes.
+        self.endpoint = line.removeprefix("LISTENING ")
+
+    def spans(self) -> int:
+        """Spans received so far."""
+        with urllib.request.urlopen(f"{self.endpoint}/spans", timeout=5) as response:  # noqa: S310 - loopback
+            return int(json.loads(response.read())["spans"])
+
+    async def settled(self, *, quiet_seconds: float = 1.0, timeout: float = 60.0) -> int:
+        """The count once no span arrived for ``quiet_seconds`` (keep the exporter's
+        ``OTEL_BSP_SCHEDULE_DELAY`` well below that)."""
+        deadline = time.monotonic() + timeout
+        count = await asyncio.to_thread(self.spans)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(quiet_seconds)
+            now = await asyncio.to_thread(self.spans)
+            if now == count:
+                return count
+            count = now
+        return count
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10)
+        self._log.close()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.support.otlp", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m testkit.otlp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--parse", action="store_true", help="parse every span (default: count them)")
     args = parser.parse_args()

@@ -1,0 +1,16 @@
+"""What the tests and the bench share, and nothing of the shipped package (``pyproject.toml`` packages
+``livekit_signaling`` only):
+
+- ``processes``: the service and the LiveKit emulator as processes on uuid-named topologies (``Names``);
+- ``amqp``: a controller's and a client's view of the broker (``SignalingClient``), encoding commands,
+  deleting a topology;
+- ``emulator``: the emulator's control routes and the real ``livekit-api`` client against it;
+- ``load``: load that keeps books of every confirmed command and its answers (``LoadClient``, ``Books``);
+- ``cleanup``: stopping services, deleting topology and Redis keys after a test;
+- ``proxy``: a TCP proxy that forwards, blackholes, resets or refuses;
+- ``tls``: throw-away certificates;
+- ``broker_admin``, ``broker_accounts``: the system RabbitMQ's application, vhosts, users and the
+  shipped permissions with a test's names;
+- ``rabbit_cluster``, ``redis_sentinel``: a 3-node RabbitMQ cluster and a Sentinel-managed Redis of
+  their own.
+"""
