@@ -81,8 +81,8 @@ class ServiceTarget:
     prefetch: int
     use_redis: bool = False
     label: str = "service"
-    #: More environment (W10: the tracing mode).
-    extra_env: dict[str, str] = field(default_factory=dict)
+    #: Settings beside the production defaults.
+    settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.names = _names("svc")
@@ -92,7 +92,7 @@ class ServiceTarget:
             "LIVEKIT_REQUEST_TIMEOUT_SECONDS": "2.0",
             "COMMAND_DEADLINE_SECONDS": "8.0",
             "REDIS_URL": REDIS_URL if self.use_redis else "",
-            **self.extra_env,
+            **self.settings,
         }
         self._process = ServiceProcess(self.names, self.livekit_url, partitions=self.partitions, env=env)
         LOGS.mkdir(parents=True, exist_ok=True)

@@ -224,18 +224,18 @@ class Runner:
         self,
         *,
         redis_store: bool | None = None,
-        extra_env: dict[str, str] | None = None,
+        settings: dict[str, str] | None = None,
         label: str = "service",
     ) -> Target:
         """The service, with the store ``--redis`` chose unless ``redis_store`` says otherwise, and
-        ``extra_env`` (W10: the tracing mode)."""
+        ``settings`` beside the production defaults (W10: the tracing mode)."""
         return ServiceTarget(
             self.env.emulator_url,
             self.args.partitions,
             self.args.prefetch,
             use_redis=self.args.redis if redis_store is None else redis_store,
             label=label,
-            extra_env=extra_env or {},
+            settings=settings or {},
         )
 
     def baseline(self) -> Target:
@@ -390,7 +390,7 @@ def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
             for name, mode in tracing_modes(receiver.endpoint).items():
                 by_mode.setdefault(name, []).append(
                     runner.on(
-                        partial(runner.service, extra_env=mode.env, label=f"tracing {name}"),
+                        partial(runner.service, settings=mode.env, label=f"tracing {name}"),
                         lambda t, first=number == 0, sampled=mode.sampled: w10_tracing_cost(
                             t, env, sizes, receiver=receiver, fan_out=first and sampled == 1, sampled=sampled
                         ),

@@ -51,11 +51,28 @@ class Emulator:
     async def set_webhook(self, url: str | None) -> None:
         await self._post("webhook", {"url": url})
 
+    async def set_webhooks(self, *, enabled: bool) -> None:
+        """Webhooks sent (to the URL set) or lost."""
+        await self._post("webhook", {"enabled": enabled})
+
+    async def forget(self, room: str) -> list[str]:
+        """LiveKit restarts and loses the room; the identities it held (their clients may connect again
+        with the tokens they hold)."""
+        data = await self._post("forget", {"room": room})
+        return list(data["identities"])
+
+    async def delay(self, method: str, seconds: float) -> None:
+        """Every call of a RoomService method waits this long before it is served (0: no delay)."""
+        await self._post("delay", {"method": method, "seconds": seconds})
+
     async def bulk(self, room: str, count: int, prefix: str, sources: list[str]) -> list[str]:
         data = await self._post(
             "participants/bulk", {"room": room, "count": count, "prefix": prefix, "sources": sources}
         )
         return list(data["identities"])
+
+    async def clear_calls(self) -> None:
+        await self._post("calls/clear", {})
 
     async def calls(self) -> list[str]:
         return [method for method, _ in await self.traced_calls()]

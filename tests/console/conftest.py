@@ -18,7 +18,9 @@ from testkit.processes import DevProcess, Names
 @pytest.fixture(scope="module")
 def dev() -> Iterator[DevProcess]:
     names = Names()
-    process = DevProcess(names).start()
+    process = DevProcess(names)
+    process.env["RECONCILE_INTERVAL_SECONDS"] = "1"  # repairs the page shows come quickly
+    process.start()
     # The console is a controller: it finds the exchanges once the service declared them, just after
     # the service is ready.
     deadline = time.monotonic() + 10

@@ -209,6 +209,50 @@ async def test_simulated_clients_meet_restrictions_as_livekit_enforces_them(
     assert rows(view)["a"]["roster"] is not None  # LiveKit dropped it, the service still has it
 
 
+async def test_without_webhooks_the_page_shows_the_drift_reconciliation_repairs(
+    api: ConsoleApi, room: str
+) -> None:
+    assert (await api.post("/console/livekit/webhooks", {"enabled": False}, headers=JSON_HEADERS))["ok"]
+    try:
+        assert (await api.snapshot())["webhooks"] is False
+        await api.command(room, "mod", {"action": "join"}, role="moderator")
+        await api.command(room, "late", {"action": "join"})
+        await api.wait_room(room, lambda v: rows(v).get("late", {}).get("has_token", False))
+        await api.command(
+            room, "mod", {"action": "enable_microphone_restrictions", "unrestricted_participants": []},
+            role="moderator",
+        )  # fmt: skip
+        await api.wait_room(room, lambda v: v["state"]["microphone_restrictions"] == [])
+        # The client connects with the token of its join_success, minted before the restriction.
+        assert (await api.client("connect", room, "late"))["ok"] is True
+
+        def repaired(times: int) -> Callable[[dict[str, Any]], bool]:
+            def check(view: dict[str, Any]) -> bool:
+                late = rows(view)["late"]
+                return len(view["repairs"]) == times and late["livekit"] is not None and late["drift"] == []
+
+            return check
+
+        view = await api.wait_room(room, repaired(1))
+        [repair] = view["repairs"]
+        assert (repair["identity"], repair["drift"], repair["sources"]) == (
+            "late",
+            ["microphone"],
+            ["camera", "screen_share", "screen_share_audio"],
+        )
+        assert "microphone" not in rows(view)["late"]["livekit"]["permission"]["can_publish_sources"]
+
+        # LiveKit restarts and loses the room; the client connects again with the token it holds.
+        forgot = await api.post("/console/livekit/forget", {"room": room}, headers=JSON_HEADERS)
+        assert forgot == {"ok": True, "outcome": f"LiveKit restarted and lost {room}"}
+        await api.wait_room(room, lambda v: rows(v)["late"]["livekit"] is None)
+        assert (await api.client("connect", room, "late"))["ok"] is True
+        view = await api.wait_room(room, repaired(2))
+        assert [r["identity"] for r in view["repairs"]] == ["late", "late"]
+    finally:
+        await api.post("/console/livekit/webhooks", {"enabled": True}, headers=JSON_HEADERS)
+
+
 async def test_popout_connects_with_its_own_token_hidden_and_publishing_nothing(
     api: ConsoleApi, room: str
 ) -> None:

@@ -568,7 +568,9 @@ async def test_bulk_participants(
 # -- webhooks --------------------------------------------------------------------------------------
 
 
-async def test_webhooks_are_signed_and_verifiable(http: aiohttp.ClientSession) -> None:
+@pytest.fixture
+async def webhooks() -> AsyncIterator[tuple[str, asyncio.Queue[WebhookEvent]]]:
+    """A receiver that checks every webhook as the service does; its URL and what it received."""
     receiver = WebhookReceiver(TokenVerifier(KEY, SECRET))
     events: asyncio.Queue[WebhookEvent] = asyncio.Queue()
 
@@ -584,24 +586,30 @@ async def test_webhooks_are_signed_and_verifiable(http: aiohttp.ClientSession) -
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    emu = LiveKitEmulator(KEY, SECRET)
-    await emu.start()
-    try:
-        async with http.post(
-            f"{emu.url}/_emulator/webhook", json={"url": f"http://127.0.0.1:{port}/hook"}
-        ) as resp:
-            assert resp.status == 200
-        joined = emu.connect(participant_token("r", "alice"))
-        sid = emu.publish("r", "alice", "microphone")
-        emu.disconnect("r", "alice")
-        received: list[WebhookEvent] = []
-        async with asyncio.timeout(5):
-            while len(received) < 4:
-                received.append(await events.get())
-    finally:
-        await emu.stop()
-        await runner.cleanup()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", events
+    await runner.cleanup()
+
+
+async def _received(events: asyncio.Queue[WebhookEvent], count: int) -> list[WebhookEvent]:
+    received: list[WebhookEvent] = []
+    async with asyncio.timeout(5):
+        while len(received) < count:
+            received.append(await events.get())
+    return received
+
+
+async def test_webhooks_are_signed_and_verifiable(
+    http: aiohttp.ClientSession,
+    server: LiveKitEmulator,
+    webhooks: tuple[str, asyncio.Queue[WebhookEvent]],
+) -> None:
+    url, events = webhooks
+    async with http.post(f"{server.url}/_emulator/webhook", json={"url": url}) as resp:
+        assert resp.status == 200
+    joined = server.connect(participant_token("r", "alice"))
+    sid = server.publish("r", "alice", "microphone")
+    server.disconnect("r", "alice")
+    received = await _received(events, 4)
     assert [e.event for e in received] == [
         "room_started",
         "participant_joined",
@@ -612,6 +620,53 @@ async def test_webhooks_are_signed_and_verifiable(http: aiohttp.ClientSession) -
     assert received[1].participant.sid == joined.sid
     assert received[2].track.sid == sid
     assert received[2].participant.identity == "alice"
+
+
+async def test_webhooks_switched_off_are_lost_and_a_forgotten_room_tells_nobody(
+    http: aiohttp.ClientSession,
+    server: LiveKitEmulator,
+    lkapi: LiveKitAPI,
+    webhooks: tuple[str, asyncio.Queue[WebhookEvent]],
+) -> None:
+    url, events = webhooks
+    async with http.post(f"{server.url}/_emulator/webhook", json={"url": url}) as resp:
+        assert await resp.json() == {"url": url, "enabled": True}
+    async with http.post(f"{server.url}/_emulator/webhook", json={"enabled": False}) as resp:
+        assert await resp.json() == {"url": url, "enabled": False}  # the URL is kept
+    token = participant_token("r", "bob", sources=["camera", "microphone"])
+    server.connect(token)
+    async with http.post(f"{server.url}/_emulator/forget", json={"room": "r"}) as resp:
+        assert await resp.json() == {"identities": ["bob"]}
+    assert (await lkapi.room.list_participants(ListParticipantsRequest(room="r"))).participants == []
+    async with http.post(f"{server.url}/_emulator/webhook", json={"enabled": True}) as resp:
+        assert resp.status == 200
+    # The client connects again with the token it holds: the room is new, its permission the token's.
+    server.connect(token)
+    received = await _received(events, 2)
+    assert [e.event for e in received] == ["room_started", "participant_joined"]  # nothing before
+    listed = await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
+    assert list(listed.participants[0].permission.can_publish_sources) == [
+        TrackSource.CAMERA,
+        TrackSource.MICROPHONE,
+    ]
+
+
+async def test_a_delayed_method_answers_no_sooner_than_its_delay(
+    http: aiohttp.ClientSession, server: LiveKitEmulator, lkapi: LiveKitAPI
+) -> None:
+    async with http.post(
+        f"{server.url}/_emulator/delay", json={"method": "ListParticipants", "seconds": 0.3}
+    ) as resp:
+        assert await resp.json() == {"delays": {"ListParticipants": 0.3}}
+    started = time.monotonic()
+    await lkapi.room.list_participants(ListParticipantsRequest(room="r"))
+    assert time.monotonic() - started >= 0.3  # a lower bound: load only makes it longer
+    async with http.post(
+        f"{server.url}/_emulator/delay", json={"method": "ListParticipants", "seconds": 0}
+    ) as resp:
+        assert await resp.json() == {"delays": {}}
+    async with http.post(f"{server.url}/_emulator/delay", json={"method": "Nope", "seconds": 1}) as resp:
+        assert resp.status == 400
 
 
 # -- process ---------------------------------------------------------------------------------------

@@ -9,13 +9,12 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit.api import TokenVerifier
 
-from testkit.amqp import SignalingClient, delete_topology
-from testkit.cleanup import delete_redis_keys
+from testkit.amqp import SignalingClient
 from testkit.processes import API_KEY, API_SECRET, REDIS_URL, EmulatorProcess, Names, ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -29,16 +28,6 @@ REPLICA_ENV = {
 }
 
 
-@pytest.fixture
-def names() -> Iterator[Names]:
-    """A topology for this test alone, deleted afterwards with its Redis keys (the replicas share their
-    state in Redis)."""
-    names = Names()
-    yield names
-    asyncio.run(delete_topology(names, PARTITIONS))
-    delete_redis_keys(names.redis_prefix)
-
-
 def replica_process(names: Names, emulator_process: EmulatorProcess, name: str) -> ServiceProcess:
     return ServiceProcess(names, emulator_process.url, partitions=PARTITIONS, env=REPLICA_ENV, name=name)
 
@@ -49,12 +38,6 @@ def replicas(names: Names, emulator_process: EmulatorProcess) -> Iterator[list[S
     yield started
     for replica in started:
         replica.stop()
-
-
-@pytest.fixture
-async def client(names: Names, replicas: list[ServiceProcess]) -> AsyncIterator[SignalingClient]:
-    async with SignalingClient(names) as signaling:
-        yield signaling
 
 
 def handled(replica: ServiceProcess) -> float:

@@ -33,10 +33,11 @@ from livekit_signaling.console.views import (
     to_json,
 )
 from livekit_signaling.console.waterfall import waterfall
-from livekit_signaling.domain.permissions import TokenGrant
+from livekit_signaling.domain.permissions import PublishPolicy, TokenGrant
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.emulator.control import ControlAnswer, EmulatorControl
 from livekit_signaling.livekit.tokens import TokenMinter
+from livekit_signaling.reconcile.recent import RecordedRepair
 from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import CreateNewAccessToken
 from livekit_signaling.schemas.events import (
@@ -215,6 +216,62 @@ def test_room_view_puts_roster_popouts_and_unknown_identities_side_by_side() -> 
     assert view["state_error"] is None
 
 
+def test_room_view_shows_each_identitys_drift_and_the_latest_repairs_first() -> None:
+    state = RoomState(
+        version=4,
+        participants={
+            "mod": RosterEntry(role="moderator", kind="user"),
+            "late": RosterEntry(role="user", kind="user"),
+            "granted": RosterEntry(role="user", kind="user"),
+        },
+        decisions=RoomDecisions(microphone_restrictions=[], screen_share={"granted": True}),
+    )
+    [livekit] = livekit_rooms(
+        [
+            emulator_room(
+                "r",
+                emulator_participant("mod"),
+                emulator_participant("late"),  # everything: a token from before the restriction
+                {
+                    **emulator_participant("granted"),
+                    "permission": {
+                        "can_publish": True,
+                        "can_publish_sources": ["camera"],
+                        "can_subscribe": True,
+                        "can_publish_data": True,
+                        "hidden": False,
+                    },
+                },
+                emulator_participant("stranger"),
+            )
+        ]
+    )
+    repairs = [
+        RecordedRepair(1.0, "late", ("microphone",), ("camera", "screen_share", "screen_share_audio")),
+        RecordedRepair(2.0, "gone", ("unknown_identity",), None),
+    ]
+    view = page_json(
+        room_view(
+            "r",
+            state,
+            livekit,
+            policy=PublishPolicy(screen_share_requires_permission=True),
+            repairs=repairs,
+        )
+    )
+    drift = {row["identity"]: (row["drift"], row["repair_to"]) for row in view["participants"]}
+    assert drift == {
+        "mod": ([], None),
+        "late": (["microphone", "screen_share"], ["camera"]),
+        "granted": (["screen_share"], ["camera", "screen_share", "screen_share_audio"]),
+        "stranger": (["unknown_identity"], None),
+    }
+    assert [(r["identity"], r["sources"]) for r in view["repairs"]] == [
+        ("gone", None),
+        ("late", ["camera", "screen_share", "screen_share_audio"]),
+    ]
+
+
 def test_a_room_is_gone_when_neither_side_knows_it() -> None:
     [empty] = livekit_rooms([emulator_room("r")])
     assert is_gone(RoomState(), None)
@@ -245,12 +302,13 @@ def test_the_snapshot_carries_what_the_page_reads_and_commands_as_published() ->
     snapshot = Snapshot(
         rooms=[],
         livekit_error="the emulated LiveKit did not answer (ClientConnectorError)",
+        webhooks=False,
         amqp_connected=True,
         commands=list(traffic.commands.values()),
         events=list(traffic.events),
     )
     page = page_json(snapshot)
-    assert page.keys() == {"rooms", "livekit_error", "amqp_connected", "commands", "events"}
+    assert page.keys() == {"rooms", "livekit_error", "webhooks", "amqp_connected", "commands", "events"}
     [command] = page["commands"]
     assert command.keys() == {
         "message_id", "at", "routing_key", "body", "answers", "answer_count", "trace_id", "trace"

@@ -28,7 +28,7 @@ from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from tests.unit.fakes import fake_handler
+from tests.unit.fakes import FakeLiveKit, fake_handler
 
 ROOM = "room-1"
 
@@ -131,8 +131,15 @@ def transport() -> FakeTransport:
 
 @pytest.fixture
 def processor(transport: FakeTransport, store: MemoryStateStore) -> CommandProcessor:
+    return processor_of(store, transport)
+
+
+def processor_of(
+    store: MemoryStateStore, transport: FakeTransport, *, livekit: FakeLiveKit | None = None
+) -> CommandProcessor:
+    """The processor with the real handler on ``store`` and a fake LiveKit, publishing on ``transport``."""
     return CommandProcessor(
-        handler=fake_handler(store),
+        handler=fake_handler(store, livekit=livekit),
         store=store,
         transport=transport,
         metrics=Metrics(),

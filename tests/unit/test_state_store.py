@@ -27,11 +27,20 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     redis_stores: list[RedisStateStore] = []
 
-    def make(*, room_idle_seconds: float = 60) -> StateStore:
+    def make(*, room_idle_seconds: float = 60, lift_grace_seconds: float = 0) -> StateStore:
         if request.param == "memory":
-            return MemoryStateStore(dedup_window_seconds=1, room_idle_seconds=room_idle_seconds)
+            return MemoryStateStore(
+                dedup_window_seconds=1,
+                room_idle_seconds=room_idle_seconds,
+                lift_grace_seconds=lift_grace_seconds,
+            )
         redis_store = RedisStateStore(
-            REDIS_URL, prefix=prefix, dedup_window_seconds=1, room_idle_seconds=room_idle_seconds
+            REDIS_URL,
+            prefix=prefix,
+            dedup_window_seconds=1,
+            room_idle_seconds=room_idle_seconds,
+            partitions=4,
+            lift_grace_seconds=lift_grace_seconds,
         )
         redis_stores.append(redis_store)
         return redis_store
@@ -213,6 +222,33 @@ async def test_an_entry_write_keeps_the_whole_room_and_its_restriction_alive(
     assert loaded.participants == {"a": USER, "b": USER}
     assert loaded.decisions.microphone_restrictions == []
     assert await store.count_restricted_rooms() == 1
+
+
+async def test_rooms_with_standing_decisions_are_listed_on_their_commands_partition(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(lift_grace_seconds=0.6)
+    await joined(store, "quiet", "a")  # no decisions: nothing to enforce
+    state = await store.load("restricted")
+    state.decisions.microphone_restrictions = []
+    await store.save_decisions("restricted", state, partition=1)
+    state = await store.load("screen")
+    state.decisions.screen_share["a"] = False
+    await store.save_decisions("screen", state, partition=2)
+    state = await store.load("quiet", ["b"])
+    state.participants["b"] = USER
+    await store.save_entry("quiet", state, "b", partition=0)
+    assert sorted(await store.rooms_to_reconcile({0, 1, 2, 3})) == [("restricted", 1), ("screen", 2)]
+    assert await store.rooms_to_reconcile({0, 1}) == [("restricted", 1)]  # partition 2 is not ours
+    # Lifted decisions stay listed while a token minted before the lift can still connect.
+    state = await store.load("restricted")
+    state.decisions.microphone_restrictions = None
+    await store.save_decisions("restricted", state, partition=1)
+    assert await store.rooms_to_reconcile({1}) == [("restricted", 1)]
+    await asyncio.sleep(0.7)
+    assert await store.rooms_to_reconcile({1}) == []
+    await store.delete("screen", partition=2)
+    assert await store.rooms_to_reconcile({0, 1, 2, 3}) == []
 
 
 async def test_processed_message_ids_expire_after_the_window(store: StateStore) -> None:

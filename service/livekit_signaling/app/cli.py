@@ -72,6 +72,9 @@ async def _dev(port: int, overrides: dict[str, object]) -> None:
             command_exchange=settings.command_exchange,
             event_exchange=settings.event_exchange,
             emulator_url=url,
+            policy=service.policy,
+            disconnect_unknown=settings.reconcile_disconnect_unknown,
+            recent_repairs=service.recent_repairs.of,
             traces=service.tracer.controller_traces(command_exchange=settings.command_exchange),
         )
         service.http.mount(console.install)

@@ -26,8 +26,11 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.publishers import TrustedPublishers
 from livekit_signaling.livekit.adapter import LiveKitAdapter
 from livekit_signaling.livekit.tokens import TokenMinter
-from livekit_signaling.pipeline.balancer import PartitionBalancer
+from livekit_signaling.pipeline.balancer import REGISTRATION_INTERVALS, PartitionBalancer
 from livekit_signaling.pipeline.processor import CommandProcessor
+from livekit_signaling.reconcile.recent import RecentRepairs
+from livekit_signaling.reconcile.reconciler import Reconciler
+from livekit_signaling.reconcile.room_check import RoomChecker
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisReplicaRegistry, RedisStateStore
 from livekit_signaling.telemetry.metrics import Metrics
@@ -40,9 +43,17 @@ log = logging.getLogger(__name__)
 
 #: Webhooks that may reveal a participant whose permission lags behind the room's state.
 RECHECK_WEBHOOKS = frozenset({"participant_joined", "track_published"})
+#: LiveKit accepts a token up to a minute past its expiry (its verifier's leeway).
+LIVEKIT_TOKEN_LEEWAY_SECONDS = 60
+#: The share of ``LIVEKIT_MAX_CONCURRENT_REQUESTS`` reconciliation may use for rooms checked at once;
+#: the rest stays free for commands.
+RECONCILE_SHARE_OF_LIVEKIT_CALLS = 4
 
 
 def build_store(settings: Settings, tracing: Tracing = NO_TRACING) -> StateStore:
+    # A room stays on its reconcile list this long after its last decision was lifted: a token minted
+    # before the lift (without the microphone) can connect until it expires.
+    lift_grace_seconds = settings.token_ttl_seconds + LIVEKIT_TOKEN_LEEWAY_SECONDS
     target = settings.redis
     if target is not None:
         log.info("state in %s; writes wait for %d replica(s)", target.describe(), target.required_replicas)
@@ -53,10 +64,14 @@ def build_store(settings: Settings, tracing: Tracing = NO_TRACING) -> StateStore
             room_idle_seconds=settings.room_idle_seconds,
             min_replicas=target.required_replicas,
             wait_timeout_seconds=settings.redis_wait_timeout_seconds,
+            partitions=settings.partitions,
+            lift_grace_seconds=lift_grace_seconds,
             tracing=tracing,
         )
     return MemoryStateStore(
-        dedup_window_seconds=settings.dedup_window_seconds, room_idle_seconds=settings.room_idle_seconds
+        dedup_window_seconds=settings.dedup_window_seconds,
+        room_idle_seconds=settings.room_idle_seconds,
+        lift_grace_seconds=lift_grace_seconds,
     )
 
 
@@ -115,6 +130,12 @@ class SignalingService:
         self.livekit: LiveKitAdapter | None = None
         self.processor: CommandProcessor | None = None
         self._balancing: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
+        #: The latest repairs of each room (the dev console shows them).
+        self.recent_repairs = RecentRepairs()
+        self.policy = PublishPolicy(
+            screen_share_requires_permission=settings.screen_share_requires_permission
+        )
 
     def is_ready(self) -> bool:
         return self._ready and not self._stopping and self.transport.is_connected
@@ -176,7 +197,7 @@ class SignalingService:
                 settings.livekit_api_key, settings.livekit_api_secret, ttl_seconds=settings.token_ttl_seconds
             ),
             store=self.store,
-            policy=PublishPolicy(screen_share_requires_permission=settings.screen_share_requires_permission),
+            policy=self.policy,
             urls=ConnectionUrls(public_url=settings.public_url, service_url=settings.livekit_service_url),
         )
         self.handler = handler
@@ -202,7 +223,9 @@ class SignalingService:
                 transport=self.transport,
                 hand_over=self.processor.hand_over,
                 registry=(
-                    RedisReplicaRegistry(self.store, ttl_seconds=2 * settings.rebalance_interval_seconds)
+                    RedisReplicaRegistry(
+                        self.store, ttl_seconds=REGISTRATION_INTERVALS * settings.rebalance_interval_seconds
+                    )
                     if isinstance(self.store, RedisStateStore)
                     else None
                 ),
@@ -212,6 +235,10 @@ class SignalingService:
                 metrics=self.metrics,
             )
             self._balancing = asyncio.create_task(self.balancer.run(), name="partition-balancer")
+            if settings.reconcile_interval_seconds > 0:
+                self._reconciling = asyncio.create_task(
+                    self._reconciler(self.livekit, self.processor, self.balancer).run(), name="reconciler"
+                )
             log.info("start-up objects frozen out of the garbage collector: %d", _freeze_start_up_objects())
             log.info("consuming %d partition(s) of %s", settings.partitions, settings.command_exchange)
             if settings.trusted_publishers is not None:
@@ -219,6 +246,29 @@ class SignalingService:
             await stop.wait()
         finally:
             await self._shutdown()
+
+    def _reconciler(
+        self, livekit: LiveKitAdapter, processor: CommandProcessor, balancer: PartitionBalancer
+    ) -> Reconciler:
+        settings = self.settings
+        return Reconciler(
+            checker=RoomChecker(
+                livekit=livekit,
+                store=self.store,
+                policy=self.policy,
+                disconnect_unknown=settings.reconcile_disconnect_unknown,
+            ),
+            rooms=self.store,
+            held_partitions=balancer.held_partitions,
+            in_room_order=processor.submit_in_room_order,
+            interval_seconds=settings.reconcile_interval_seconds,
+            rooms_in_flight=max(
+                1, settings.livekit_max_concurrent_requests // RECONCILE_SHARE_OF_LIVEKIT_CALLS
+            ),
+            deadline_seconds=settings.command_deadline_seconds,
+            metrics=self.metrics,
+            recent=self.recent_repairs,
+        )
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         """Connect to RabbitMQ, retrying with backoff until it answers and accepts the topology, or we
@@ -257,10 +307,9 @@ class SignalingService:
     async def _shutdown(self) -> None:
         self._stopping = True
         self.metrics.ready.set(0)
+        await _cancel(self._reconciling)
         if self._balancing is not None:
-            self._balancing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._balancing
+            await _cancel(self._balancing)
             await self.balancer.leave()
         log.info("shutting down: releasing partitions, finishing commands in flight")
         if self.processor is not None:
@@ -303,6 +352,14 @@ class SignalingService:
 
         self.processor.serializer.submit(room, recheck)
         await done
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop a background task and wait until it has."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _freeze_start_up_objects() -> int:

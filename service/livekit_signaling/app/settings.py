@@ -88,6 +88,13 @@ def _pem_certificates(value: str) -> str:
     return value + "\n"
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -345,6 +352,20 @@ class Settings:
         "How often a replica compares its active partitions with its fair share.",
         default=5.0,
     )
+    reconcile_interval_seconds: float = _env(
+        "RECONCILE_INTERVAL_SECONDS",
+        "How often each room with something to enforce (microphone restrictions, screen-share decisions) "
+        "is compared with what LiveKit holds and repaired, by the replica holding its partition; a "
+        "difference is repaired within two intervals. 0 turns reconciliation off (webhooks only).",
+        default=10.0,
+    )
+    reconcile_disconnect_unknown: bool = _env(
+        "RECONCILE_DISCONNECT_UNKNOWN",
+        "Reconciliation disconnects a client the room's roster does not know (one left behind after "
+        "`leave`, a popout of a participant who left); LiveKit's own participants (egress, ingress, SIP, "
+        "agents) are never disconnected. Turn off if anything else mints tokens for these rooms.",
+        default=True,
+    )
     log_format: str = _env(
         "LOG_FORMAT", "`json`, `text`, or `auto` (text on a terminal, JSON otherwise).", default="auto"
     )
@@ -506,6 +527,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "shutdown_grace_seconds": _positive_float,
     "transient_retry_seconds": _positive_float,
     "rebalance_interval_seconds": _positive_float,
+    "reconcile_interval_seconds": _non_negative_float,
+    "reconcile_disconnect_unknown": _bool,
     "log_format": _choice("auto", "json", "text"),
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "otel_sdk_disabled": _bool,

@@ -12,11 +12,12 @@ import time
 import aiohttp
 import msgspec
 
-from livekit_signaling.console.rooms import LoadRoom, is_gone, room_view
+from livekit_signaling.console.rooms import LoadRoom, RecentRepairsOf, is_gone, room_view
 from livekit_signaling.console.stream import LiveStream
 from livekit_signaling.console.traffic import Traffic
 from livekit_signaling.console.views import LiveKitRoom, RoomsView, RoomView, livekit_rooms, to_json
 from livekit_signaling.domain.errors import StoreUnavailable
+from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.state import RoomState
 from livekit_signaling.emulator.control import EmulatorControl
 
@@ -36,8 +37,16 @@ class RoomWatch:
         traffic: Traffic,
         stream: LiveStream,
         poll_seconds: float = POLL_SECONDS,
+        policy: PublishPolicy | None = None,
+        disconnect_unknown: bool = True,
+        recent_repairs: RecentRepairsOf = lambda _room: (),
     ) -> None:
         self._load_room = load_room
+        self._policy = policy or PublishPolicy()
+        self._disconnect_unknown = disconnect_unknown
+        self._recent_repairs = recent_repairs
+        #: Whether the emulated LiveKit sends webhooks, as the console last set it.
+        self.webhooks = True
         self._emulator = emulator
         self._traffic = traffic
         self._stream = stream
@@ -75,7 +84,7 @@ class RoomWatch:
             view = await self._read_room(name, livekit.get(name), livekit_known=livekit_error is None)
             if view is not None:
                 views.append(view)
-        return RoomsView(rooms=views, livekit_error=livekit_error)
+        return RoomsView(rooms=views, livekit_error=livekit_error, webhooks=self.webhooks)
 
     async def _read_room(
         self, name: str, livekit: LiveKitRoom | None, *, livekit_known: bool
@@ -96,6 +105,9 @@ class RoomWatch:
             state_error=state_error,
             has_token=functools.partial(self._traffic.has_token, name),
             outcomes={identity: text for (room, identity), text in self._outcomes.items() if room == name},
+            policy=self._policy,
+            disconnect_unknown=self._disconnect_unknown,
+            repairs=self._recent_repairs(name),
         )
 
     def _forget(self, name: str) -> None:

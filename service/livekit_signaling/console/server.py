@@ -9,10 +9,13 @@ the service's HTTP port:
   then ``event``, ``command`` (a sent command, again whenever an answer arrives) and ``rooms``.
 - ``POST /console/commands``: publish an envelope to the command exchange as a controller does.
 - ``POST /console/clients/<action>``: act as a participant's LiveKit client on the emulator.
+- ``POST /console/livekit/<action>``: act on the emulated LiveKit itself: ``forget`` a room as a restart
+  does, switch its ``webhooks`` on or off (off, only the service's reconciliation repairs drift).
 
-Everything it needs is injected: the room state (a read function), RabbitMQ (URL and exchange names),
-the emulator (its URL) and the service's kept traces; it imports nothing from ``livekit_signaling.app``.
-This module wires the parts and speaks HTTP; what each part does is in its own module.
+Everything it needs is injected: the room state (a read function), the reconciler's latest repairs
+(another), the publish policy, RabbitMQ (URL and exchange names), the emulator (its URL) and the
+service's kept traces; it imports nothing from ``livekit_signaling.app``. This module wires the parts
+and speaks HTTP; what each part does is in its own module.
 """
 
 from __future__ import annotations
@@ -24,25 +27,28 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from urllib.parse import urlsplit
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
 from livekit_signaling.client import SignalingClient, UndecodableEvent
-from livekit_signaling.console.clients import SimulatedClients
+from livekit_signaling.console.clients import SimulatedClients, said
 from livekit_signaling.console.controller import CommandTraces, Controller
 from livekit_signaling.console.room_watch import POLL_SECONDS, RoomWatch
-from livekit_signaling.console.rooms import LoadRoom
+from livekit_signaling.console.rooms import LoadRoom, RecentRepairsOf
 from livekit_signaling.console.stream import LiveStream
 from livekit_signaling.console.traffic import Traffic
 from livekit_signaling.console.views import (
     ClientOutcome,
     ClientRequest,
     ErrorAnswer,
+    LiveKitRequest,
     Refused,
     SentCommand,
     Snapshot,
     to_json,
 )
+from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.emulator.control import EmulatorControl
 from livekit_signaling.schemas import codec
 
@@ -54,6 +60,7 @@ STATIC_FILES = {
 }
 
 _client_request_decoder = msgspec.json.Decoder(ClientRequest)
+_livekit_request_decoder = msgspec.json.Decoder(LiveKitRequest)
 
 
 def _json(value: object, *, status: int = 200) -> web.Response:
@@ -89,6 +96,9 @@ class Console:
         event_exchange: str,
         emulator_url: str,
         poll_seconds: float = POLL_SECONDS,
+        policy: PublishPolicy | None = None,
+        disconnect_unknown: bool = True,
+        recent_repairs: RecentRepairsOf = lambda _room: (),
         traces: CommandTraces | None = None,
     ) -> None:
         """``traces``: the service's kept traces; each sent command then shows its trace's waterfall."""
@@ -101,6 +111,9 @@ class Console:
             traffic=traffic,
             stream=self._stream,
             poll_seconds=poll_seconds,
+            policy=policy,
+            disconnect_unknown=disconnect_unknown,
+            recent_repairs=recent_repairs,
         )
 
         def show_undecodable(event: UndecodableEvent) -> None:
@@ -131,6 +144,7 @@ class Console:
         app.router.add_get("/console/stream", self._live)
         app.router.add_post("/console/commands", self._send_command)
         app.router.add_post("/console/clients/{action}", self._client_action)
+        app.router.add_post("/console/livekit/{action}", self._livekit_action)
         app.router.add_get("/console/{name}", self._static_file)
         app.on_startup.append(self._start)
         # on_shutdown runs before aiohttp waits for open requests: the streams must end there, or
@@ -161,6 +175,7 @@ class Console:
         return Snapshot(
             rooms=rooms.rooms,
             livekit_error=rooms.livekit_error,
+            webhooks=rooms.webhooks,
             amqp_connected=self._controller.is_connected,
             commands=list(self._traffic.commands.values()),
             events=list(self._traffic.events),
@@ -217,4 +232,29 @@ class Console:
             raise Refused(400, f"not a client request: {error}") from None
         outcome = await self._clients.act(request.match_info["action"], client)
         self._rooms.note_outcome(client.room, client.participant, outcome.outcome)
+        return outcome
+
+    async def _livekit_action(self, request: web.Request) -> web.Response:
+        return await _answer(self._act_on_livekit(request))
+
+    async def _act_on_livekit(self, request: web.Request) -> ClientOutcome:
+        try:
+            asked = _livekit_request_decoder.decode(await _same_origin_json(request))
+        except msgspec.DecodeError as error:
+            raise Refused(400, f"not a LiveKit request: {error}") from None
+        try:
+            match request.match_info["action"]:
+                case "forget":
+                    answer = await self._emulator.forget(asked.room)
+                    outcome = said(answer, f"LiveKit restarted and lost {asked.room}")
+                case "webhooks":
+                    answer = await self._emulator.set_webhooks(enabled=asked.enabled)
+                    outcome = said(answer, f"webhooks {'on' if asked.enabled else 'off'}")
+                    if outcome.ok:
+                        self._rooms.webhooks = asked.enabled
+                case other:
+                    raise Refused(404, f"no LiveKit action {other!r}")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise Refused(502, f"the emulated LiveKit did not answer ({type(error).__name__})") from None
+        self._rooms.notice(asked.room)
         return outcome

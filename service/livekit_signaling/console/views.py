@@ -84,6 +84,21 @@ class ParticipantRow(msgspec.Struct, frozen=True):
     has_token: bool
     #: The last simulated client action on this identity, with its time.
     outcome: str | None
+    #: How what LiveKit holds differs from what the room's state requires (``microphone``,
+    #: ``screen_share``, ``camera``, ``unknown_identity``); empty when in line or not connected.
+    drift: list[str] = msgspec.field(default_factory=list)
+    #: What the reconciler would give it (sorted sources), or None: disconnect it / nothing to give.
+    repair_to: list[str] | None = None
+
+
+class RepairView(msgspec.Struct, frozen=True):
+    """A repair the reconciler made in the room."""
+
+    at: float
+    identity: str
+    drift: list[str]
+    #: The sources it was given, or None when it was disconnected.
+    sources: list[str] | None
 
 
 class RoomView(msgspec.Struct, frozen=True):
@@ -92,6 +107,8 @@ class RoomView(msgspec.Struct, frozen=True):
     state_error: str | None
     livekit: LiveKitRoomView | None
     participants: list[ParticipantRow]
+    #: The reconciler's latest repairs in this room, newest first.
+    repairs: list[RepairView] = msgspec.field(default_factory=list)
 
 
 class RoomsView(msgspec.Struct, frozen=True):
@@ -99,6 +116,8 @@ class RoomsView(msgspec.Struct, frozen=True):
 
     rooms: list[RoomView]
     livekit_error: str | None
+    #: Whether the emulated LiveKit sends its webhooks (off: only reconciliation repairs drift).
+    webhooks: bool
 
 
 # -- traffic: what passed on the broker -----------------------------------------------------------------
@@ -169,6 +188,14 @@ class ClientRequest(msgspec.Struct, frozen=True):
     participant: NonEmpty
     source: str | None = None
     track_sid: str = ""
+
+
+class LiveKitRequest(msgspec.Struct, frozen=True):
+    """``POST /console/livekit/<action>``: ``forget`` a room (a LiveKit restart), or switch
+    ``webhooks`` on or off."""
+
+    room: str = ""
+    enabled: bool = True
 
 
 class ClientOutcome(msgspec.Struct, frozen=True):

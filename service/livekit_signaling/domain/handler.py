@@ -8,14 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable
-from livekit_signaling.domain.permissions import (
-    MICROPHONE,
-    PublishPolicy,
-    participant_grant,
-    popout_grant,
-    publish_sources,
-)
+from livekit_signaling.domain.permissions import PublishPolicy, participant_grant, popout_grant
 from livekit_signaling.domain.ports import ConnectedParticipant, LiveKit, StateStore, TokenIssuer
+from livekit_signaling.domain.reconciliation import issued_to, plan_repairs
 from livekit_signaling.domain.state import (
     RoomDecisions,
     RoomState,
@@ -98,7 +93,11 @@ def _unique(ids: Iterable[str]) -> list[str]:
 
 
 class CommandHandler:
-    """Runs commands of one room at a time (the transport guarantees the per-room order)."""
+    """Runs commands of one room at a time (the transport guarantees the per-room order).
+
+    ``partition`` (of ``handle``) is the partition queue the command arrived on; the state writes record
+    it, so that the replica holding that partition reconciles the room (``livekit_signaling.reconcile``).
+    """
 
     def __init__(
         self,
@@ -115,11 +114,11 @@ class CommandHandler:
         self._policy = policy
         self._urls = urls
 
-    async def handle(self, envelope: Envelope, command: Command) -> Result:
+    async def handle(self, envelope: Envelope, command: Command, *, partition: int | None = None) -> Result:
         if isinstance(command, MODERATOR_COMMANDS) and envelope.role != "moderator":
             return error_result(envelope, "insufficient_permissions")
         try:
-            return await self._dispatch(envelope, command)
+            return await self._dispatch(envelope, command, partition)
         except LiveKitUnavailable:
             return error_result(envelope, "livekit_unavailable")
         except LiveKitRejected as rejected:
@@ -128,33 +127,35 @@ class CommandHandler:
             log.error("LiveKit refused a call: %s", rejected)
             return error_result(envelope, "insufficient_permissions")
 
-    async def _dispatch(self, envelope: Envelope, command: Command) -> Result:  # noqa: PLR0911
+    async def _dispatch(  # noqa: PLR0911
+        self, envelope: Envelope, command: Command, partition: int | None
+    ) -> Result:
         match command:
             case Join():
-                return await self._join(envelope)
+                return await self._join(envelope, partition)
             case CreateNewAccessToken():
-                return await self._refresh_credentials(envelope)
+                return await self._refresh_credentials(envelope, partition)
             case RequestPopoutStreamAccessToken():
-                return await self._popout(envelope)
+                return await self._popout(envelope, partition)
             case ForceMute(participants=targets):
                 return await self._force_mute(envelope, targets)
             case GrantScreenSharePermission(participants=targets):
-                return await self._screen_share(envelope, targets, grant=True)
+                return await self._screen_share(envelope, targets, partition, grant=True)
             case RevokeScreenSharePermission(participants=targets):
-                return await self._screen_share(envelope, targets, grant=False)
+                return await self._screen_share(envelope, targets, partition, grant=False)
             case EnableMicrophoneRestrictions(unrestricted_participants=unrestricted):
-                return await self._set_restrictions(envelope, _unique(unrestricted))
+                return await self._set_restrictions(envelope, _unique(unrestricted), partition)
             case DisableMicrophoneRestrictions():
-                return await self._set_restrictions(envelope, None)
+                return await self._set_restrictions(envelope, None, partition)
             case Leave():
-                return await self._leave(envelope)
+                return await self._leave(envelope, partition)
             case Close():
-                return await self._close(envelope)
+                return await self._close(envelope, partition)
 
     # -- tokens -------------------------------------------------------------------------------------
 
     async def _sender_in_roster(
-        self, envelope: Envelope, *, new_popouts: int = 0
+        self, envelope: Envelope, partition: int | None, *, new_popouts: int = 0
     ) -> tuple[RoomState, RosterEntry]:
         """The sender's roster entry, added or updated from the envelope (the controller is the
         authority on role and kind) and with ``new_popouts`` more popout identities; saved once, and
@@ -166,7 +167,7 @@ class CommandHandler:
         if known == entry:
             return room, known
         room.participants[envelope.participant] = entry
-        await self._store.save_entry(envelope.room, room, envelope.participant)
+        await self._store.save_entry(envelope.room, room, envelope.participant, partition=partition)
         return room, entry
 
     def _credentials(self, envelope: Envelope, room: RoomState, entry: RosterEntry) -> Credentials:
@@ -178,18 +179,18 @@ class CommandHandler:
             service_url=self._urls.service_url if entry.kind in SERVICE_KINDS else None,
         )
 
-    async def _join(self, envelope: Envelope) -> Result:
+    async def _join(self, envelope: Envelope, partition: int | None) -> Result:
         await self._livekit.ensure_room(envelope.room)
-        room, entry = await self._sender_in_roster(envelope)
+        room, entry = await self._sender_in_roster(envelope, partition)
         event = JoinSuccess(
             credentials=self._credentials(envelope, room, entry),
             microphone_restriction_state=restriction_state(room.decisions),
         )
         return Result([event_for(envelope, envelope.participant, event)])
 
-    async def _refresh_credentials(self, envelope: Envelope) -> Result:
+    async def _refresh_credentials(self, envelope: Envelope, partition: int | None) -> Result:
         await self._livekit.ensure_room(envelope.room)
-        room, entry = await self._sender_in_roster(envelope)
+        room, entry = await self._sender_in_roster(envelope, partition)
         credentials = self._credentials(envelope, room, entry)
         event = CredentialsEvent(
             room=credentials.room,
@@ -199,8 +200,8 @@ class CommandHandler:
         )
         return Result([event_for(envelope, envelope.participant, event)])
 
-    async def _popout(self, envelope: Envelope) -> Result:
-        _, entry = await self._sender_in_roster(envelope, new_popouts=1)
+    async def _popout(self, envelope: Envelope, partition: int | None) -> Result:
+        _, entry = await self._sender_in_roster(envelope, partition, new_popouts=1)
         identity = popout_identity(envelope.participant, entry.popouts)
         token = self._tokens.issue(popout_grant(envelope.room, identity))
         return Result([event_for(envelope, envelope.participant, PopoutStreamAccessToken(token=token))])
@@ -243,23 +244,27 @@ class CommandHandler:
         events = [event_for(envelope, participant.identity, muted_event) for participant in to_mute]
         return self._with_unknown(envelope, events, unknown)
 
-    async def _screen_share(self, envelope: Envelope, targets: list[str], *, grant: bool) -> Result:
+    async def _screen_share(
+        self, envelope: Envelope, targets: list[str], partition: int | None, *, grant: bool
+    ) -> Result:
         room = await self._store.load(envelope.room, _unique(targets))
         known, unknown = self._split_known(room, targets)
         decisions = room.decisions.screen_share
         if any(decisions.get(target) != grant for target in known):
             for target in known:
                 decisions[target] = grant
-            await self._store.save_decisions(envelope.room, room)
+            await self._store.save_decisions(envelope.room, room, partition=partition)
         await self._apply_permissions(envelope.room, room, only=frozenset(known))
         event = ScreenSharePermissionsUpdated(grant=grant, participants=known)
         return self._with_unknown(envelope, [event_for(envelope, envelope.participant, event)], unknown)
 
-    async def _set_restrictions(self, envelope: Envelope, unrestricted: list[str] | None) -> Result:
+    async def _set_restrictions(
+        self, envelope: Envelope, unrestricted: list[str] | None, partition: int | None
+    ) -> Result:
         room = await self._store.load(envelope.room)  # the whole roster: everybody is told
         if room.decisions.microphone_restrictions != unrestricted:
             room.decisions.microphone_restrictions = unrestricted
-            await self._store.save_decisions(envelope.room, room)
+            await self._store.save_decisions(envelope.room, room, partition=partition)
         # Applied even when the state did not change: a repeated command repairs a LiveKit that missed
         # an earlier update.
         await self._apply_permissions(envelope.room, room)
@@ -270,40 +275,33 @@ class CommandHandler:
         )
         return Result([event_for(envelope, participant, payload) for participant in room.participants])
 
-    def _desired_sources(self, room: RoomState, participant: ConnectedParticipant) -> frozenset[str]:
-        entry = room.participants.get(participant.identity)
-        if entry is not None:
-            return publish_sources(participant.identity, entry, room.decisions, self._policy)
-        # Not in the roster: a popout (publishes nothing anyway) or a participant this service did not
-        # admit. Take the microphone away while restrictions forbid it, never grant anything.
-        unrestricted = room.decisions.microphone_restrictions
-        restricted = unrestricted is not None and participant.identity not in unrestricted
-        return participant.publish_sources - {MICROPHONE} if restricted else participant.publish_sources
-
     async def _apply_permissions(
         self, room_name: str, room: RoomState, *, only: frozenset[str] | None = None
     ) -> None:
         """Bring every connected participant's (or only the named ones') LiveKit permission in line
-        with the room's state, concurrently; unchanged participants cost nothing."""
-        changes = []
-        for participant in await self._livekit.list_participants(room_name):
-            if only is not None and participant.identity not in only:
-                continue
-            desired = self._desired_sources(room, participant)
-            if desired != participant.publish_sources:
-                changes.append((participant, desired))
+        with the room's state, concurrently; unchanged participants cost nothing. An identity the room
+        does not know loses its microphone while restrictions forbid it and is never disconnected here
+        (a moderator's decision on a room whose state expired must not empty the room); disconnecting
+        is the reconciler's, which checks only rooms whose state stands."""
+        connected: list[ConnectedParticipant] = [
+            participant
+            for participant in await self._livekit.list_participants(room_name)
+            if only is None or participant.identity in only
+        ]
+        repairs = plan_repairs(room, connected, self._policy, disconnect_unknown=False)
+        changes = [(repair.participant, repair.sources) for repair in repairs if repair.sources is not None]
         if changes:
             await self._livekit.set_publish_sources(room_name, changes)
 
     async def reapply_permissions(self, room_name: str, identity: str) -> None:
         """Re-check one participant who just joined or published (LiveKit webhook): a token minted
         before a restriction still carries the old sources."""
-        room = await self._store.load(room_name, (identity,))
+        room = await self._store.load(room_name, (issued_to(identity),))
         await self._apply_permissions(room_name, room, only=frozenset({identity}))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def _leave(self, envelope: Envelope) -> Result:
+    async def _leave(self, envelope: Envelope, partition: int | None) -> Result:
         room = await self._store.load(envelope.room, (envelope.participant,))
         entry = room.participants.get(envelope.participant)
         identities = (
@@ -314,10 +312,10 @@ class CommandHandler:
         )
         if entry is not None:
             del room.participants[envelope.participant]
-            await self._store.save_entry(envelope.room, room, envelope.participant)
+            await self._store.save_entry(envelope.room, room, envelope.participant, partition=partition)
         return Result([])
 
-    async def _close(self, envelope: Envelope) -> Result:
+    async def _close(self, envelope: Envelope, partition: int | None) -> Result:
         await self._livekit.delete_room(envelope.room)
-        await self._store.delete(envelope.room)
+        await self._store.delete(envelope.room, partition=partition)
         return Result([])

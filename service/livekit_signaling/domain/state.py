@@ -49,6 +49,10 @@ class RoomState(msgspec.Struct):
     participants: dict[str, RosterEntry] = msgspec.field(default_factory=dict)
 
 
+#: Between a participant's id and its popout's number in the popout's LiveKit identity.
+POPOUT_SEPARATOR = ".popout"
+
+
 def popout_identity(participant: str, number: int) -> str:
     """LiveKit identity of a participant's n-th popout stream.
 
@@ -56,7 +60,7 @@ def popout_identity(participant: str, number: int) -> str:
     needs its own. ``.`` cannot occur in a participant id (it would break routing keys), so a derived
     identity can never collide with a real participant's.
     """
-    return f"{participant}.popout{number}"
+    return f"{participant}{POPOUT_SEPARATOR}{number}"
 
 
 def issued_identities(participant: str, entry: RosterEntry) -> list[str]:

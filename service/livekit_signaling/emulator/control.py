@@ -77,3 +77,11 @@ class EmulatorControl:
 
     async def disconnect(self, room: str, identity: str) -> ControlAnswer:
         return await self._post("disconnect", {"room": room, "identity": identity})
+
+    async def forget(self, room: str) -> ControlAnswer:
+        """LiveKit restarts and loses the room: its participants are gone, nobody is told."""
+        return await self._post("forget", {"room": room})
+
+    async def set_webhooks(self, *, enabled: bool) -> ControlAnswer:
+        """Whether LiveKit's webhooks are sent (off: lost, as undelivered webhooks are)."""
+        return await self._post("webhook", {"enabled": enabled})

@@ -250,6 +250,10 @@ class LiveKitEmulator:
         self._secret = api_secret.encode()
         self._verified_tokens: dict[str, dict[str, Any]] = {}
         self.webhook_url = webhook_url
+        #: Off: events are dropped as webhooks LiveKit never delivered (the URL is kept).
+        self.webhooks_enabled = True
+        #: Seconds each call of a RoomService method waits before it is served, by method name.
+        self.delays: dict[str, float] = {}
         self.unknown_participant_mute_delay = unknown_participant_mute_delay
         # Every Twirp request received, by method name, whatever its outcome (auth failure and faults
         # included), so tests can assert that nothing reached "LiveKit".
@@ -326,6 +330,8 @@ class LiveKitEmulator:
         r.add_get("/_emulator/calls", self._ctl_calls)
         r.add_post("/_emulator/calls/clear", self._ctl_calls_clear)
         r.add_post("/_emulator/webhook", self._ctl_webhook)
+        r.add_post("/_emulator/forget", self._ctl_forget)
+        r.add_post("/_emulator/delay", self._ctl_delay)
         r.add_post("/_emulator/participants/bulk", self._ctl_bulk)
         r.add_get("/_emulator/rooms", self._ctl_rooms)
         return app
@@ -505,7 +511,7 @@ class LiveKitEmulator:
         self, event: str, room: Room, participant: ParticipantInfo | None, track: TrackInfo | None
     ) -> None:
         url = self.webhook_url
-        if url is None:
+        if url is None or not self.webhooks_enabled:
             return
         # Snapshot now: the state objects keep changing after this call returns.
         msg = WebhookEvent(event=event, id=new_sid("EV_"), created_at=int(time.time()))
@@ -526,6 +532,9 @@ class LiveKitEmulator:
             faulted = await self._apply_fault(request)
             if faulted is not None:
                 return faulted
+        delay = self.delays.get(method_name)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             video = self._authenticate(request)
         except _AuthError as exc:
@@ -739,12 +748,40 @@ class LiveKitEmulator:
         return web.json_response({})
 
     async def _ctl_webhook(self, request: web.Request) -> web.Response:
+        """``url`` (a string, or null for none) where webhooks go, and/or ``enabled``: whether they are
+        sent at all (off, they are lost as LiveKit's undelivered webhooks are)."""
         data = await self._json(request)
-        url = data.get("url")
-        if url is not None and not isinstance(url, str):
-            return _control_error(400, "url must be a string or null")
-        self.webhook_url = url or None
-        return web.json_response({"url": self.webhook_url})
+        if "url" in data:
+            url = data["url"]
+            if url is not None and not isinstance(url, str):
+                return _control_error(400, "url must be a string or null")
+            self.webhook_url = url or None
+        if "enabled" in data:
+            if not isinstance(data["enabled"], bool):
+                return _control_error(400, "enabled must be true or false")
+            self.webhooks_enabled = data["enabled"]
+        return web.json_response({"url": self.webhook_url, "enabled": self.webhooks_enabled})
+
+    async def _ctl_forget(self, request: web.Request) -> web.Response:
+        """LiveKit restarted and lost the room (``EmulatorState.forget_room``); its clients may connect
+        again with the tokens they hold."""
+        data = await self._json(request)
+        return web.json_response({"identities": self.state.forget_room(str(data.get("room", "")))})
+
+    async def _ctl_delay(self, request: web.Request) -> web.Response:
+        """Every call of ``method`` waits ``seconds`` before it is served (0 for none): a slow LiveKit,
+        and a way to hold a call in flight."""
+        data = await self._json(request)
+        method, seconds = data.get("method"), data.get("seconds", 0)
+        if method not in self._methods:
+            return _control_error(400, f"unknown RoomService method {method!r}")
+        if not isinstance(seconds, int | float) or seconds < 0:
+            return _control_error(400, "seconds must be a number, 0 or more")
+        if seconds:
+            self.delays[method] = float(seconds)
+        else:
+            self.delays.pop(method, None)
+        return web.json_response({"delays": self.delays})
 
     async def _ctl_bulk(self, request: web.Request) -> web.Response:
         data = await self._json(request)

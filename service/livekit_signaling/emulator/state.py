@@ -249,6 +249,15 @@ class EmulatorState:
         log.debug("room %s deleted", name)
         self._emit("room_finished", room.info)
 
+    def forget_room(self, name: str) -> list[str]:
+        """What a LiveKit restart does to a room: it is gone with its participants and their permissions,
+        and nobody is told (a node that dies sends no webhooks). Returns the identities it held."""
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return []
+        log.debug("room %s forgotten with %d participants", name, len(room.participants))
+        return list(room.participants)
+
     def list_participants(self, room: str) -> Iterable[ParticipantInfo]:
         # A missing room lists as empty (LiveKit answers 200 with no participants).
         r = self.rooms.get(room)

@@ -109,15 +109,56 @@ def publish_sources_of(permission: ParticipantPermission) -> frozenset[str]:
     return frozenset(_NAME_BY_SOURCE[s] for s in permission.can_publish_sources if s in _NAME_BY_SOURCE)
 
 
+class _CompactViews:
+    """Turns ``ParticipantInfo`` into ``ConnectedParticipant`` that keep nothing of the response: the
+    permission is kept as its encoded bytes (a view holding the protobuf sub-message would keep the
+    whole response's memory alive), and the few distinct permissions and source sets of a room are
+    shared by every participant that has them. ListParticipants has no paging, so this is what bounds
+    the memory a room of 10,000 costs while it is checked (``bench.reconcile`` measures it)."""
+
+    __slots__ = ("_by_permission",)
+
+    def __init__(self) -> None:
+        self._by_permission: dict[bytes, tuple[bytes, frozenset[str]]] = {}
+
+    def view(self, info: ParticipantInfo) -> ConnectedParticipant:
+        # ParticipantPermission has no map fields, so its encoding is the same every time without the
+        # (five times dearer) deterministic mode.
+        encoded = info.permission.SerializeToString()
+        shared = self._by_permission.get(encoded)
+        if shared is None:
+            shared = self._by_permission[encoded] = (encoded, publish_sources_of(info.permission))
+        return ConnectedParticipant(
+            identity=info.identity,
+            publish_sources=shared[1],
+            unmuted_microphone_tracks=tuple(
+                track.sid
+                for track in info.tracks
+                if track.source == TrackSource.MICROPHONE and not track.muted
+            )
+            if info.tracks
+            else (),
+            permission=shared[0],
+            kind=_KIND_NAMES.get(info.kind, "standard"),
+        )
+
+
+#: LiveKit's participant kinds by number, lower case (``ParticipantInfo.Kind``).
+_KIND_NAMES = {number: name.lower() for name, number in ParticipantInfo.Kind.items()}
+
+
 def connected_participant(info: ParticipantInfo) -> ConnectedParticipant:
-    return ConnectedParticipant(
-        identity=info.identity,
-        publish_sources=publish_sources_of(info.permission),
-        unmuted_microphone_tracks=tuple(
-            track.sid for track in info.tracks if track.source == TrackSource.MICROPHONE and not track.muted
-        ),
-        permission=info.permission,
-    )
+    return _CompactViews().view(info)
+
+
+def permission_of(participant: ConnectedParticipant) -> ParticipantPermission:
+    """A fresh copy of the permission LiveKit holds for the participant (as the adapter listed it)."""
+    permission = ParticipantPermission()
+    if isinstance(participant.permission, bytes):
+        permission.ParseFromString(participant.permission)
+    elif isinstance(participant.permission, ParticipantPermission):
+        permission.CopyFrom(participant.permission)
+    return permission
 
 
 class LiveKitMetrics(Protocol):
@@ -313,7 +354,8 @@ class LiveKitAdapter:
             "ListParticipants",
             lambda: self._room_api(room).list_participants(ListParticipantsRequest(room=room)),
         )
-        return [connected_participant(info) for info in response.participants]
+        views = _CompactViews()
+        return [views.view(info) for info in response.participants]
 
     async def set_publish_sources(
         self, room: str, changes: Sequence[tuple[ConnectedParticipant, frozenset[str]]]
@@ -338,9 +380,7 @@ class LiveKitAdapter:
     ) -> None:
         # UpdateParticipant replaces the whole permission: start from the current one so that hidden,
         # can_subscribe, can_publish_data and the rest stay as they are.
-        permission = ParticipantPermission()
-        if isinstance(participant.permission, ParticipantPermission):
-            permission.CopyFrom(participant.permission)
+        permission = permission_of(participant)
         permission.can_publish = bool(sources)
         del permission.can_publish_sources[:]
         permission.can_publish_sources.extend(_SOURCE_BY_NAME[name] for name in sorted(sources))

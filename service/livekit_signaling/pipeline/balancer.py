@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from livekit_signaling.domain.errors import StoreUnavailable
@@ -35,6 +36,11 @@ class ReplicaRegistry(Protocol):
     async def heartbeat(self, replica: str) -> list[str]: ...
 
     async def leave(self, replica: str) -> None: ...
+
+
+#: A registration lives this many balancing intervals without a heartbeat (``RedisReplicaRegistry``'s
+#: TTL as the service configures it).
+REGISTRATION_INTERVALS = 2
 
 
 def replica_rank(replicas: list[str], replica: str) -> int:
@@ -70,6 +76,8 @@ class PartitionBalancer:
         self._interval = interval_seconds
         self._metrics = metrics
         self.replicas: list[str] = [replica]
+        #: Since when the registry has listed no replica but this one (monotonic), or None.
+        self._alone_since: float | None = None if registry is not None else time.monotonic()
 
     async def run(self) -> None:
         while True:
@@ -82,8 +90,13 @@ class PartitionBalancer:
                 self.replicas = await self._registry.heartbeat(self._replica)
             except StoreUnavailable as error:
                 log.warning("replica registry unavailable (%s); keeping partitions as they are", error)
+                self._alone_since = None
                 self._report()
                 return
+            if self.replicas != [self._replica]:
+                self._alone_since = None
+            elif self._alone_since is None:
+                self._alone_since = time.monotonic()
         share = fair_share(self._partitions, self.replicas, self._replica)
         active = sorted(self._transport.active_partitions)
         surplus = len(active) - share
@@ -98,6 +111,20 @@ class PartitionBalancer:
                 )
                 await self._hand_over(partition)
         self._report()
+
+    def held_partitions(self) -> Collection[int]:
+        """The partitions this replica is known to hold: those it is the active consumer of, or every
+        one while it is known to be the only replica. Without a registry (no Redis) there is one
+        replica; with one, "only" means no other replica registered for a whole registration lifetime,
+        which any live replica would have done. Nothing while disconnected: the partitions have moved.
+        """
+        if not self._transport.is_connected:
+            return ()
+        alone_since = self._alone_since
+        lifetime = REGISTRATION_INTERVALS * self._interval if self._registry is not None else 0.0
+        if alone_since is not None and time.monotonic() - alone_since >= lifetime:
+            return range(self._partitions)
+        return set(self._transport.active_partitions)
 
     def _report(self) -> None:
         active = self._transport.active_partitions

@@ -42,7 +42,7 @@ from livekit_signaling.domain.errors import StaleState, StoreUnavailable
 from livekit_signaling.domain.handler import CommandHandler, Result, error_result
 from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.publishers import TrustedPublishers
-from livekit_signaling.pipeline.ordering import KeyedSerializer
+from livekit_signaling.pipeline.ordering import Job, KeyedSerializer
 from livekit_signaling.pipeline.partitions import PartitionGate
 from livekit_signaling.pipeline.ports import CommandTransport, Delivery
 from livekit_signaling.pipeline.publisher import EventPublisher, outgoing_events
@@ -125,6 +125,18 @@ class CommandProcessor:
             return
         self.serializer.submit(envelope.room, lambda: self._run(delivery, envelope, received))
 
+    def submit_in_room_order(self, room: str, partition: int, job: Job) -> None:
+        """Run ``job`` between two of the room's commands, as one of its partition's running commands:
+        it waits while the partition is being released, and a release waits for it to finish, so the
+        next replica to hold the partition runs nothing of the room before it ends."""
+
+        async def on_partition() -> None:
+            await self._partitions.wait_open(partition)
+            with self._partitions.running(partition):
+                await job()
+
+        self.serializer.submit(room, on_partition)
+
     def _spawn(self, job: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(job)
         self._side_tasks.add(task)
@@ -199,7 +211,7 @@ class CommandProcessor:
             await turn.after_previous()
             await self._transport.ack(delivery)
             return "unknown"
-        result, action = await self._transient(delivery, lambda: self._execute(envelope))
+        result, action = await self._transient(delivery, lambda: self._execute(envelope, delivery.partition))
         events = outgoing_events(delivery, result.events)
         with delivery.trace.publication(events) as traced:
             publication = await self._events.hand_over(events, turn)
@@ -242,7 +254,7 @@ class CommandProcessor:
                 return await step()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _execute(self, envelope: Envelope) -> tuple[Result, str]:
+    async def _execute(self, envelope: Envelope, partition: int) -> tuple[Result, str]:
         try:
             command = decode_command(envelope.payload)
         except InvalidPayload as error:
@@ -250,7 +262,7 @@ class CommandProcessor:
         action: str = type(command).__struct_config__.tag  # type: ignore[assignment]
         update_command_context(action=action)
         with command_deadline(self._deadline):
-            return await self._handler.handle(envelope, command), action
+            return await self._handler.handle(envelope, command, partition=partition), action
 
     # -- releasing partitions (hand-over, shutdown) --------------------------------------------------
 

@@ -8,6 +8,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection
 
 from livekit_signaling.domain.errors import StaleState
+from livekit_signaling.domain.reconciliation import has_standing_decisions
 from livekit_signaling.domain.state import RoomState, RosterEntry
 from livekit_signaling.store.encoding import decode_decisions, encode_decisions
 
@@ -31,10 +32,13 @@ class MemoryStateStore:
     """Keeps each room's parts, plus a time-ordered window of processed message ids.
 
     Rooms idle for longer than ``room_idle_seconds`` are forgotten (checked on writes), as the Redis
-    store lets its keys expire.
+    store lets its keys expire. The reconcile lists hold, per partition, the rooms with something to
+    enforce and until when (monotonic time), as the Redis store's sorted sets do.
     """
 
-    def __init__(self, *, dedup_window_seconds: float, room_idle_seconds: float) -> None:
+    def __init__(
+        self, *, dedup_window_seconds: float, room_idle_seconds: float, lift_grace_seconds: float = 0.0
+    ) -> None:
         self._rooms: OrderedDict[str, _Room] = OrderedDict()
         #: Processed message ids with when they may be forgotten, and the same ids in buckets of 100 ms
         #: by that time, oldest first. The ids of one bucket share one expiry object: with an ordered
@@ -42,6 +46,8 @@ class MemoryStateStore:
         self._processed: dict[str, float] = {}
         self._expiring: deque[tuple[float, list[str]]] = deque()
         self._restricted: set[str] = set()
+        self._to_reconcile: dict[int, dict[str, float]] = {}
+        self._lift_grace = lift_grace_seconds
         #: Roster entries are immutable: the few distinct ones without popouts (role x kind) are
         #: shared by every participant who has them, so an entry costs the roster only its slot.
         self._entries: dict[RosterEntry, RosterEntry] = {}
@@ -63,7 +69,9 @@ class MemoryStateStore:
             ),
         )
 
-    async def save_entry(self, room: str, state: RoomState, participant: str) -> None:
+    async def save_entry(
+        self, room: str, state: RoomState, participant: str, *, partition: int | None = None
+    ) -> None:
         stored = self._fenced(room, state)
         entry = state.participants.get(participant)
         if entry is None:
@@ -73,8 +81,10 @@ class MemoryStateStore:
                 entry = self._entries.setdefault(entry, entry)
             stored.roster[participant] = entry
         self._written(room, stored, state)
+        if partition is not None and has_standing_decisions(state.decisions):
+            self._to_reconcile.setdefault(partition, {})[room] = stored.touched + self._room_idle
 
-    async def save_decisions(self, room: str, state: RoomState) -> None:
+    async def save_decisions(self, room: str, state: RoomState, *, partition: int | None = None) -> None:
         stored = self._fenced(room, state)
         stored.decisions = encode_decisions(state.decisions)
         if state.decisions.microphone_restrictions is None:
@@ -82,6 +92,9 @@ class MemoryStateStore:
         else:
             self._restricted.add(room)
         self._written(room, stored, state)
+        if partition is not None:
+            lasts = self._room_idle if has_standing_decisions(state.decisions) else self._lift_grace
+            self._to_reconcile.setdefault(partition, {})[room] = stored.touched + lasts
 
     def _fenced(self, room: str, state: RoomState) -> _Room:
         stored = self._rooms.get(room)
@@ -100,9 +113,23 @@ class MemoryStateStore:
         self._rooms.move_to_end(room)
         self._expire_rooms(now)
 
-    async def delete(self, room: str) -> None:
+    async def delete(self, room: str, *, partition: int | None = None) -> None:
         self._rooms.pop(room, None)
         self._restricted.discard(room)
+        if partition is not None:
+            self._to_reconcile.get(partition, {}).pop(room, None)
+
+    async def rooms_to_reconcile(self, partitions: Collection[int]) -> list[tuple[str, int]]:
+        now = time.monotonic()
+        rooms = []
+        for partition in partitions:
+            listed = self._to_reconcile.get(partition, {})
+            for room, until in list(listed.items()):
+                if until > now:
+                    rooms.append((room, partition))
+                else:
+                    del listed[room]
+        return rooms
 
     def _expire_rooms(self, now: float) -> None:
         while self._rooms:

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 PREFIX = "livekit_signaling"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: A reconcile pass spreads its rooms over the interval (10 s by default), so it takes about that long.
+_PASS_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 12.5, 15.0, 20.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -116,5 +118,31 @@ class Metrics:
             f"{PREFIX}_webhooks_total",
             "LiveKit webhooks received, by event and outcome.",
             ["event", "outcome"],
+            registry=r,
+        )
+        self.reconcile_rooms = Gauge(
+            f"{PREFIX}_reconcile_rooms",
+            "Rooms with something to enforce on the partitions this replica holds, as of its last "
+            "reconcile pass.",
+            registry=r,
+        )
+        self.reconcile_rooms_checked = Counter(
+            f"{PREFIX}_reconcile_rooms_checked_total",
+            "Rooms compared with LiveKit, by outcome (in_line, repaired, gone, failed, not_held).",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_repairs = Counter(
+            f"{PREFIX}_reconcile_repairs_total",
+            "Differences with LiveKit the reconciler repaired, by kind (microphone, screen_share, camera, "
+            "unknown_identity).",
+            ["kind"],
+            registry=r,
+        )
+        self.reconcile_pass_duration = Histogram(
+            f"{PREFIX}_reconcile_pass_duration_seconds",
+            "From the start of a reconcile pass to the end of its last room's check; about the interval "
+            "while the replica keeps up.",
+            buckets=_PASS_BUCKETS,
             registry=r,
         )

@@ -1,6 +1,7 @@
 // The dev console's page: plain JavaScript, no build step. State arrives as server-sent events from
-// /console/stream (reset, event, command, rooms); actions are JSON POSTs to /console/commands and
-// /console/clients/<action>. Everything is rendered with textContent, never as HTML.
+// /console/stream (reset, event, command, rooms); actions are JSON POSTs to /console/commands,
+// /console/clients/<action> and /console/livekit/<action>. Everything is rendered with textContent, never
+// as HTML.
 "use strict";
 
 (() => {
@@ -19,6 +20,7 @@
 
   const state = {
     rooms: [],
+    webhooks: true,
     events: new Map(), // seq -> event
     commands: new Map(), // message_id -> command
   };
@@ -139,6 +141,14 @@
     return cell;
   }
 
+  function driftNote(row) {
+    if (!row.drift.length) return null;
+    const repair = row.drift.includes("unknown_identity")
+      ? "the room does not know it: reconciliation disconnects it"
+      : `the room's state allows ${row.repair_to.length ? row.repair_to.join(", ") : "nothing"}`;
+    return el("div", { class: "drift refused", data: { drift: row.drift.join(" ") } }, `drift: ${row.drift.join(", ")} (${repair})`);
+  }
+
   function livekitCell(room, row) {
     const cell = el("td", { class: "livekit", data: { label: "LiveKit" } });
     if (!row.livekit) {
@@ -157,7 +167,40 @@
         el("div", {}, `can_publish_sources: ${sources}`),
       ),
     );
+    const drift = driftNote(row);
+    if (drift) cell.append(drift);
     return cell;
+  }
+
+  function repairList(room) {
+    if (!room.repairs.length) return null;
+    return el(
+      "details",
+      { class: "repairs" },
+      el("summary", {}, `Reconciliation repaired ${room.repairs.length} time(s) here (latest first)`),
+      el(
+        "ul",
+        {},
+        room.repairs.map((repair) =>
+          el(
+            "li",
+            { data: { identity: repair.identity } },
+            `${clock(repair.at)} ${repair.identity}: ${repair.drift.join(", ")} → `,
+            repair.sources === null ? "disconnected" : `may publish ${repair.sources.join(", ") || "nothing"}`,
+          ),
+        ),
+      ),
+    );
+  }
+
+  async function livekitAction(action, body) {
+    const status = $("client-status");
+    try {
+      const result = await post(`/console/livekit/${action}`, body);
+      setStatus(status, result.outcome, result.ok ? "ok" : "bad");
+    } catch (error) {
+      setStatus(status, `LiveKit ${action}: ${error.message}`, "bad");
+    }
   }
 
   function clientCell(room, row) {
@@ -215,7 +258,23 @@
         el("li", {}, el("strong", {}, "Screen share: "), screenShareText(room.state)),
         el("li", {}, el("strong", {}, "LiveKit: "), room.livekit ? `room ${room.livekit.sid}` : "no room"),
         room.state_error ? el("li", { class: "error" }, room.state_error) : null,
+        el(
+          "li",
+          {},
+          el(
+            "button",
+            {
+              type: "button",
+              class: "small",
+              data: { key: `forget|${room.name}` },
+              aria: { label: `LiveKit restarts and loses room ${room.name}` },
+              onclick: () => livekitAction("forget", { room: room.name }),
+            },
+            "LiveKit restarts (forgets the room)",
+          ),
+        ),
       ),
+      repairList(room),
       room.participants.length
         ? el(
             "div",
@@ -234,6 +293,8 @@
 
   function setRooms(data) {
     state.rooms = data.rooms || [];
+    state.webhooks = data.webhooks !== false;
+    $("webhooks").checked = state.webhooks;
     const error = $("livekit-error");
     error.hidden = !data.livekit_error;
     error.textContent = data.livekit_error || "";
@@ -528,6 +589,7 @@
       }
     });
     form.addEventListener("submit", sendCommand);
+    $("webhooks").addEventListener("change", (event) => livekitAction("webhooks", { enabled: event.target.checked }));
     $("event-room").addEventListener("change", renderEvents);
     regenerateJson();
     listen();
