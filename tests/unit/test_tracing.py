@@ -32,11 +32,11 @@ from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
 from livekit_signaling.telemetry.metrics import Metrics
-from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
+from livekit_signaling.telemetry.tracing import NO_COMMAND_TRACE, NO_TRACING, Tracing
 from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, sampler, start_tracing
-from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing
+from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing, current_trace_ids
 from testkit.processes import REDIS_URL
 from tests.unit.test_processor import FakeTransport
 
@@ -549,3 +549,65 @@ def test_samplers_by_name() -> None:
     )
     assert sampler("traceidratio", 0.25).get_description() == "TraceIdRatioBased{0.25}"
     assert sampler("always_off", None).get_description() == "AlwaysOffSampler"
+
+
+# -- propagation only: the headers as they came ----------------------------------------------------------
+
+VALID = f"00-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-01"
+
+
+@pytest.mark.parametrize(
+    ("headers", "passed"),
+    [
+        ({}, None),
+        ({"traceparent": VALID, "tracestate": "v=1"}, {"traceparent": VALID, "tracestate": "v=1"}),
+        ({"traceparent": VALID.encode()}, {"traceparent": VALID}),  # an AMQP long string as bytes
+        # A later version's extra fields are dropped; it goes on as version 00.
+        ({"traceparent": f"01-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-01-extra"}, {"traceparent": VALID}),
+        ({"traceparent": f"ff-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-01"}, None),
+        ({"traceparent": f"00-{'0' * 32}-{CONTROLLER_SPAN}-01"}, None),
+        ({"traceparent": f"00-{CONTROLLER_TRACE}-{'0' * 16}-01"}, None),
+        ({"traceparent": f"00-{CONTROLLER_TRACE.upper()}-{CONTROLLER_SPAN}-01"}, None),
+        ({"traceparent": VALID + "-extra"}, None),
+        # tracestate means nothing without a traceparent; baggage is a header of its own.
+        ({"traceparent": "garbage", "tracestate": "v=1", "baggage": "a=b"}, {"baggage": "a=b"}),
+        ({"traceparent": 42}, None),
+    ],
+)
+def test_propagation_only_checks_the_traceparent_and_passes_the_headers_on(
+    headers: dict[str, Any], passed: dict[str, str] | None
+) -> None:
+    tracing = OpenTelemetryTracing(
+        NoOpTracer(), command_exchange=COMMANDS, event_exchange=EVENTS, spans_per_command=32
+    )
+    delivery = Delivery(
+        body=b"", routing_key="room.r", message_id="m", partition=0, delivery_count=0, headers=headers
+    )
+    command = tracing.command(delivery)
+    assert command.event_headers == passed
+    if passed is None:
+        assert command is NO_COMMAND_TRACE  # nothing built for a command without a trace
+
+
+def test_propagation_only_gives_log_lines_and_exemplars_the_controllers_ids() -> None:
+    tracing = OpenTelemetryTracing(
+        NoOpTracer(), command_exchange=COMMANDS, event_exchange=EVENTS, spans_per_command=32
+    )
+    headers = {"traceparent": VALID}
+    delivery = Delivery(
+        body=b"", routing_key="room.r", message_id="m", partition=0, delivery_count=0, headers=headers
+    )
+    command = tracing.command(delivery)
+    with command.activate("r"):
+        assert current_trace_ids() == (CONTROLLER_TRACE, CONTROLLER_SPAN)
+        assert tracing.exemplar() == {"trace_id": CONTROLLER_TRACE}
+    assert current_trace_ids() is None
+    unsampled = Delivery(
+        body=b"",
+        routing_key="room.r",
+        message_id="m",
+        partition=0,
+        delivery_count=0,
+        headers={"traceparent": VALID[:-2] + "00"},
+    )
+    assert tracing.command(unsampled).exemplar() is None

@@ -23,9 +23,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
 from livekit_signaling.telemetry.tracing.carrier import inject
-from livekit_signaling.telemetry.tracing.spans import ERROR_TYPE, OpenTelemetryTracing, current_command
-
-_FAILED_CALL = "livekit call failed"
+from livekit_signaling.telemetry.tracing.spans import (
+    ERROR_TYPE,
+    CommandSpan,
+    OpenTelemetryTracing,
+    current_command,
+)
 
 
 def _call_attributes(method: str, url: URL) -> dict[str, str | int]:
@@ -51,8 +54,9 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
         if command is None:
             return
         if not command.take_span():
-            inject(command.context, params.headers)
+            command.propagate(params.headers)
             return
+        assert isinstance(command, CommandSpan)  # only a recorded command has a span budget
         url, method = params.url, params.method
         call.span = span = tracer.start_span(
             f"{method} {url.path}", command.context, SpanKind.CLIENT, _call_attributes(method, url)
@@ -71,9 +75,7 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
         elif status >= 400 and call.command is not None:
-            call.command.span.add_event(
-                _FAILED_CALL, {"url.template": params.url.path, "http.response.status_code": status}
-            )
+            call.command.call_failed({"url.template": params.url.path, "http.response.status_code": status})
 
     async def on_request_exception(
         _session: aiohttp.ClientSession, call: SimpleNamespace, params: aiohttp.TraceRequestExceptionParams
@@ -85,7 +87,7 @@ def livekit_trace_config(tracing: OpenTelemetryTracing) -> aiohttp.TraceConfig:
             span.set_status(Status(StatusCode.ERROR, error))
             span.end()
         elif call.command is not None:
-            call.command.span.add_event(_FAILED_CALL, {"url.template": params.url.path, ERROR_TYPE: error})
+            call.command.call_failed({"url.template": params.url.path, ERROR_TYPE: error})
 
     config = aiohttp.TraceConfig()
     config.on_request_start.append(on_request_start)

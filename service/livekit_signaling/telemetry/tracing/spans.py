@@ -11,13 +11,16 @@ an event on it; the SDK bounds a span's events (``OTEL_SPAN_EVENT_COUNT_LIMIT``,
 share one producer span however many there are, as the messaging conventions allow for a batch.
 
 With a tracer that records nothing (``OTEL_TRACES_EXPORTER=none`` outside ``dev``: propagation only) a
-command's "span" is the context it came with: its events and LiveKit calls carry that context on, and
-nothing is recorded.
+command has no span: its trace headers are checked and passed on as they came (``PassedOn``), to its
+events and its LiveKit calls, without building any OpenTelemetry object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+from collections.abc import Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -28,7 +31,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 
 from livekit_signaling.telemetry.tracing.carrier import extract, inject
-from livekit_signaling.telemetry.tracing.port import Addressed, Received
+from livekit_signaling.telemetry.tracing.port import (
+    NO_COMMAND_TRACE,
+    NO_TRACING,
+    Addressed,
+    CommandTrace,
+    Received,
+    TraceSpan,
+)
 
 #: Attribute names of our own (not in the semantic conventions), under one namespace.
 ROOM = "livekit_signaling.room"
@@ -38,6 +48,8 @@ DELIVERY_COUNT = "livekit_signaling.delivery_count"
 SPANS_DROPPED = "livekit_signaling.spans_dropped"
 STEP = "livekit_signaling.step"
 ERROR_TYPE = "error.type"
+#: The event on a command span for a LiveKit call that failed without a span of its own.
+FAILED_CALL = "livekit call failed"
 
 #: Outcomes (``commands_total``'s label) that end a command span with an error status: LiveKit could
 #: not be reached, the command was dead-lettered, or it goes back to the queue.
@@ -49,7 +61,7 @@ FAILED_OUTCOMES = frozenset(
 _RABBITMQ = "rabbitmq"
 
 
-class _CommandSpan:
+class CommandSpan:
     """A command's consumer span: the port's ``CommandTrace``, its own context manager for ``activate``."""
 
     __slots__ = (
@@ -75,11 +87,11 @@ class _CommandSpan:
         self._spans_left = tracing.spans_per_command if span.is_recording() else 0
         self.dropped = 0
         self._exemplar: dict[str, str] | None = None
-        self._tokens: tuple[Token[Any], Token[_CommandSpan | None]] | None = None
+        self._tokens: tuple[Token[Any], Token[_Command | None]] | None = None
 
     # -- the command's own span ------------------------------------------------------------------
 
-    def activate(self, room: str | None) -> _CommandSpan:
+    def activate(self, room: str | None) -> CommandSpan:
         if room is not None and self.span.is_recording():
             self.span.set_attribute(ROOM, room)
         return self
@@ -121,7 +133,20 @@ class _CommandSpan:
             self.span.set_attribute(SPANS_DROPPED, self.dropped)
         self.span.end()
 
+    def trace_ids(self) -> tuple[str, str]:
+        """For log lines: the ids of its trace and of its span."""
+        span_context = self.span.get_span_context()
+        return trace.format_trace_id(span_context.trace_id), trace.format_span_id(span_context.span_id)
+
     # -- its children ----------------------------------------------------------------------------
+
+    def propagate(self, headers: MutableMapping[str, str]) -> None:
+        """The command span's context, for a LiveKit call without a span of its own."""
+        inject(self.context, headers)
+
+    def call_failed(self, attributes: Mapping[str, str | int]) -> None:
+        """A LiveKit call without a span of its own failed: an event on the command span."""
+        self.span.add_event(FAILED_CALL, attributes)
 
     def take_span(self) -> bool:
         """Whether the budget allows one more child span (False once spent: counted as dropped)."""
@@ -136,12 +161,115 @@ class _CommandSpan:
         return _Publication(self, events)
 
 
+#: A Traceparent header (W3C Trace Context): version, trace id, parent id, flags, and for versions after
+#: 00 possibly more fields, which a receiver ignores.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def _header(headers: Mapping[str, object], key: str) -> str | None:
+    value = headers.get(key)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+class PassedOn:
+    """Propagation only: a command's trace headers, checked and passed on as they came, as W3C Trace
+    Context has a participant that records nothing do: the controller's span stays the parent of what
+    follows. No span, nothing recorded, no OpenTelemetry object built."""
+
+    __slots__ = ("_exemplar", "_token", "event_headers", "span_id", "trace_id")
+
+    def __init__(self, headers: dict[str, str], trace_id: str | None, span_id: str, sampled: bool) -> None:
+        self.event_headers: dict[str, str] | None = headers
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self._exemplar = {"trace_id": trace_id} if trace_id is not None and sampled else None
+        self._token: Token[_Command | None] | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, object]) -> CommandTrace:
+        """What ``headers`` carry to pass on; nothing (and no object) when they carry no trace."""
+        traceparent, baggage = _header(headers, "traceparent"), _header(headers, "baggage")
+        passed: dict[str, str] = {}
+        trace_id, span_id, sampled = None, "", False
+        match = _TRACEPARENT.fullmatch(traceparent.strip(" \t")) if traceparent is not None else None
+        if match is not None:
+            version, trace_id, span_id, flags, rest = match.groups()
+            if (
+                version == "ff"
+                or (version == "00" and rest)
+                or trace_id == _ZERO_TRACE
+                or span_id == _ZERO_SPAN
+            ):
+                trace_id = None
+            else:
+                # Passed on as version 00, the one this service speaks (a later version's extra fields
+                # are dropped, as the specification has a version-00 participant do).
+                passed["traceparent"] = f"00-{trace_id}-{span_id}-{flags}"
+                sampled = bool(int(flags, 16) & 1)
+                tracestate = _header(headers, "tracestate")
+                if tracestate is not None:
+                    passed["tracestate"] = tracestate
+        if baggage is not None:
+            passed["baggage"] = baggage
+        if not passed:
+            return NO_COMMAND_TRACE
+        return cls(passed, trace_id, span_id, sampled)
+
+    def activate(self, room: str | None) -> PassedOn:
+        return self
+
+    def __enter__(self) -> None:
+        self._token = _CURRENT.set(self)
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
+
+    def publication(self, events: Sequence[Addressed]) -> AbstractContextManager[TraceSpan]:
+        return _NO_PUBLICATION
+
+    def exemplar(self) -> dict[str, str] | None:
+        return self._exemplar
+
+    def trace_ids(self) -> tuple[str, str] | None:
+        return (self.trace_id, self.span_id) if self.trace_id is not None else None
+
+    def take_span(self) -> bool:
+        return False
+
+    def propagate(self, headers: MutableMapping[str, str]) -> None:
+        if self.event_headers:
+            headers.update(self.event_headers)
+
+    def retried(self, step: str, reason: str) -> None:
+        pass
+
+    def failed(self, reason: str) -> None:
+        pass
+
+    def call_failed(self, attributes: Mapping[str, str | int]) -> None:
+        pass
+
+    def settled(self, action: str, outcome: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+_NO_PUBLICATION: AbstractContextManager[TraceSpan] = contextlib.nullcontext(NO_TRACING)
+
+
 class _Publication:
     """The producer span of one command's events (``messaging.batch.message_count`` when several)."""
 
     __slots__ = ("_command", "_events", "span")
 
-    def __init__(self, command: _CommandSpan, events: Sequence[Addressed]) -> None:
+    def __init__(self, command: CommandSpan, events: Sequence[Addressed]) -> None:
         self._command = command
         self._events = events
         self.span: trace.Span = trace.INVALID_SPAN
@@ -247,12 +375,11 @@ class OpenTelemetryTracing:
         self.process_span_name = f"process {command_exchange}"
         self.publish_span_name = f"publish {event_exchange}"
 
-    def command(self, delivery: Received) -> _CommandSpan:
+    def command(self, delivery: Received) -> CommandTrace:
+        if not self.records:
+            return PassedOn.of(delivery.headers)
         parent = extract(delivery.headers)
         message_id = delivery.message_id
-        if not self.records:
-            span = self.tracer.start_span(self.process_span_name, parent)
-            return _CommandSpan(self, span, parent, message_id)
         routing_key = delivery.routing_key
         attributes: dict[str, str | int] = {
             "messaging.system": _RABBITMQ,
@@ -266,7 +393,7 @@ class OpenTelemetryTracing:
         if delivery.delivery_count:
             attributes[DELIVERY_COUNT] = delivery.delivery_count
         span = self.tracer.start_span(self.process_span_name, parent, SpanKind.CONSUMER, attributes)
-        return _CommandSpan(self, span, parent, message_id)
+        return CommandSpan(self, span, parent, message_id)
 
     def store_call(self, operation: str) -> _StoreCall:
         return _StoreCall(self, operation)
@@ -281,9 +408,16 @@ class OpenTelemetryTracing:
         return command.exemplar() if command is not None else None
 
 
-#: The command whose span is current in this task (and the tasks it starts).
-_CURRENT: ContextVar[_CommandSpan | None] = ContextVar("livekit_signaling_command_span", default=None)
+_Command = CommandSpan | PassedOn
+#: The command whose trace is current in this task (and the tasks it starts).
+_CURRENT: ContextVar[_Command | None] = ContextVar("livekit_signaling_command_span", default=None)
 
 
-def current_command() -> _CommandSpan | None:
+def current_command() -> _Command | None:
     return _CURRENT.get()
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """The trace and span ids of the command handled in this task, for its log lines."""
+    command = _CURRENT.get()
+    return command.trace_ids() if command is not None else None
