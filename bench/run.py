@@ -37,13 +37,13 @@ from bench.harness import (
 )
 from bench.profile import Profiler
 from bench.report import DISTURBED, plot_latency, table, write_json
+from bench.tracing_cost import noop_seams_ns_per_command, pipeline_cost
 from bench.workloads import (
     Env,
     Figures,
     Sizes,
     fanout_baseline,
     latency_figures,
-    noop_seams_ns_per_command,
     percentile,
     tracing_modes,
     w1_throughput,
@@ -385,6 +385,7 @@ def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
     )
     receiver = OtlpReceiverProcess()
     by_mode: dict[str, list[Figures]] = {}
+    in_process: dict[str, float] = {}
     try:
         for number in range(args.rounds):
             for name, mode in tracing_modes(receiver.endpoint).items():
@@ -396,6 +397,10 @@ def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
                         ),
                     )
                 )
+        print(
+            f"W10 the pipeline in this process, the four modes alternating, {10 * args.rounds} batches each"
+        )
+        in_process = asyncio.run(pipeline_cost(receiver.endpoint, rounds=10 * args.rounds))
     finally:
         receiver.stop()
     combined: dict[str, Any] = {}
@@ -408,6 +413,7 @@ def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
     for figures in combined.values():
         figures["cpu_over_off"] = round(float(figures["cpu_seconds_per_1000"]) / off, 3)
     combined["noop"] = {"seams_ns_per_command": noop_seams_ns_per_command()}
+    combined["in_process"] = {f"{mode}_us_per_command": value for mode, value in in_process.items()}
     results["w10"] = combined
 
 

@@ -8,7 +8,6 @@ import math
 import os
 import statistics
 import time
-import timeit
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -669,34 +668,3 @@ async def w10_tracing_cost(
                 "complete": timed["complete"],
             }
         return figures
-
-
-def noop_seams_ns_per_command(rounds: int = 200_000) -> float:
-    """What the tracing seams cost a command when tracing is off (``NO_TRACING``): the calls the
-    processor and the publisher make for one command with one event, timed in this process. Shows that
-    "off" costs nothing measurable without a second build of the service to compare with."""
-    from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
-    from livekit_signaling.telemetry.tracing import NO_TRACING
-
-    delivery = Delivery(
-        body=b"{}",
-        routing_key="room.r",
-        message_id="m",
-        partition=0,
-        delivery_count=0,
-        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-    )
-    events = [OutgoingEvent(b"{}", "room.r.participant.p", "credentials", "m", "m:0")]
-
-    def one_command() -> None:
-        trace = NO_TRACING.command(delivery)
-        with trace.activate("r"):
-            _ = trace.event_headers
-            with trace.publication(events):
-                pass
-            trace.settled("create_new_access_token", "ok")
-            trace.exemplar()
-        trace.end()
-
-    seconds = min(timeit.repeat(one_command, number=rounds, repeat=3))
-    return round(seconds / rounds * 1e9, 1)

@@ -12,7 +12,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.emulator import EmulatorFault, LiveKitEmulator
 from livekit_signaling.livekit.adapter import LiveKitAdapter
 from livekit_signaling.livekit.tokens import TokenMinter
-from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent, Publication, PublishingChannel
+from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
 from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
@@ -37,8 +37,8 @@ from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, sampler, start_tracing
 from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing, current_trace_ids
+from testkit.pipeline import ConfirmingTransport
 from testkit.processes import REDIS_URL
-from tests.unit.test_processor import FakeTransport
 
 KEY, SECRET = "trace-key", "trace-secret-" + "x" * 32
 COMMANDS, EVENTS = "commands.x", "events.x"
@@ -48,25 +48,6 @@ CONTROLLER_TRACE = uuid.uuid4().hex
 CONTROLLER_SPAN = uuid.uuid4().hex[:16]
 TRACEPARENT = f"00-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-01"
 MODERATOR, ALICE, BOB = "p0", "p1", "p2"
-
-
-@dataclass
-class ConfirmingTransport(FakeTransport):
-    """Confirms every event as it is handed over; keeps dead letters."""
-
-    dead_letters: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def publish_on(self, channel: PublishingChannel, events: Sequence[OutgoingEvent]) -> Publication:
-        publication = super().publish_on(channel, events)
-        for confirm in publication.confirms:
-            if not confirm.done():
-                confirm.set_result(None)
-        return publication
-
-    async def dead_letter(
-        self, body: bytes, *, reason: str, headers: dict[str, Any], routing_key: str
-    ) -> None:
-        self.dead_letters.append((reason, headers))
 
 
 @dataclass
@@ -109,7 +90,7 @@ class Rig:
             await ended.wait()
         return Sent(
             spans=list(self.exporter.get_finished_spans()),
-            events=[event for _, _, event in self.transport.published[published_before:]],
+            events=self.transport.published[published_before:],
             calls=self.emulator.calls[calls_before:],
             traceparents=self.emulator.traceparents[calls_before:],
         )
@@ -213,6 +194,7 @@ def exporter() -> Exporter:
 
 
 def recording(exporter: Exporter, *, spans_per_command: int = 32) -> OpenTelemetryTracing:
+    """The SDK with its default sampler (parent-based, always on), into ``exporter``."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return OpenTelemetryTracing(
@@ -220,6 +202,7 @@ def recording(exporter: Exporter, *, spans_per_command: int = 32) -> OpenTelemet
         command_exchange=COMMANDS,
         event_exchange=EVENTS,
         spans_per_command=spans_per_command,
+        follows_parent=True,
     )
 
 
@@ -468,7 +451,7 @@ async def test_propagation_only_passes_the_controllers_context_on(
     finally:
         await rig.processor.drain(2.0)
         await livekit.close()
-    [(_, _, event)] = rig.transport.published
+    [event] = rig.transport.published
     assert event.headers == headers
     assert emulator.traceparents == [TRACEPARENT]
     assert exporter.get_finished_spans() == ()
@@ -494,7 +477,7 @@ async def test_with_tracing_off_nothing_is_passed_on(emulator: LiveKitEmulator, 
     finally:
         await rig.processor.drain(2.0)
         await livekit.close()
-    [(_, _, event)] = rig.transport.published
+    [event] = rig.transport.published
     assert event.headers is None
     assert emulator.traceparents == [None]
 
@@ -611,3 +594,31 @@ def test_propagation_only_gives_log_lines_and_exemplars_the_controllers_ids() ->
         headers={"traceparent": VALID[:-2] + "00"},
     )
     assert tracing.command(unsampled).exemplar() is None
+
+
+async def test_a_command_whose_controller_did_not_sample_its_trace_records_nothing_and_passes_it_on(
+    emulator: LiveKitEmulator, exporter: Exporter
+) -> None:
+    store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
+    rig, livekit = await make_rig(emulator, recording(exporter), exporter, store)
+    unsampled = f"00-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-00"
+    envelope = {"room": rig.room, "participant": ALICE, "role": "user", "payload": {"action": "join"}}
+    try:
+        rig.processor.on_delivery(
+            Delivery(
+                body=json.dumps(envelope).encode(),
+                routing_key=f"room.{rig.room}",
+                message_id="m1",
+                partition=0,
+                delivery_count=0,
+                headers={"traceparent": unsampled},
+            )
+        )
+        await rig.transport.until(lambda: "m1" in rig.transport.acked)
+    finally:
+        await rig.processor.drain(2.0)
+        await livekit.close()
+    [event] = rig.transport.published
+    assert event.headers == {"traceparent": unsampled}
+    assert emulator.traceparents == [unsampled]
+    assert exporter.get_finished_spans() == ()

@@ -156,5 +156,6 @@ def start_tracing(
         command_exchange=command_exchange,
         event_exchange=event_exchange,
         spans_per_command=config.spans_per_command,
+        follows_parent=config.sampler.startswith("parentbased_"),
     )
     return TracingSetup(tracing, [livekit_trace_config(tracing)], provider, kept)

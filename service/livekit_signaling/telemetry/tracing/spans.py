@@ -179,12 +179,14 @@ class PassedOn:
     Context has a participant that records nothing do: the controller's span stays the parent of what
     follows. No span, nothing recorded, no OpenTelemetry object built."""
 
-    __slots__ = ("_exemplar", "_token", "event_headers", "span_id", "trace_id")
+    __slots__ = ("_exemplar", "_token", "event_headers", "sampled", "span_id", "trace_id")
 
     def __init__(self, headers: dict[str, str], trace_id: str | None, span_id: str, sampled: bool) -> None:
         self.event_headers: dict[str, str] | None = headers
         self.trace_id = trace_id
         self.span_id = span_id
+        #: Whether the controller records its trace (the traceparent's sampled flag).
+        self.sampled = sampled
         self._exemplar = {"trace_id": trace_id} if trace_id is not None and sampled else None
         self._token: Token[_Command | None] | None = None
 
@@ -357,7 +359,11 @@ class _StoreCall:
 
 
 class OpenTelemetryTracing:
-    """The port, with an OpenTelemetry tracer (the SDK's, or a ``NoOpTracer`` for propagation only)."""
+    """The port, with an OpenTelemetry tracer (the SDK's, or a ``NoOpTracer`` for propagation only).
+
+    ``follows_parent``: the SDK's sampler is parent-based, so a command whose controller did not sample
+    its trace records nothing; its headers are passed on as in propagation only, without asking the SDK
+    for a span that would record nothing (most commands, when controllers sample a fraction)."""
 
     def __init__(
         self,
@@ -366,9 +372,11 @@ class OpenTelemetryTracing:
         command_exchange: str,
         event_exchange: str,
         spans_per_command: int,
+        follows_parent: bool = False,
     ) -> None:
         self.tracer = tracer
         self.records = not isinstance(tracer, NoOpTracer)
+        self.follows_parent = follows_parent
         self.command_exchange = command_exchange
         self.event_exchange = event_exchange
         self.spans_per_command = spans_per_command
@@ -378,6 +386,10 @@ class OpenTelemetryTracing:
     def command(self, delivery: Received) -> CommandTrace:
         if not self.records:
             return PassedOn.of(delivery.headers)
+        if self.follows_parent:
+            passed = PassedOn.of(delivery.headers)
+            if isinstance(passed, PassedOn) and passed.trace_id is not None and not passed.sampled:
+                return passed
         parent = extract(delivery.headers)
         message_id = delivery.message_id
         routing_key = delivery.routing_key
