@@ -16,18 +16,12 @@ import timeit
 import uuid
 from dataclasses import dataclass
 
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
-from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.emulator import LiveKitEmulator
-from livekit_signaling.livekit.adapter import LiveKitAdapter
-from livekit_signaling.livekit.tokens import TokenMinter
 from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
-from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
-from livekit_signaling.telemetry.metrics import Metrics
 from livekit_signaling.telemetry.tracing import NO_TRACING
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, start_tracing
-from testkit.pipeline import ConfirmingTransport
+from testkit.pipeline import Pipeline, start_pipeline
 from testkit.processes import API_KEY, API_SECRET
 
 ROOMS = 500
@@ -36,49 +30,24 @@ BATCH = 1000
 
 @dataclass
 class _Rig:
-    processor: CommandProcessor
-    transport: ConfirmingTransport
+    pipeline: Pipeline
     setup: TracingSetup
-    adapter: LiveKitAdapter
     #: The fraction of the controller's traces that are sampled.
     sampled: float = 1.0
 
 
 async def _rig(emulator_url: str, config: TracingConfig, *, sampled: float = 1.0) -> _Rig:
     setup = start_tracing(config, command_exchange="c", event_exchange="e", instance="bench", version="0")
-    adapter = LiveKitAdapter(
-        url=emulator_url,
+    pipeline = await start_pipeline(
+        emulator_url,
+        MemoryStateStore(dedup_window_seconds=600, room_idle_seconds=86400),
         api_key=API_KEY,
         api_secret=API_SECRET,
-        request_timeout_seconds=2.0,
-        attempts=4,
-        max_concurrent_requests=64,
-        metrics=Metrics(),
-        room_cache_seconds=3600,
         tracing=setup.tracing,
         trace_configs=setup.http_trace_configs,
+        room_cache_seconds=3600,
     )
-    await adapter.start()
-    store = MemoryStateStore(dedup_window_seconds=600, room_idle_seconds=86400)
-    transport = ConfirmingTransport()
-    processor = CommandProcessor(
-        handler=CommandHandler(
-            livekit=adapter,
-            tokens=TokenMinter(API_KEY, API_SECRET, ttl_seconds=60),
-            store=store,
-            policy=PublishPolicy(),
-            urls=ConnectionUrls(public_url="wss://bench"),
-        ),
-        store=store,
-        transport=transport,
-        metrics=Metrics(),
-        command_deadline_seconds=8,
-        max_body_bytes=65536,
-        delivery_limit=5,
-        transient_retry_seconds=30,
-        tracing=setup.tracing,
-    )
-    return _Rig(processor, transport, setup, adapter, sampled)
+    return _Rig(pipeline, setup, sampled)
 
 
 def _traceparent(sampled: float) -> str:
@@ -89,14 +58,14 @@ def _traceparent(sampled: float) -> str:
 async def _batch(rig: _Rig, bodies: list[bytes]) -> float:
     """CPU seconds of this process (every thread: the exporter's too) for one batch of W1's commands
     from a traced controller, until they are acknowledged and their spans exported."""
-    transport = rig.transport
+    transport = rig.pipeline.transport
     start = len(transport.acked)
     # Each batch starts from the same collector state: one mode's garbage is not collected on
     # another's time.
     gc.collect()
     cpu = time.process_time()
     for index, body in enumerate(bodies):
-        rig.processor.on_delivery(
+        rig.pipeline.processor.on_delivery(
             Delivery(
                 body=body,
                 routing_key=f"room.w10-{index % ROOMS}",
@@ -147,8 +116,7 @@ async def pipeline_cost(receiver_endpoint: str, *, rounds: int) -> dict[str, flo
                 samples[mode].append(await _batch(rig, bodies))
     finally:
         for rig in rigs.values():
-            await rig.processor.drain(5.0)
-            await rig.adapter.close()
+            await rig.pipeline.close()
             await asyncio.to_thread(rig.setup.shutdown)
         await emulator.stop()
     return {mode: round(statistics.median(values) / BATCH * 1e6, 1) for mode, values in samples.items()}

@@ -1,5 +1,6 @@
 """The command pipeline without a broker: a transport that confirms every event as it is handed over and
-records what was published, acknowledged and dead-lettered. For the tracing tests (the spans of every
+records what was published, acknowledged and dead-lettered, and the pipeline built on it with the real
+handler, tokens and LiveKit adapter (against an emulator). For the tracing tests (the spans of every
 command type) and the bench's in-process measure of what tracing costs a command (W10)."""
 
 from __future__ import annotations
@@ -9,7 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
+from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
+from livekit_signaling.domain.permissions import PublishPolicy
+from livekit_signaling.domain.ports import StateStore
+from livekit_signaling.livekit.adapter import LiveKitAdapter
+from livekit_signaling.livekit.tokens import TokenMinter
 from livekit_signaling.pipeline.ports import CommandTransport, Delivery, OutgoingEvent, Publication
+from livekit_signaling.pipeline.processor import CommandProcessor
+from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 
 class _Channel:
@@ -82,3 +93,61 @@ class ConfirmingTransport:
 
 def _typed(transport: ConfirmingTransport) -> CommandTransport:
     return transport  # mypy checks that the fake is the port
+
+
+@dataclass
+class Pipeline:
+    processor: CommandProcessor
+    transport: ConfirmingTransport
+    livekit: LiveKitAdapter
+
+    async def close(self) -> None:
+        await self.processor.drain(5.0)
+        await self.livekit.close()
+
+
+async def start_pipeline(
+    livekit_url: str,
+    store: StateStore,
+    *,
+    api_key: str,
+    api_secret: str,
+    tracing: Tracing = NO_TRACING,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    attempts: int = 3,
+    room_cache_seconds: float = 0.0,
+) -> Pipeline:
+    """The processor, the handler, tokens and the LiveKit adapter (started) as the service wires them,
+    on a ``ConfirmingTransport``; every part given ``tracing``."""
+    livekit = LiveKitAdapter(
+        url=livekit_url,
+        api_key=api_key,
+        api_secret=api_secret,
+        request_timeout_seconds=2.0,
+        attempts=attempts,
+        max_concurrent_requests=64,
+        metrics=Metrics(),
+        room_cache_seconds=room_cache_seconds,
+        tracing=tracing,
+        trace_configs=trace_configs,
+    )
+    await livekit.start()
+    transport = ConfirmingTransport()
+    processor = CommandProcessor(
+        handler=CommandHandler(
+            livekit=livekit,
+            tokens=TokenMinter(api_key, api_secret, ttl_seconds=60),
+            store=store,
+            policy=PublishPolicy(),
+            urls=ConnectionUrls(public_url="wss://public"),
+        ),
+        store=store,
+        transport=transport,
+        metrics=Metrics(),
+        command_deadline_seconds=2,
+        max_body_bytes=65536,
+        delivery_limit=5,
+        transient_retry_seconds=1,
+        tracing=tracing,
+    )
+    return Pipeline(processor, transport, livekit)

@@ -21,23 +21,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer, SpanKind, StatusCode, format_span_id, format_trace_id
 
-from livekit_signaling.domain.handler import CommandHandler, ConnectionUrls
-from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.emulator import EmulatorFault, LiveKitEmulator
-from livekit_signaling.livekit.adapter import LiveKitAdapter
-from livekit_signaling.livekit.tokens import TokenMinter
 from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
 from livekit_signaling.pipeline.processor import CommandProcessor
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
-from livekit_signaling.telemetry.metrics import Metrics
 from livekit_signaling.telemetry.tracing import NO_COMMAND_TRACE, NO_TRACING, Tracing
 from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.telemetry.tracing.http_client import livekit_trace_config
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, sampler, start_tracing
 from livekit_signaling.telemetry.tracing.spans import OpenTelemetryTracing, current_trace_ids
-from testkit.pipeline import ConfirmingTransport
+from testkit.pipeline import ConfirmingTransport, Pipeline, start_pipeline
 from testkit.processes import REDIS_URL
 
 KEY, SECRET = "trace-key", "trace-secret-" + "x" * 32
@@ -54,11 +49,45 @@ MODERATOR, ALICE, BOB = "p0", "p1", "p2"
 class Rig:
     """One command pipeline with tracing, and what it recorded."""
 
-    processor: CommandProcessor
-    transport: ConfirmingTransport
+    pipeline: Pipeline
     emulator: LiveKitEmulator
     exporter: Exporter
     room: str
+
+    @property
+    def processor(self) -> CommandProcessor:
+        return self.pipeline.processor
+
+    @property
+    def transport(self) -> ConfirmingTransport:
+        return self.pipeline.transport
+
+    def delivery(
+        self,
+        payload: dict[str, Any],
+        participant: str,
+        role: str,
+        headers: dict[str, Any],
+        body: bytes | None,
+    ) -> Delivery:
+        envelope = {"room": self.room, "participant": participant, "role": role, "payload": payload}
+        return Delivery(
+            body=body if body is not None else json.dumps(envelope).encode(),
+            routing_key=f"room.{self.room}",
+            message_id=uuid.uuid4().hex,
+            partition=0,
+            delivery_count=0,
+            headers=headers,
+        )
+
+    async def join_with(self, headers: dict[str, Any]) -> tuple[OutgoingEvent, list[str | None]]:
+        """ALICE joins, with ``headers``, and the command is acknowledged (there may be no span to wait
+        for): its event, and the ``traceparent`` each of its LiveKit calls carried."""
+        calls_before = len(self.emulator.calls)
+        delivery = self.delivery({"action": "join"}, ALICE, "user", headers, None)
+        self.processor.on_delivery(delivery)
+        await self.transport.until(lambda: delivery.message_id in self.transport.acked)
+        return self.transport.published[-1], self.emulator.traceparents[calls_before:]
 
     async def run(
         self,
@@ -74,16 +103,8 @@ class Rig:
         self.exporter.clear()
         calls_before = len(self.emulator.calls)
         published_before = len(self.transport.published)
-        message_id = uuid.uuid4().hex
-        envelope = {"room": self.room, "participant": participant, "role": role, "payload": payload}
-        delivery = Delivery(
-            body=body if body is not None else json.dumps(envelope).encode(),
-            routing_key=f"room.{self.room}",
-            message_id=message_id,
-            partition=0,
-            delivery_count=0,
-            headers={"traceparent": TRACEPARENT} if headers is None else headers,
-        )
+        traced = {"traceparent": TRACEPARENT} if headers is None else headers
+        delivery = self.delivery(payload, participant, role, traced, body)
         ended = self.exporter.consumer_span_ended = asyncio.Event()
         self.processor.on_delivery(delivery)
         async with asyncio.timeout(2):
@@ -140,44 +161,18 @@ class Exporter(InMemorySpanExporter):
 
 
 async def make_rig(
-    emulator: LiveKitEmulator,
-    tracing: Tracing,
-    exporter: Exporter,
-    store: StateStore,
-    **adapter: Any,
-) -> tuple[Rig, LiveKitAdapter]:
-    room = f"room-{uuid.uuid4().hex[:8]}"
-    livekit = LiveKitAdapter(
-        url=emulator.url,
+    emulator: LiveKitEmulator, tracing: Tracing, exporter: Exporter, store: StateStore, *, attempts: int = 3
+) -> Rig:
+    pipeline = await start_pipeline(
+        emulator.url,
+        store,
         api_key=KEY,
         api_secret=SECRET,
-        request_timeout_seconds=adapter.pop("request_timeout_seconds", 2.0),
-        attempts=adapter.pop("attempts", 3),
-        max_concurrent_requests=8,
-        metrics=Metrics(),
         tracing=tracing,
         trace_configs=[livekit_trace_config(tracing)] if isinstance(tracing, OpenTelemetryTracing) else [],
+        attempts=attempts,
     )
-    await livekit.start()
-    transport = ConfirmingTransport()
-    processor = CommandProcessor(
-        handler=CommandHandler(
-            livekit=livekit,
-            tokens=TokenMinter(KEY, SECRET, ttl_seconds=60),
-            store=store,
-            policy=PublishPolicy(),
-            urls=ConnectionUrls(public_url="wss://public"),
-        ),
-        store=store,
-        transport=transport,
-        metrics=Metrics(),
-        command_deadline_seconds=2,
-        max_body_bytes=65536,
-        delivery_limit=5,
-        transient_retry_seconds=1,
-        tracing=tracing,
-    )
-    return Rig(processor, transport, emulator, exporter, room), livekit
+    return Rig(pipeline, emulator, exporter, f"room-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
@@ -210,14 +205,13 @@ def recording(exporter: Exporter, *, spans_per_command: int = 32) -> OpenTelemet
 async def rig(emulator: LiveKitEmulator, exporter: Exporter) -> AsyncIterator[Rig]:
     """A room of three who joined through the service and are connected to LiveKit with a microphone."""
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
-    rig, livekit = await make_rig(emulator, recording(exporter), exporter, store)
+    rig = await make_rig(emulator, recording(exporter), exporter, store)
     emulator.add_participants(rig.room, 3, "p", ["microphone"])
     for participant in (MODERATOR, ALICE, BOB):
         role = "moderator" if participant == MODERATOR else "user"
         await rig.run({"action": "join"}, participant=participant, role=role)
     yield rig
-    await rig.processor.drain(2.0)
-    await livekit.close()
+    await rig.pipeline.close()
 
 
 #: Every command type, with LiveKit methods it must call in this room (more may follow).
@@ -316,7 +310,7 @@ async def test_a_restriction_fan_out_is_bounded_by_the_span_budget(
     """200 participants, 8 spans allowed: one consumer span, 8 client spans, one producer span for the
     200 events; the other calls are counted on the consumer span, and all of them carry the trace."""
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
-    rig, livekit = await make_rig(emulator, recording(exporter, spans_per_command=8), exporter, store)
+    rig = await make_rig(emulator, recording(exporter, spans_per_command=8), exporter, store)
     try:
         people = emulator.add_participants(rig.room, 200, "p", ["microphone"])
         for person in people:
@@ -327,8 +321,7 @@ async def test_a_restriction_fan_out_is_bounded_by_the_span_budget(
             role="moderator",
         )
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
+        await rig.pipeline.close()
     assert sent.calls.count("UpdateParticipant") == 200
     assert len(sent.of_kind(SpanKind.CLIENT)) == 8
     [producer] = sent.of_kind(SpanKind.PRODUCER)
@@ -343,13 +336,12 @@ async def test_livekit_unavailable_fails_the_span_and_shows_the_retries(
     emulator: LiveKitEmulator, exporter: Exporter
 ) -> None:
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
-    rig, livekit = await make_rig(emulator, recording(exporter), exporter, store, attempts=3)
+    rig = await make_rig(emulator, recording(exporter), exporter, store, attempts=3)
     emulator.fault = EmulatorFault.UNAVAILABLE
     try:
         sent = await rig.run({"action": "join"})
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
+        await rig.pipeline.close()
     consumer = sent.consumer
     assert consumer.status.status_code is StatusCode.ERROR
     assert consumer.status.description == "livekit_unavailable"
@@ -401,12 +393,11 @@ async def test_state_store_round_trips_are_client_spans_of_the_command(
         room_idle_seconds=60,
         tracing=tracing,
     )
-    rig, livekit = await make_rig(emulator, tracing, exporter, store)
+    rig = await make_rig(emulator, tracing, exporter, store)
     try:
         sent = await rig.run({"action": "join"})
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
+        await rig.pipeline.close()
         await store.delete(rig.room)
         await store.close()
     store_spans = [
@@ -432,54 +423,26 @@ async def test_propagation_only_passes_the_controllers_context_on(
     tracing = OpenTelemetryTracing(
         NoOpTracer(), command_exchange=COMMANDS, event_exchange=EVENTS, spans_per_command=32
     )
-    rig, livekit = await make_rig(emulator, tracing, exporter, store)
+    rig = await make_rig(emulator, tracing, exporter, store)
     headers = {"traceparent": TRACEPARENT, "baggage": "tenant=acme"}
     try:
-        rig.processor.on_delivery(
-            Delivery(
-                body=json.dumps(
-                    {"room": rig.room, "participant": ALICE, "role": "user", "payload": {"action": "join"}}
-                ).encode(),
-                routing_key=f"room.{rig.room}",
-                message_id="m1",
-                partition=0,
-                delivery_count=0,
-                headers=headers,
-            )
-        )
-        await rig.transport.until(lambda: "m1" in rig.transport.acked)
+        event, traceparents = await rig.join_with(headers)
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
-    [event] = rig.transport.published
+        await rig.pipeline.close()
     assert event.headers == headers
-    assert emulator.traceparents == [TRACEPARENT]
+    assert traceparents == [TRACEPARENT]
     assert exporter.get_finished_spans() == ()
 
 
 async def test_with_tracing_off_nothing_is_passed_on(emulator: LiveKitEmulator, exporter: Exporter) -> None:
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
-    rig, livekit = await make_rig(emulator, NO_TRACING, exporter, store)
+    rig = await make_rig(emulator, NO_TRACING, exporter, store)
     try:
-        rig.processor.on_delivery(
-            Delivery(
-                body=json.dumps(
-                    {"room": rig.room, "participant": ALICE, "role": "user", "payload": {"action": "join"}}
-                ).encode(),
-                routing_key=f"room.{rig.room}",
-                message_id="m1",
-                partition=0,
-                delivery_count=0,
-                headers={"traceparent": TRACEPARENT},
-            )
-        )
-        await rig.transport.until(lambda: "m1" in rig.transport.acked)
+        event, traceparents = await rig.join_with({"traceparent": TRACEPARENT})
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
-    [event] = rig.transport.published
+        await rig.pipeline.close()
     assert event.headers is None
-    assert emulator.traceparents == [None]
+    assert traceparents == [None]
 
 
 # -- the SDK as the settings configure it ------------------------------------------------------------------
@@ -600,25 +563,12 @@ async def test_a_command_whose_controller_did_not_sample_its_trace_records_nothi
     emulator: LiveKitEmulator, exporter: Exporter
 ) -> None:
     store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
-    rig, livekit = await make_rig(emulator, recording(exporter), exporter, store)
+    rig = await make_rig(emulator, recording(exporter), exporter, store)
     unsampled = f"00-{CONTROLLER_TRACE}-{CONTROLLER_SPAN}-00"
-    envelope = {"room": rig.room, "participant": ALICE, "role": "user", "payload": {"action": "join"}}
     try:
-        rig.processor.on_delivery(
-            Delivery(
-                body=json.dumps(envelope).encode(),
-                routing_key=f"room.{rig.room}",
-                message_id="m1",
-                partition=0,
-                delivery_count=0,
-                headers={"traceparent": unsampled},
-            )
-        )
-        await rig.transport.until(lambda: "m1" in rig.transport.acked)
+        event, traceparents = await rig.join_with({"traceparent": unsampled})
     finally:
-        await rig.processor.drain(2.0)
-        await livekit.close()
-    [event] = rig.transport.published
+        await rig.pipeline.close()
     assert event.headers == {"traceparent": unsampled}
-    assert emulator.traceparents == [unsampled]
+    assert traceparents == [unsampled]
     assert exporter.get_finished_spans() == ()
