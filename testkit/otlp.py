@@ -262,7 +262,9 @@ def main() -> int:
     with OtlpReceiver(count_only=not args.parse, port=args.port) as receiver:
         sys.stdout.write(f"LISTENING {receiver.endpoint}\n")
         sys.stdout.flush()
-        stop.wait()
+        # With a timeout: a wait without one is not woken by the signal handler's set().
+        while not stop.wait(0.2):
+            pass
         sys.stdout.write(f"SPANS {receiver.span_count}\n")
     return 0
 
