@@ -11,6 +11,6 @@
 - ``tls``: throw-away certificates;
 - ``broker_admin``, ``broker_accounts``: the system RabbitMQ's application, vhosts, users and the
   shipped permissions with a test's names;
-- ``rabbit_cluster``, ``redis_sentinel``: a 3-node RabbitMQ cluster and a Sentinel-managed Redis of
-  their own.
+- ``rabbit_cluster``, ``redis_sentinel``, ``redis_cluster``: a 3-node RabbitMQ cluster, a
+  Sentinel-managed Redis and a Redis Cluster (three masters, two replicas each) of their own.
 """

@@ -50,6 +50,19 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0)
         process.wait()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not; one of another user does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
 def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> float | None:
     """Poll ``predicate`` (blocking); the seconds it took, or None on timeout."""
     started = time.monotonic()

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from testkit.processes import free_port
+from testkit.processes import free_port, process_alive
 from testkit.tls import RABBITMQ_USER, TlsFiles
 
 #: What the service's default topology needs (``SIGNALING_PARTITIONS`` > 1).
@@ -247,7 +247,7 @@ class RabbitCluster:
         its own RabbitMQ application once it sees a majority of the cluster again."""
         started = time.monotonic()
         pid = self.nodes[letter].pid()
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             self._launch(letter)
         self.wait_running(letter)
         return time.monotonic() - started
@@ -266,7 +266,7 @@ class RabbitCluster:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def start_stopped(self) -> None:
@@ -341,10 +341,10 @@ class RabbitCluster:
         """Stop every node (killing what does not stop) and remove the directory."""
         for letter, node in self.nodes.items():
             pid = node.pid()
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.ctl(letter, "stop", timeout=30, check=False)
-                if _alive(pid):
+                if process_alive(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -389,7 +389,7 @@ class RabbitCluster:
         """Nodes whose VM is alive (a cheap check: the pid), for picking one to ask."""
         for letter, node in self.nodes.items():
             pid = node.pid()
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 yield letter
 
     def _cli(self, tool: str, letter: str, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
@@ -401,19 +401,6 @@ class RabbitCluster:
             timeout=timeout,
             check=False,
         )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purpose.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    return False
 
 
 def _chown_tree(root: Path) -> None:

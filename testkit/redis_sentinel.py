@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,8 @@ class RedisNode:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: Stopped by ``pause()`` (SIGSTOP) and not resumed yet: it answers nothing.
+    paused: bool = False
 
     @property
     def address(self) -> str:
@@ -76,10 +79,12 @@ class RedisNode:
         """SIGSTOP: the process holds its connections but answers nothing (a hung node)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def stop(self) -> None:
         if self.running:
@@ -88,10 +93,76 @@ class RedisNode:
             stop_process(self.process, timeout=10)
 
 
-def _acl_user(name: str, password: str | None) -> list[str]:
+def acl_user(name: str, password: str | None) -> list[str]:
     """Config lines: the ``default`` user off, ``name`` with ``password`` allowed everything (what a
     Sentinel needs of the nodes it manages, and what the service needs)."""
     return ["user default off", f"user {name} on >{password} ~* &* +@all"]
+
+
+def common_config(node: RedisNode, tls: TlsFiles | None) -> list[str]:
+    """Config lines of every process: loopback, its own directory and log, no persistence (a killed
+    node comes back empty); with ``tls`` the plain port is off."""
+    return [
+        f"port {0 if tls else node.port}",
+        f"bind {HOST}",
+        f'dir "{node.directory}"',
+        f'logfile "{node.log}"',
+        "daemonize no",
+        'save ""',
+        "appendonly no",
+    ]
+
+
+def tls_config(node: RedisNode, tls: TlsFiles | None) -> list[str]:
+    """Config lines for TLS only (``tls-port``); clients need no certificate."""
+    if tls is None:
+        return []
+    return [
+        f"tls-port {node.port}",
+        f'tls-cert-file "{tls.cert}"',
+        f'tls-key-file "{tls.key}"',
+        f'tls-ca-cert-file "{tls.ca}"',
+        "tls-auth-clients no",
+        # Replicas to their master, Sentinels to the nodes and to each other: TLS too.
+        "tls-replication yes",
+    ]
+
+
+def access_settings(tls: TlsFiles | None, **settings: str | None) -> dict[str, str]:
+    """The service's settings among ``settings`` that have a value (user names, passwords), and with
+    ``tls`` the TLS ones (the CA as a file)."""
+    env = {name: value for name, value in settings.items() if value}
+    if tls is not None:
+        env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(tls.ca)}
+    return env
+
+
+def node_client(
+    node: RedisNode, *, username: str | None, password: str | None, tls: TlsFiles | None, timeout: float
+) -> redis.Redis:
+    """A client of one process, with TLS (checking the node's certificate against ``tls``'s CA) if given."""
+    return redis.Redis(
+        host=HOST,
+        port=node.port,
+        username=username,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        ssl=tls is not None,
+        ssl_ca_certs=str(tls.ca) if tls is not None else None,
+    )
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float, *, logs: Path) -> None:
+    """Poll ``predicate`` until it is true; a node that does not answer yet counts as false. Raises
+    ``TimeoutError`` saying ``what`` did not happen, and where the processes' logs are."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, AssertionError, IndexError, KeyError):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} within {timeout}s (logs in {logs})")
 
 
 class RedisSentinelGroup:
@@ -160,16 +231,13 @@ class RedisSentinelGroup:
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {"REDIS_SENTINELS": self.sentinels_setting, "REDIS_SENTINEL_MASTER": self.master_name}
-        for name, value in (
-            ("REDIS_USERNAME", self.username),
-            ("REDIS_PASSWORD", self.password),
-            ("REDIS_SENTINEL_USERNAME", self.sentinel_username),
-            ("REDIS_SENTINEL_PASSWORD", self.sentinel_password),
-        ):
-            if value:
-                env[name] = value
-        if self.tls is not None:
-            env |= {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(self.tls.ca)}
+        env |= access_settings(
+            self.tls,
+            REDIS_USERNAME=self.username,
+            REDIS_PASSWORD=self.password,
+            REDIS_SENTINEL_USERNAME=self.sentinel_username,
+            REDIS_SENTINEL_PASSWORD=self.sentinel_password,
+        )
         return {**env, **extra}
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -213,30 +281,6 @@ class RedisSentinelGroup:
 
     # -- configuration -------------------------------------------------------------------------------
 
-    def _common_config(self, node: RedisNode) -> list[str]:
-        return [
-            f"port {0 if self.tls else node.port}",
-            f"bind {HOST}",
-            f'dir "{node.directory}"',
-            f'logfile "{node.log}"',
-            "daemonize no",
-            'save ""',
-            "appendonly no",
-        ]
-
-    def _tls_config(self, node: RedisNode) -> list[str]:
-        if self.tls is None:
-            return []
-        return [
-            f"tls-port {node.port}",
-            f'tls-cert-file "{self.tls.cert}"',
-            f'tls-key-file "{self.tls.key}"',
-            f'tls-ca-cert-file "{self.tls.ca}"',
-            "tls-auth-clients no",
-            # Replicas to their master, Sentinels to the nodes and to each other: TLS too.
-            "tls-replication yes",
-        ]
-
     def url(self, node: RedisNode) -> str:
         """A ``REDIS_URL`` for one data node: ``rediss://`` with the CA in the query (redis-py's
         ``ssl_ca_certs``) when the group runs with TLS."""
@@ -247,9 +291,9 @@ class RedisSentinelGroup:
     def _write_data_config(self, node: RedisNode, *, replica_of: RedisNode | None) -> None:
         # Redis waits 5 s by default before a full sync, for more replicas to share it; a replica that
         # (re)joins here should not.
-        lines = [*self._common_config(node), *self._tls_config(node), "repl-diskless-sync-delay 0"]
+        lines = [*common_config(node, self.tls), *tls_config(node, self.tls), "repl-diskless-sync-delay 0"]
         if self.username:
-            lines += [*_acl_user(self.username, self.password), f"masteruser {self.username}"]
+            lines += [*acl_user(self.username, self.password), f"masteruser {self.username}"]
             lines.append(f"masterauth {self.password}")
         elif self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
@@ -260,8 +304,8 @@ class RedisSentinelGroup:
     def _write_sentinel_config(self, node: RedisNode, master: RedisNode) -> None:
         # Sentinel rewrites this file (fail-overs, discovered peers): it must be its own, and writable.
         lines = [
-            *self._common_config(node)[:5],
-            *self._tls_config(node),
+            *common_config(node, self.tls)[:5],
+            *tls_config(node, self.tls),
             f"sentinel monitor {self.master_name} {HOST} {master.port} {self._quorum}",
             f"sentinel down-after-milliseconds {self.master_name} {self._down_after}",
             f"sentinel failover-timeout {self.master_name} {self._failover_timeout}",
@@ -274,7 +318,7 @@ class RedisSentinelGroup:
         if self.sentinel_username:
             # Sentinels authenticate to each other as this user (Redis 6.2+).
             lines += [
-                *_acl_user(self.sentinel_username, self.sentinel_password),
+                *acl_user(self.sentinel_username, self.sentinel_password),
                 f"sentinel sentinel-user {self.sentinel_username}",
                 f"sentinel sentinel-pass {self.sentinel_password}",
             ]
@@ -293,16 +337,7 @@ class RedisSentinelGroup:
         is_sentinel = node in self.sentinel_nodes
         username = self.sentinel_username if is_sentinel else self.username
         password = self.sentinel_password if is_sentinel else self.password
-        return redis.Redis(
-            host=HOST,
-            port=node.port,
-            username=username,
-            password=password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            ssl=self.tls is not None,
-            ssl_ca_certs=str(self.tls.ca) if self.tls is not None else None,
-        )
+        return node_client(node, username=username, password=password, tls=self.tls, timeout=timeout)
 
     def _query(self, node: RedisNode, *command: str | int) -> object:
         with self.client(node) as client:
@@ -391,15 +426,8 @@ class RedisSentinelGroup:
 
     # -- waiting -------------------------------------------------------------------------------------
 
-    def _wait(self, predicate: object, what: str, timeout: float) -> None:
-        assert callable(predicate)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError, AssertionError, IndexError, KeyError):
-                if predicate():
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"{what} within {timeout}s (logs in {self.root})")
+    def _wait(self, predicate: Callable[[], object], what: str, timeout: float) -> None:
+        wait_until(predicate, what, timeout, logs=self.root)
 
     def _wait_ping(self, node: RedisNode, timeout: float) -> None:
         self._wait(lambda: self._query(node, "PING"), f"{node.name} did not answer", timeout)

@@ -9,12 +9,35 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from testkit.amqp import SignalingClient, delete_topology
 from testkit.emulator import Emulator
 from testkit.processes import EmulatorProcess, Names, ServiceProcess
+
+TESTS = Path(__file__).resolve().parent
+SYSTEM_BROKER_GROUP = "system-broker"
+
+
+def _group(test_file: Path) -> str:
+    """Tests that run on RabbitMQ nodes, Redis processes and test hosts of their own form groups that
+    ``scripts/test`` (pytest-xdist, ``--dist loadgroup``) runs on workers of their own, beside the rest:
+    the RabbitMQ cluster's tests, the Redis groups' and clusters' tests, the network partitions. All
+    other tests share the system RabbitMQ, which one of them restarts, so they are one group, on one
+    worker, in collection order, as a plain ``pytest`` run has them."""
+    tier = test_file.relative_to(TESTS).parts[0]
+    if tier == "ha":
+        return "ha-redis" if "redis" in test_file.name else "ha-rabbitmq"
+    if tier == "partitions":
+        return tier
+    return SYSTEM_BROKER_GROUP
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item.path.resolve())))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from testkit.load import Books, LoadClient
@@ -18,13 +19,14 @@ STREAM_ACTIONS = ("request_popout_stream_access_token", "create_new_access_token
 
 
 class SteadyLoad:
-    """``rooms`` rooms, each one participant: ``join``, then alternately a popout token (a state
-    write) and a token refresh (a read), one command every ``pace`` seconds per room, numbered, until
-    ``stop()``. Publishing goes on through any outage: commands pile up in the broker, in order."""
+    """``rooms`` rooms (a number, or their names), each one participant: ``join``, then alternately a
+    popout token (a state write) and a token refresh (a read), one command every ``pace`` seconds per
+    room, numbered, until ``stop()``. Publishing goes on through any outage: commands pile up in the
+    broker, in order."""
 
-    def __init__(self, client: LoadClient, *, rooms: int = 6, pace: float = 0.1) -> None:
+    def __init__(self, client: LoadClient, *, rooms: int | Sequence[str] = 6, pace: float = 0.1) -> None:
         self.client = client
-        self.rooms = [str(uuid.uuid4()) for _ in range(rooms)]
+        self.rooms = [str(uuid.uuid4()) for _ in range(rooms)] if isinstance(rooms, int) else list(rooms)
         self.pace = pace
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -75,7 +75,7 @@ def stored(
 ) -> RoomDecisions | None:
     """The room's decisions as one node holds them (not through the store)."""
     with group.client(node) as client:
-        data = client.hget(store._room_key(room), ".d")
+        data = client.hget(store.keys.room(room), ".d")
     assert data is None or isinstance(data, bytes)
     return decode_decisions(data) if data is not None else None
 
@@ -235,7 +235,7 @@ async def test_the_store_follows_a_fail_over_and_keeps_what_was_confirmed(
             await asyncio.sleep(0.2)
     assert state.decisions.microphone_restrictions is None
     with group.client(old) as client:
-        assert client.hget(store._room_key("r"), ".v") == str(state.version).encode()
+        assert client.hget(store.keys.room("r"), ".v") == str(state.version).encode()
     print(f"\nfail-over to {new.address} in {failover_seconds:.1f} s")
 
 

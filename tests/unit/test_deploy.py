@@ -31,7 +31,7 @@ from livekit_signaling.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "livekit-signaling.json"
-TARGETS = ["deploy/base", "deploy/overlays/example"]
+TARGETS = ["deploy/base", "deploy/overlays/example", "deploy/overlays/redis-cluster"]
 SECRET_NAME = "livekit-signaling"
 SECRET_DIR = "/var/run/secrets/livekit-signaling/"
 SECRET_KEYS = {"livekit-api-key", "livekit-api-secret", "amqp-url", "redis-url", "redis-password"}
@@ -311,10 +311,12 @@ def test_secrets_are_read_from_the_mounted_secret(target: str) -> None:
     files = {
         item["name"]: item["value"] for item in container(target)["env"] if item["name"].endswith("_FILE")
     }
-    redis = (
-        {"REDIS_URL_FILE"}
-        if "REDIS_URL_FILE" in files
-        else {"REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE"}
+    # A URL; or with Sentinel the nodes' and the Sentinels' passwords; or with a cluster the nodes'.
+    redis = {name for name in files if name.startswith("REDIS_")}
+    assert redis in (
+        {"REDIS_URL_FILE"},
+        {"REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE"},
+        {"REDIS_PASSWORD_FILE"},
     )
     assert set(files) == {"LIVEKIT_API_KEY_FILE", "LIVEKIT_API_SECRET_FILE", "AMQP_URL_FILE", *redis}
     for path in files.values():

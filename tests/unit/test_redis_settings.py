@@ -1,15 +1,26 @@
-"""Redis settings: a URL or Sentinels (never both), passwords from files, the replica requirement's
-defaults, and the client each one builds."""
+"""Redis settings: a URL, Sentinels or a cluster's nodes (never two of them), passwords from files, the
+replica requirement's defaults, the key layout and the client each one builds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 
 from livekit_signaling.app.settings import SettingsError, load_settings
 from livekit_signaling.store.connection import RedisConnection, is_transient
@@ -17,6 +28,7 @@ from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget
 
 BASE = {"LIVEKIT_URL": "http://lk:7880", "LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "very-secret"}
 SENTINELS = {"REDIS_SENTINELS": "s1:26379, s2:26380,[fd00::3]:26381", "REDIS_SENTINEL_MASTER": "signaling"}
+CLUSTER = {"REDIS_CLUSTER_NODES": "c1:6379,c2:6380"}
 
 
 def test_sentinels_are_parsed_and_require_one_replica_by_default() -> None:
@@ -34,15 +46,42 @@ def test_a_url_requires_no_replica_by_default_and_memory_needs_none() -> None:
     assert memory.required_replicas == 0
 
 
-@pytest.mark.parametrize(("environ", "expected"), [(SENTINELS, 0), ({"REDIS_URL": "redis://r/0"}, 2)])
+def test_cluster_nodes_are_parsed_and_require_one_replica_per_shard_by_default() -> None:
+    settings = load_settings({**BASE, **CLUSTER})
+    assert settings.redis_cluster_nodes == (("c1", 6379), ("c2", 6380))
+    assert settings.required_replicas == 1
+    assert settings.redis is not None
+    assert settings.redis.describe() == "Redis Cluster via c1:6379,c2:6380"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"), [(SENTINELS, 0), ({"REDIS_URL": "redis://r/0"}, 2), (CLUSTER, 0)]
+)
 def test_min_replicas_overrides_the_default(environ: dict[str, str], expected: int) -> None:
     settings = load_settings({**BASE, **environ, "REDIS_MIN_REPLICAS": str(expected)})
     assert settings.required_replicas == expected
 
 
-def test_url_and_sentinels_together_are_refused() -> None:
-    with pytest.raises(SettingsError, match=r"^REDIS_URL and REDIS_SENTINELS are alternatives"):
-        load_settings({**BASE, **SENTINELS, "REDIS_URL": "redis://r:6379/0"})
+@pytest.mark.parametrize(
+    ("environ", "both"),
+    [
+        ({**SENTINELS, "REDIS_URL": "redis://r:6379/0"}, "REDIS_URL and REDIS_SENTINELS"),
+        ({**CLUSTER, "REDIS_URL": "redis://r:6379/0"}, "REDIS_URL and REDIS_CLUSTER_NODES"),
+        ({**CLUSTER, **SENTINELS}, "REDIS_SENTINELS and REDIS_CLUSTER_NODES"),
+    ],
+)
+def test_two_places_for_redis_are_refused_naming_both(environ: dict[str, str], both: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{both} are alternatives: set one of them"):
+        load_settings({**BASE, **environ})
+
+
+@pytest.mark.parametrize("prefix", ["{signaling}", "signaling}", "a{b"])
+def test_a_key_prefix_with_braces_is_refused_in_a_cluster_only(prefix: str) -> None:
+    with pytest.raises(
+        SettingsError, match=r"^REDIS_KEY_PREFIX may not contain \{ or \} with REDIS_CLUSTER_NODES"
+    ):
+        load_settings({**BASE, **CLUSTER, "REDIS_KEY_PREFIX": prefix})
+    assert load_settings({**BASE, **SENTINELS, "REDIS_KEY_PREFIX": prefix}).redis_key_prefix == prefix
 
 
 @pytest.mark.parametrize("value", ["s1", "s1:", ":26379", "s1:port", "s1:70000", "s1:26379,"])
@@ -62,14 +101,17 @@ def test_a_bad_sentinel_address_is_named(value: str) -> None:
     ],
 )
 def test_redis_options_without_redis_are_refused(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=f"^{name} needs REDIS_URL or REDIS_SENTINELS"):
+    with pytest.raises(
+        SettingsError, match=f"^{name} needs REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES"
+    ):
         load_settings({**BASE, name: value})
 
 
 @pytest.mark.parametrize("name", ["REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"])
-def test_sentinel_credentials_need_sentinels(name: str) -> None:
+@pytest.mark.parametrize("where", [{"REDIS_URL": "redis://r/0"}, CLUSTER])
+def test_sentinel_credentials_need_sentinels(name: str, where: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match=f"^{name} needs REDIS_SENTINELS"):
-        load_settings({**BASE, "REDIS_URL": "redis://r/0", name: "x"})
+        load_settings({**BASE, **where, name: "x"})
 
 
 def test_a_username_is_given_once() -> None:
@@ -150,11 +192,16 @@ async def test_sentinel_settings_build_a_sentinel_managed_master_client() -> Non
         await connection.close()
 
 
-def test_a_target_is_a_url_or_sentinels() -> None:
-    with pytest.raises(InvalidRedisTarget, match="either REDIS_URL or REDIS_SENTINELS"):
+def test_a_target_is_a_url_or_sentinels_or_a_cluster() -> None:
+    with pytest.raises(InvalidRedisTarget, match="one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES"):
         RedisTarget()
     with pytest.raises(InvalidRedisTarget, match="REDIS_URL and REDIS_SENTINELS are alternatives"):
         RedisTarget(url="redis://r/0", sentinels=(("s", 1),))
+
+
+def _caused(error: Exception, cause: Exception) -> Exception:
+    error.__cause__ = cause
+    return error
 
 
 @pytest.mark.parametrize(
@@ -165,6 +212,13 @@ def test_a_target_is_a_url_or_sentinels() -> None:
         (MasterDownError("Link with MASTER is down and replica-serve-stale-data is set to 'no'."), True),
         (ResponseError("NOREPLICAS Not enough good replicas to write."), True),
         (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (ClusterDownError("CLUSTERDOWN The cluster is down"), True),
+        (TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"), True),
+        (ClusterError("TTL exhausted."), True),
+        (SlotNotCoveredError('Slot "12" is not covered by the cluster.'), True),
+        (_caused(RedisClusterException("Redis Cluster cannot be connected"), RedisConnectionError()), True),
+        (RedisClusterException("Cluster mode is not enabled on this node"), False),
+        (AskError("1234 127.0.0.1:7001"), False),  # followed, never raised to the store
     ],
 )
 def test_which_redis_errors_are_transient(error: Exception, transient: bool) -> None:
@@ -211,14 +265,52 @@ async def test_a_ca_beside_a_rediss_url_reaches_its_connections() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"REDIS_URL": "rediss://r/0", "REDIS_TLS": "true"}, "REDIS_TLS is for REDIS_SENTINELS"),
-        ({"REDIS_TLS": "true"}, "REDIS_TLS needs REDIS_SENTINELS"),
+        (
+            {"REDIS_URL": "rediss://r/0", "REDIS_TLS": "true"},
+            "REDIS_TLS is for REDIS_SENTINELS or REDIS_CLUSTER_NODES",
+        ),
+        ({"REDIS_TLS": "true"}, "REDIS_TLS needs REDIS_SENTINELS or REDIS_CLUSTER_NODES"),
         ({"REDIS_URL": "redis://r/0", "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs a rediss:// REDIS_URL"),
-        ({**SENTINELS, "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_TLS=true"),
-        ({"REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_URL or REDIS_SENTINELS"),
+        ({**SENTINELS, "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_TLS=true with REDIS_SENTINELS"),
+        ({**CLUSTER, "REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_TLS=true with REDIS_CLUSTER_NODES"),
+        ({"REDIS_TLS_CA": CA_PEM}, "REDIS_TLS_CA needs REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES"),
         ({**SENTINELS, "REDIS_TLS": "true", "REDIS_TLS_CA": "/etc/ca.pem"}, "REDIS_TLS_CA: '/etc/ca.pem' is"),
     ],
 )
 def test_tls_settings_that_do_not_fit_are_named(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=f"^{message}"):
         load_settings({**BASE, **environ})
+
+
+async def test_cluster_settings_build_a_cluster_client_with_the_credentials_and_tls(tmp_path: Path) -> None:
+    """The same ``REDIS_USERNAME``, ``REDIS_PASSWORD``, ``REDIS_TLS`` and CA as with Sentinel reach every
+    node's connections (tests/ha/test_redis_cluster.py connects through them for real)."""
+    (tmp_path / "ca.pem").write_text(CA_PEM + "\n")
+    settings = load_settings(
+        {
+            **BASE,
+            **CLUSTER,
+            "REDIS_USERNAME": "signaling",
+            "REDIS_PASSWORD": "pw",
+            "REDIS_TLS": "true",
+            "REDIS_TLS_CA_FILE": str(tmp_path / "ca.pem"),
+        }
+    )
+    assert settings.redis is not None
+    assert settings.redis.describe() == "Redis Cluster via c1:6379,c2:6380 (TLS)"
+    connection = RedisConnection(settings.redis, timeout_seconds=3.0)
+    try:
+        client = connection.client
+        assert isinstance(client, RedisCluster)
+        assert [(node.host, node.port) for node in client.nodes_manager.startup_nodes.values()] == [
+            ("c1", 6379),
+            ("c2", 6380),
+        ]
+        for node in client.nodes_manager.startup_nodes.values():
+            assert issubclass(node.connection_class, SSLConnection)
+            assert node.connection_kwargs["username"] == "signaling"
+            assert node.connection_kwargs["password"] == "pw"
+            assert node.connection_kwargs["ssl_ca_data"] == CA_PEM + "\n"
+            assert node.connection_kwargs["socket_timeout"] == 3.0
+    finally:
+        await connection.close()

@@ -1,10 +1,12 @@
-"""One suite for both state stores: whatever replicas share through Redis behaves as in memory."""
+"""One suite for both state stores: whatever replicas share through Redis behaves as in memory, on one
+Redis and on a Redis Cluster (three masters without replicas, started once for the module: the store
+writes its indexes after the room's script there, and routes every command to its key's master)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -13,7 +15,9 @@ from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisStateStore
+from livekit_signaling.store.target import RedisTarget
 from testkit.processes import REDIS_URL
+from testkit.redis_cluster import RedisClusterGroup
 
 USER = RosterEntry(role="user", kind="user")
 MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)
@@ -21,11 +25,21 @@ MODERATOR = RosterEntry(role="moderator", kind="sip", popouts=2)
 StoreFactory = Callable[..., StateStore]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterGroup]:
+    with RedisClusterGroup(replicas=0) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """Stores of the parametrized kind, with the test's idle expiry; Redis keys are removed after."""
+    """Stores of the parametrized kind, with the test's idle expiry; Redis keys are removed after (a
+    cluster goes with the module)."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     redis_stores: list[RedisStateStore] = []
+    target: RedisTarget | str = REDIS_URL
+    if request.param == "redis-cluster":
+        target = request.getfixturevalue("redis_cluster").target(min_replicas=0)
 
     def make(*, room_idle_seconds: float = 60, lift_grace_seconds: float = 0) -> StateStore:
         if request.param == "memory":
@@ -35,7 +49,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
                 lift_grace_seconds=lift_grace_seconds,
             )
         redis_store = RedisStateStore(
-            REDIS_URL,
+            target,
             prefix=prefix,
             dedup_window_seconds=1,
             room_idle_seconds=room_idle_seconds,
@@ -47,10 +61,11 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
 
     yield make
     for redis_store in redis_stores:
-        client = redis_store._redis
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
+        if request.param == "redis":
+            client = redis_store._redis
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
         await redis_store.close()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget, redis_target
+from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget, check_key_prefix, redis_target
 from livekit_signaling.telemetry.tracing.setup import EXPORTERS, OTLP_PROTOCOL, SAMPLERS, TracingConfig
 from livekit_signaling.transport.brokers import split_broker_urls
 
@@ -275,7 +275,7 @@ class Settings:
     redis_url: str | None = _env(
         "REDIS_URL",
         "Shared state for several replicas (`redis://`, `rediss://` for TLS); unset, and no "
-        "`REDIS_SENTINELS` = process memory (one replica).",
+        "`REDIS_SENTINELS` or `REDIS_CLUSTER_NODES` = process memory (one replica).",
         secret=True,
     )
     redis_sentinels: tuple[tuple[str, int], ...] | None = _env(
@@ -283,17 +283,22 @@ class Settings:
         "Instead of `REDIS_URL`: the Sentinels of a Sentinel-managed Redis, `host:port,host:port,...`; "
         "the service follows the master they name through fail-overs.",
     )
+    redis_cluster_nodes: tuple[tuple[str, int], ...] | None = _env(
+        "REDIS_CLUSTER_NODES",
+        "Instead of `REDIS_URL`: seed nodes of a Redis Cluster, `host:port,host:port,...` (any of its "
+        "nodes; the client learns the rest and follows fail-overs and resharding).",
+    )
     redis_sentinel_master: str = _env(
         "REDIS_SENTINEL_MASTER", "Name of the master the Sentinels monitor.", default="mymaster"
     )
     redis_username: str | None = _env(
         "REDIS_USERNAME",
         "ACL user of the Redis nodes (Redis 6+), with `REDIS_PASSWORD`; unset = the `default` user. With "
-        "Sentinel, or with a `REDIS_URL` that names none.",
+        "Sentinel or a cluster, or with a `REDIS_URL` that names none.",
     )
     redis_password: str | None = _env(
         "REDIS_PASSWORD",
-        "Password of the Redis nodes (with Sentinel, or with a `REDIS_URL` that carries none).",
+        "Password of the Redis nodes (with Sentinel or a cluster, or with a `REDIS_URL` that carries none).",
         secret=True,
     )
     redis_sentinel_username: str | None = _env(
@@ -305,8 +310,8 @@ class Settings:
     )
     redis_tls: bool = _env(
         "REDIS_TLS",
-        "With `REDIS_SENTINELS`: TLS to the Sentinels and to the master they name (a `REDIS_URL` says it "
-        "by its scheme, `rediss://`).",
+        "With `REDIS_SENTINELS`: TLS to the Sentinels and to the master they name; with "
+        "`REDIS_CLUSTER_NODES`: to every node (a `REDIS_URL` says it by its scheme, `rediss://`).",
         default=False,
     )
     redis_tls_ca: str | None = _env(
@@ -317,8 +322,9 @@ class Settings:
     redis_min_replicas: int | None = _env(
         "REDIS_MIN_REPLICAS",
         "A room's state write counts (and its command's events go out) only once this many replicas "
-        "acknowledged it (Redis `WAIT`); until then the command retries in place. Unset: 1 with "
-        "`REDIS_SENTINELS`, 0 with `REDIS_URL`.",
+        "acknowledged it (Redis `WAIT`; in a cluster, replicas of the shard that holds the room); until "
+        "then the command retries in place. Unset: 1 with `REDIS_SENTINELS` or `REDIS_CLUSTER_NODES`, 0 "
+        "with `REDIS_URL`.",
     )
     redis_wait_timeout_seconds: float = _env(
         "REDIS_WAIT_TIMEOUT_SECONDS",
@@ -326,7 +332,9 @@ class Settings:
         default=1.0,
     )
     redis_key_prefix: str = _env(
-        "REDIS_KEY_PREFIX", "Namespace of every Redis key.", default="livekit-signaling"
+        "REDIS_KEY_PREFIX",
+        "Namespace of every Redis key (no `{` or `}` with `REDIS_CLUSTER_NODES`).",
+        default="livekit-signaling",
     )
     dedup_window_seconds: float = _env(
         "DEDUP_WINDOW_SECONDS",
@@ -444,6 +452,7 @@ class Settings:
         return redis_target(
             url=self.redis_url,
             sentinels=self.redis_sentinels or (),
+            cluster_nodes=self.redis_cluster_nodes or (),
             sentinel_master=self.redis_sentinel_master,
             username=self.redis_username,
             password=self.redis_password,
@@ -499,6 +508,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "amqp_url": _broker_urls,
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "redis_sentinels": _host_ports,
+    "redis_cluster_nodes": _host_ports,
     "redis_tls": _bool,
     "redis_tls_ca": _pem_certificates,
     "redis_min_replicas": _non_negative_int,
@@ -579,7 +589,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             raise SettingsError(f"{name}:{shown} is invalid: {error}") from None
     settings = Settings(**values)
     try:
-        settings.redis  # noqa: B018 - the REDIS_* settings are checked together here, at start-up
+        check_key_prefix(settings.redis_key_prefix, settings.redis)  # the REDIS_* settings together
     except InvalidRedisTarget as error:
         raise SettingsError(str(error)) from None
     return settings

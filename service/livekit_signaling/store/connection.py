@@ -1,4 +1,5 @@
-"""The Redis client: one URL, or the master of a Sentinel-monitored group (``REDIS_SENTINELS``).
+"""The Redis client: one URL, the master of a Sentinel-monitored group (``REDIS_SENTINELS``), or a Redis
+Cluster (``REDIS_CLUSTER_NODES``, store/cluster.py).
 
 With Sentinel the client is redis-py's own ``Sentinel(...).master_for(name)``: its connection pool asks
 the Sentinels for the master's address whenever it opens a connection, so after a fail-over every new
@@ -6,6 +7,11 @@ connection goes to the new master; a connection still open to the old one fails 
 or, if the old master was demoted rather than lost, gets ``READONLY`` for a write, which redis-py turns
 into a ``ConnectionError`` after closing that connection. The store treats both as transient
 (``is_transient``): the command retries in place and its next attempt reaches the new master.
+
+In a cluster, each key's commands go to the master of its slot, and a slot's move (``MOVED``, ``ASK``) is
+followed (``pipeline``, store/cluster.py); after a failure that may mean a master is gone, the store
+reads the slot map again (``after_error``), and a cluster that cannot serve a slot for the moment
+(``CLUSTERDOWN``, ``TRYAGAIN``, a slot without a master) is transient too.
 """
 
 from __future__ import annotations
@@ -13,17 +19,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from livekit_signaling.store.cluster import TopologyRefresher, cluster_client, run_on_slot_owner
 from livekit_signaling.store.target import RedisTarget
 
 log = logging.getLogger(__name__)
@@ -33,6 +52,9 @@ log = logging.getLogger(__name__)
 #: ``MasterDownError``), a master refusing writes for lack of replicas (NOREPLICAS, Redis's own
 #: ``min-replicas-to-write``; redis-py has no class for it).
 TRANSIENT_REPLIES = ("NOREPLICAS",)
+
+#: A pipeline of the plain client or of the cluster client; the store queues the same commands on both.
+AnyPipeline = Pipeline | ClusterPipeline
 
 
 class _MasterPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -52,7 +74,8 @@ class _MasterPool(SentinelConnectionPool, BlockingConnectionPool):
 
 
 class RedisConnection:
-    """The client of the master, and the Sentinel clients behind it (closed together)."""
+    """The client of the master, and the Sentinel clients behind it (closed together); or the cluster
+    client."""
 
     def __init__(self, target: RedisTarget, *, timeout_seconds: float, max_connections: int = 100) -> None:
         """``timeout_seconds`` bounds connecting, each reply (keep it above the longest command the
@@ -78,8 +101,13 @@ class RedisConnection:
         }
         pool: dict[str, Any] = {"max_connections": max_connections, "timeout": timeout_seconds}
         self._sentinel: Sentinel | None = None
-        if target.url is not None:
-            self.client: redis.Redis = redis.Redis.from_pool(
+        self._topology: TopologyRefresher | None = None
+        self.client: redis.Redis | RedisCluster
+        if target.cluster_nodes:
+            self.client = cluster_client(target, max_connections=max_connections, **common)
+            self._topology = TopologyRefresher(self.client)
+        elif target.url is not None:
+            self.client = redis.Redis.from_pool(
                 BlockingConnectionPool.from_url(
                     target.url,
                     username=target.username,
@@ -107,6 +135,34 @@ class RedisConnection:
                 target.sentinel_master, connection_pool_class=_MasterPool, **pool
             )
 
+    async def pipeline(self, key: str, queue: Callable[[AnyPipeline], object]) -> list[Any]:
+        """Run the commands ``queue`` adds to a pipeline on one connection to the master that holds
+        ``key`` (the one master, or in a cluster the master of ``key``'s slot, redirections followed),
+        so that a ``WAIT`` among them counts exactly the writes before it; their results."""
+        if isinstance(self.client, RedisCluster):
+            return await run_on_slot_owner(self.client, key, queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            results: list[Any] = await pipe.execute()
+            return results
+
+    async def pipelines(self, queues: Mapping[str, Callable[[AnyPipeline], object]]) -> dict[str, list[Any]]:
+        """Per key, run the commands its queue adds on the master that holds the key; their results, by
+        key. One pipeline (one round trip) with one master; in a cluster one per key, all at once."""
+        if isinstance(self.client, RedisCluster):
+            client = self.client
+            keys = list(queues)
+            results = await asyncio.gather(*(run_on_slot_owner(client, key, queues[key]) for key in keys))
+            return dict(zip(keys, results, strict=True))
+        spans: dict[str, tuple[int, int]] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, queue in queues.items():
+                start = len(pipe)
+                queue(pipe)
+                spans[key] = (start, len(pipe))
+            replies: list[Any] = await pipe.execute()
+        return {key: replies[start:end] for key, (start, end) in spans.items()}
+
     async def after_error(self, error: BaseException) -> None:
         """After a transient failure, make sure the next attempt goes to the current master.
 
@@ -116,7 +172,16 @@ class RedisConnection:
         land on the old master, which WAIT reveals (it has no replicas left) but does not end. So ask
         the Sentinels now: if the master moved, the pool closes its idle connections. A plain client
         keeps its connections to a master that was demoted behind the same address (a managed Redis
-        that fails over by moving a DNS name): on READONLY, drop the idle ones."""
+        that fails over by moving a DNS name): on READONLY, drop the idle ones. In a cluster, after a
+        failure of Redis itself (not a ``WAIT`` that fell short: a master that lost its replicas, or
+        its majority, stops taking writes or moves its slots, which the store meets and follows), read
+        the slot map again: a master may be gone and its replica promoted."""
+        if self._topology is not None:
+            if isinstance(error, RedisError | RedisClusterException | OSError):
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    await self._topology.refresh()
+            return
+        assert isinstance(self.client, redis.Redis)
         pool = self.client.connection_pool
         if isinstance(pool, SentinelConnectionPool):
             with contextlib.suppress(RedisError, OSError):
@@ -143,9 +208,25 @@ def failure_text(error: BaseException) -> str:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Redis cannot serve us right now, but will (or another node will) once it recovers or fails over."""
+    """Redis cannot serve us right now, but will (or another node will) once it recovers or fails over.
+
+    In a cluster: ``CLUSTERDOWN`` (``ClusterDownError``, a ``ClusterError``, as is redis-py's "TTL
+    exhausted" after too many redirections), ``TRYAGAIN`` (``TryAgainError``: a multi-key command during
+    a slot's migration), a slot no master serves yet (``SlotNotCoveredError``), and no seed node
+    reachable (a ``RedisClusterException`` caused by a connection error). ``MOVED`` and ``ASK`` never
+    get here: they are followed."""
     if isinstance(
-        error, RedisConnectionError | RedisTimeoutError | OSError | ReadOnlyError | MasterDownError
+        error,
+        RedisConnectionError
+        | RedisTimeoutError
+        | OSError
+        | ReadOnlyError
+        | MasterDownError
+        | ClusterError
+        | TryAgainError
+        | SlotNotCoveredError,
     ):
         return True
+    if isinstance(error, RedisClusterException):
+        return is_transient(error.__cause__) if error.__cause__ is not None else False
     return isinstance(error, ResponseError) and str(error).startswith(TRANSIENT_REPLIES)

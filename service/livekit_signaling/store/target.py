@@ -16,6 +16,7 @@ class InvalidRedisTarget(ValueError):
 SETTING_NAMES = {
     "url": "REDIS_URL",
     "sentinels": "REDIS_SENTINELS",
+    "cluster_nodes": "REDIS_CLUSTER_NODES",
     "sentinel_master": "REDIS_SENTINEL_MASTER",
     "username": "REDIS_USERNAME",
     "password": "REDIS_PASSWORD",
@@ -27,24 +28,33 @@ SETTING_NAMES = {
 }
 #: Settings that mean something only with Sentinels.
 _SENTINEL_ONLY = ("sentinel_username", "sentinel_password")
+#: The ways to say where Redis is, of which exactly one is set.
+_WHERE = ("url", "sentinels", "cluster_nodes")
+#: Fields that say nothing on their own (they have defaults).
+_DEFAULTED = ("sentinel_master",)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RedisTarget:
-    """Where Redis is: ``url``, or ``sentinels`` (host, port) monitoring ``sentinel_master``."""
+    """Where Redis is: ``url``, or ``sentinels`` (host, port) monitoring ``sentinel_master``, or the
+    seed nodes of a Redis Cluster (``cluster_nodes``)."""
 
     url: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
+    #: Any nodes of a Redis Cluster (host, port): the client learns the rest, and the slots, from them.
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
     #: An ACL user (Redis 6+) for the data nodes; None = the ``default`` user.
     username: str | None = None
     password: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = None
-    #: TLS to the Sentinels and to the nodes they name (a URL says it by its scheme, ``rediss://``).
+    #: TLS to the Sentinels and to the nodes they name, or to every node of a cluster (a URL says it by
+    #: its scheme, ``rediss://``).
     tls: bool = False
     #: PEM of the CA the servers' certificates must be signed by (None = the system CAs), for the
-    #: Sentinels and nodes with ``tls``, or for a ``rediss://`` URL (beside any ``ssl_ca_certs`` in it).
+    #: Sentinels, cluster nodes and nodes with ``tls``, or for a ``rediss://`` URL (beside any
+    #: ``ssl_ca_certs`` in it).
     tls_ca: str | None = None
     #: Replicas that must acknowledge a write before it counts (``WAIT``); None = the default below.
     min_replicas: int | None = None
@@ -53,12 +63,17 @@ class RedisTarget:
         _check(self)
 
     @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
+    @property
     def required_replicas(self) -> int:
-        """``min_replicas``, or its default: with Sentinel there are replicas to fail over to, and an
-        acknowledged write must survive that; a plain URL may well be a Redis without any."""
+        """``min_replicas``, or its default: with Sentinel, and in a cluster (per shard), there are
+        replicas to fail over to, and an acknowledged write must survive that; a plain URL may well be
+        a Redis without any."""
         if self.min_replicas is not None:
             return self.min_replicas
-        return 1 if self.sentinels else 0
+        return 1 if self.sentinels or self.cluster_nodes else 0
 
     @property
     def tls_kwargs(self) -> dict[str, Any]:
@@ -70,10 +85,11 @@ class RedisTarget:
 
     def describe(self) -> str:
         """For logs: never the URL (it may carry a password)."""
+        tls = " (TLS)" if self.tls else ""
         if self.sentinels:
-            addresses = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-            tls = " (TLS)" if self.tls else ""
-            return f"Sentinel master {self.sentinel_master!r} via {addresses}{tls}"
+            return f"Sentinel master {self.sentinel_master!r} via {_addresses(self.sentinels)}{tls}"
+        if self.cluster_nodes:
+            return f"Redis Cluster via {_addresses(self.cluster_nodes)}{tls}"
         return "Redis at REDIS_URL"
 
 
@@ -81,21 +97,39 @@ def redis_target(**settings: Any) -> RedisTarget | None:
     """The target the ``REDIS_*`` settings describe (keyword names as ``RedisTarget``'s fields), or
     None when none that needs one is set: the state then lives in process memory."""
     needs_redis = any(
-        value not in (None, (), False) for name, value in settings.items() if name != "sentinel_master"
+        value not in (None, (), False) for name, value in settings.items() if name not in _DEFAULTED
     )
     return RedisTarget(**settings) if needs_redis else None
 
 
+def check_key_prefix(prefix: str, target: RedisTarget | None) -> None:
+    """In a cluster the room's name is each of its keys' hash tag (``{<room>}``); Redis hashes the first
+    ``{...}`` of a key, so a brace in the prefix would put the tag somewhere else."""
+    if target is not None and target.cluster_nodes and ("{" in prefix or "}" in prefix):
+        raise InvalidRedisTarget(
+            "REDIS_KEY_PREFIX may not contain { or } with REDIS_CLUSTER_NODES: each room's keys carry the "
+            "room as their hash tag, and a brace in the prefix would take its place"
+        )
+
+
+def _addresses(nodes: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"{host}:{port}" for host, port in nodes)
+
+
 def _check(target: RedisTarget) -> None:
-    if target.url and target.sentinels:
-        raise InvalidRedisTarget("REDIS_URL and REDIS_SENTINELS are alternatives: set one of them")
-    if not (target.url or target.sentinels):
+    given = [name for name in _WHERE if getattr(target, name)]
+    if len(given) > 1:
+        first, second = (SETTING_NAMES[name] for name in given[:2])
+        raise InvalidRedisTarget(f"{first} and {second} are alternatives: set one of them")
+    if not given:
         if target.tls:
-            raise InvalidRedisTarget("REDIS_TLS needs REDIS_SENTINELS")
+            raise InvalidRedisTarget("REDIS_TLS needs REDIS_SENTINELS or REDIS_CLUSTER_NODES")
         for item in fields(target):
-            if item.name != "sentinel_master" and getattr(target, item.name) not in (None, (), False):
-                raise InvalidRedisTarget(f"{SETTING_NAMES[item.name]} needs REDIS_URL or REDIS_SENTINELS")
-        raise InvalidRedisTarget("a Redis target is either REDIS_URL or REDIS_SENTINELS")
+            if item.name not in _DEFAULTED and getattr(target, item.name) not in (None, (), False):
+                raise InvalidRedisTarget(
+                    f"{SETTING_NAMES[item.name]} needs REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES"
+                )
+        raise InvalidRedisTarget("a Redis target is one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES")
     _check_tls(target)
     for name in _SENTINEL_ONLY:
         if getattr(target, name) and not target.sentinels:
@@ -109,14 +143,17 @@ def _check(target: RedisTarget) -> None:
 
 
 def _check_tls(target: RedisTarget) -> None:
-    """TLS is said by a ``REDIS_URL``'s scheme, or by ``REDIS_TLS`` for Sentinels; a CA needs either."""
+    """TLS is said by a ``REDIS_URL``'s scheme, or by ``REDIS_TLS`` for Sentinels and cluster nodes; a CA
+    needs either."""
     if target.tls and target.url:
         raise InvalidRedisTarget(
-            "REDIS_TLS is for REDIS_SENTINELS: a REDIS_URL says TLS by its scheme, rediss://"
+            "REDIS_TLS is for REDIS_SENTINELS or REDIS_CLUSTER_NODES: a REDIS_URL says TLS by its scheme, "
+            "rediss://"
         )
     if not target.tls_ca:
         return
     if target.url and urlsplit(target.url).scheme != "rediss":
         raise InvalidRedisTarget("REDIS_TLS_CA needs a rediss:// REDIS_URL (TLS)")
-    if target.sentinels and not target.tls:
-        raise InvalidRedisTarget("REDIS_TLS_CA needs REDIS_TLS=true with REDIS_SENTINELS")
+    for name in ("sentinels", "cluster_nodes"):
+        if getattr(target, name) and not target.tls:
+            raise InvalidRedisTarget(f"REDIS_TLS_CA needs REDIS_TLS=true with {SETTING_NAMES[name]}")
