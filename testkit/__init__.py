@@ -12,5 +12,7 @@
 - ``broker_admin``, ``broker_accounts``: the system RabbitMQ's application, vhosts, users and the
   shipped permissions with a test's names;
 - ``rabbit_cluster``, ``redis_sentinel``, ``redis_cluster``: a 3-node RabbitMQ cluster, a
-  Sentinel-managed Redis and a Redis Cluster (three masters, two replicas each) of their own.
+  Sentinel-managed Redis and a Redis Cluster (three masters, two replicas each) of their own;
+- ``otlp``: an OpenTelemetry Collector's OTLP/HTTP traces receiver, in a thread or as a process;
+- ``pipeline``: the command pipeline without a broker (a transport that confirms at once).
 """
