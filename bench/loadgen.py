@@ -5,6 +5,8 @@ was published and the time its events arrived. It runs in the bench process, on 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import time
 import uuid
 from collections import Counter
@@ -97,6 +99,12 @@ class Collector:
         return self.types.get("error", 0)
 
 
+def _new_traceparent(sampled: float) -> str:
+    """A controller span's context: a new trace, sampled with probability ``sampled``."""
+    flags = "01" if sampled >= 1 or random.random() < sampled else "00"
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-{flags}"
+
+
 class LoadGenerator:
     """One connection publishes (confirms on), another consumes the events."""
 
@@ -106,10 +114,16 @@ class LoadGenerator:
         *,
         publish_urls: Sequence[str] = (AMQP_URL,),
         event_urls: Sequence[str] = (AMQP_URL,),
+        traced: bool = False,
+        sampled: float = 1.0,
     ) -> None:
         """``publish_urls``/``event_urls``: the broker, or a cluster's nodes in the order each connection
-        tries them (so that publishing and receiving can start on other nodes than the target's)."""
+        tries them (so that publishing and receiving can start on other nodes than the target's).
+        ``traced``: every command carries a ``traceparent`` of its own, as an instrumented controller's
+        do, marked sampled for the ``sampled`` fraction of them (the controller's head sampling)."""
         self.names = names
+        self._traced = traced
+        self._sampled = sampled
         self._publish_urls = tuple(publish_urls)
         self._event_urls = tuple(event_urls)
         self.collector = Collector()
@@ -165,7 +179,10 @@ class LoadGenerator:
             exchange=self.names.command_exchange,
             routing_key=cmd.routing_key,
             properties=spec.Basic.Properties(
-                content_type="application/json", message_id=cmd.message_id, delivery_mode=PERSISTENT
+                content_type="application/json",
+                message_id=cmd.message_id,
+                delivery_mode=PERSISTENT,
+                headers={"traceparent": _new_traceparent(self._sampled)} if self._traced else None,
             ),
             mandatory=False,
         )

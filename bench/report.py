@@ -122,7 +122,53 @@ def rows(results: dict[str, Any]) -> list[Row]:
             "bytes_per_participant", "B", target="< 2 KiB", passed=ok)  # fmt: skip
         add("w6", "W6", "RSS after start-up", "rss_start_bytes", "B")
     out += large_room_rows(results)
+    out += tracing_rows(results)
     return out
+
+
+def tracing_rows(results: dict[str, Any]) -> list[Row]:
+    """W10: each tracing mode against tracing off, in the Service and Baseline columns."""
+    if "w10" not in results:
+        return []
+    w10 = results["w10"]
+
+    def value(mode: str, key: str) -> float | None:
+        return _get(results, "w10", mode, key)
+
+    def fan_out(mode: str, key: str) -> float | None:
+        figures = w10.get(mode, {}).get("fan_out") or {}
+        return float(figures[key]) if key in figures else None
+
+    off = value("off", "cpu_seconds_per_1000")
+    n = int(value("off", "commands") or 0)
+    name = ("W10 * " if disturbed(results, "w10") else "W10 ") + f"tracing ({n:,} traced commands)"
+    exported = value("export", "cpu_seconds_per_1000")
+    ok = exported is not None and off is not None and exported <= 1.1 * off and _complete(results, "w10")
+    size = int(fan_out("export", "participants") or 0)
+    return [
+        Row(name, "CPU per 1,000: propagation only / off", value("propagation", "cpu_seconds_per_1000"), off,
+            "CPU s"),
+        Row("W10", "CPU per 1,000: every span exported / off", exported, off, "CPU s", "<= 1.10x", ok),
+        Row("W10", "CPU per 1,000: one trace in ten exported / off",
+            value("export_sampled_10", "cpu_seconds_per_1000"), off, "CPU s"),
+        Row("W10", "throughput: exported / off", value("export", "commands_per_second"),
+            value("off", "commands_per_second"), "cmd/s"),
+        Row("W10", "spans per command, exported", value("export", "spans_per_command"), None, ""),
+        Row("W10", f"restriction in a room of {size:,}: spans", fan_out("export", "spans"), None, ""),
+        Row("W10", f"restriction in a room of {size:,}: CPU exported / off", fan_out("export", "cpu_seconds"),
+            fan_out("off", "cpu_seconds"), "CPU s"),
+        Row("W10", "pipeline in-process, CPU per command: propagation only / off",
+            _get(results, "w10", "in_process", "propagation_us_per_command"),
+            _get(results, "w10", "in_process", "off_us_per_command"), "us"),
+        Row("W10", "pipeline in-process, CPU per command: every span exported / off",
+            _get(results, "w10", "in_process", "export_us_per_command"),
+            _get(results, "w10", "in_process", "off_us_per_command"), "us"),
+        Row("W10", "pipeline in-process, CPU per command: one trace in ten exported / off",
+            _get(results, "w10", "in_process", "export_sampled_10_us_per_command"),
+            _get(results, "w10", "in_process", "off_us_per_command"), "us"),
+        Row("W10", "no-op seams per command (tracing off)",
+            _get(results, "w10", "noop", "seams_ns_per_command"), None, "ns"),
+    ]  # fmt: skip
 
 
 def large_room_rows(results: dict[str, Any]) -> list[Row]:

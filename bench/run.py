@@ -37,6 +37,7 @@ from bench.harness import (
 )
 from bench.profile import Profiler
 from bench.report import DISTURBED, plot_latency, table, write_json
+from bench.tracing_cost import noop_seams_ns_per_command, pipeline_cost
 from bench.workloads import (
     Env,
     Figures,
@@ -44,6 +45,7 @@ from bench.workloads import (
     fanout_baseline,
     latency_figures,
     percentile,
+    tracing_modes,
     w1_throughput,
     w2_latency,
     w3_join_storm,
@@ -55,10 +57,14 @@ from bench.workloads import (
     w8_fanout_baseline,
     w8_restrictions_by_size,
     w9_room_memory,
+    w10_tracing_cost,
 )
+from testkit.otlp import OtlpReceiverProcess
 from testkit.processes import EmulatorProcess
 
-ALL = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
+ALL = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "w10")
+#: What a run measures unless ``--only`` says otherwise: W10 (tracing's cost) is asked for by name.
+DEFAULT = ALL[:-1]
 PROFILE_ROUNDS = 5
 
 
@@ -68,7 +74,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=4, help="SIGNALING_PARTITIONS of both (default 4)")
     parser.add_argument("--prefetch", type=int, default=32, help="AMQP_PREFETCH of both (default 32)")
     parser.add_argument("--redis", action="store_true", help="the service keeps state in Redis, not memory")
-    parser.add_argument("--only", default=",".join(ALL), help="comma-separated workloads (default: all)")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT), help="comma-separated workloads (default: w1-w9; w10 by name)"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the service during W1, W4 and W8")
     parser.add_argument(
         "--trace",
@@ -212,13 +220,22 @@ class Runner:
         self.env = env
         self.sizes = Sizes.quick() if args.quick else Sizes.full()
 
-    def service(self, *, redis_store: bool | None = None) -> Target:
-        """The service, with the store ``--redis`` chose unless ``redis_store`` says otherwise."""
+    def service(
+        self,
+        *,
+        redis_store: bool | None = None,
+        settings: dict[str, str] | None = None,
+        label: str = "service",
+    ) -> Target:
+        """The service, with the store ``--redis`` chose unless ``redis_store`` says otherwise, and
+        ``settings`` beside the production defaults (W10: the tracing mode)."""
         return ServiceTarget(
             self.env.emulator_url,
             self.args.partitions,
             self.args.prefetch,
             use_redis=self.args.redis if redis_store is None else redis_store,
+            label=label,
+            settings=settings or {},
         )
 
     def baseline(self) -> Target:
@@ -357,6 +374,49 @@ def large_rooms(runner: Runner, results: dict[str, Any]) -> None:
         results["w9"] = {"service": in_memory, "service_redis": in_redis}
 
 
+def tracing_cost(runner: Runner, results: dict[str, Any]) -> None:
+    """W10: the service with tracing off, propagating only, and exporting every span to a local OTLP
+    receiver, rounds alternating; W1's CPU per 1,000 commands of each, and one large restriction."""
+    args, env, sizes = runner.args, runner.env, runner.sizes
+    print(
+        f"W10 tracing cost: {sizes.w1_commands:,} create_new_access_token from a traced controller, "
+        f"tracing off / propagation only / every span exported / one trace in ten exported, "
+        f"{args.rounds} round(s) alternating"
+    )
+    receiver = OtlpReceiverProcess()
+    by_mode: dict[str, list[Figures]] = {}
+    in_process: dict[str, float] = {}
+    try:
+        for number in range(args.rounds):
+            for name, mode in tracing_modes(receiver.endpoint).items():
+                by_mode.setdefault(name, []).append(
+                    runner.on(
+                        partial(runner.service, settings=mode.env, label=f"tracing {name}"),
+                        lambda t, first=number == 0, sampled=mode.sampled: w10_tracing_cost(
+                            t, env, sizes, receiver=receiver, fan_out=first and sampled == 1, sampled=sampled
+                        ),
+                    )
+                )
+        print(
+            f"W10 the pipeline in this process, the four modes alternating, {10 * args.rounds} batches each"
+        )
+        in_process = asyncio.run(pipeline_cost(receiver.endpoint, rounds=10 * args.rounds))
+    finally:
+        receiver.stop()
+    combined: dict[str, Any] = {}
+    for mode, rounds in by_mode.items():
+        figures = combine_throughput(rounds)
+        figures["fan_out"] = rounds[0].get("fan_out")
+        figures["spans_per_command"] = statistics.median(float(f["spans_per_command"]) for f in rounds)
+        combined[mode] = figures
+    off = float(combined["off"]["cpu_seconds_per_1000"])
+    for figures in combined.values():
+        figures["cpu_over_off"] = round(float(figures["cpu_seconds_per_1000"]) / off, 3)
+    combined["noop"] = {"seams_ns_per_command": noop_seams_ns_per_command()}
+    combined["in_process"] = {f"{mode}_us_per_command": value for mode, value in in_process.items()}
+    results["w10"] = combined
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     emulator = EmulatorProcess(mute_delay=15.0)
     profiler = Profiler() if args.profile else None
@@ -400,6 +460,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             svc = runner.on(runner.service, lambda t: w6_memory(t, env, sizes))
             results["w6"] = {"service": svc, "baseline": base}
         large_rooms(runner, results)
+        if "w10" in args.only:
+            tracing_cost(runner, results)
     finally:
         if profiler is not None:
             profiler.stop()

@@ -19,6 +19,7 @@ from bench.harness import Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
 from testkit.emulator import Emulator, allowed_sources, microphone_tracks
+from testkit.otlp import OtlpReceiverProcess
 from testkit.processes import REDIS_URL
 
 TOKEN = {"action": "create_new_access_token"}
@@ -589,3 +590,81 @@ async def w9_room_memory(target: Target, env: Env, sizes: Sizes, *, redis_store:
             memory["redis_processed_bytes"] / max(1, memory["redis_processed_keys"]), 1
         )
     return figures
+
+
+# -- W10: what tracing costs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TracingMode:
+    """How W10 runs the service, and which fraction of the controller's traces are sampled."""
+
+    env: dict[str, str]
+    sampled: float = 1.0
+
+
+def tracing_modes(endpoint: str) -> dict[str, TracingMode]:
+    """The tracing modes W10 compares."""
+    # Batches leave every 200 ms (the SDK's default is 5 s), so that the spans of the measured commands
+    # are exported, and their export counted, before W10 reads the CPU.
+    export = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    return {
+        "off": TracingMode({"OTEL_SDK_DISABLED": "true"}),
+        "propagation": TracingMode({"OTEL_TRACES_EXPORTER": "none"}),
+        "export": TracingMode(export),
+        # The controller samples one trace in ten; the service follows (parent-based, its default).
+        "export_sampled_10": TracingMode(export, sampled=0.1),
+    }
+
+
+async def w10_tracing_cost(
+    target: Target,
+    env: Env,
+    sizes: Sizes,
+    *,
+    receiver: OtlpReceiverProcess,
+    fan_out: bool,
+    sampled: float = 1.0,
+) -> Figures:
+    """W1's load from a traced controller (every command with a ``traceparent`` of its own, ``sampled``):
+    CPU seconds of the service per 1,000 commands, counted until the receiver got every span of them;
+    with ``fan_out``, also one restriction in a room of W8's larger size: its spans and the service's
+    CPU for it."""
+    generator = LoadGenerator(target.names, traced=True, sampled=sampled)
+    async with generator as gen, Emulator(env.emulator_url) as view:
+        tag = _tag()
+        rooms = sizes.w1_rooms
+        await _warm_up(gen, sizes, [f"w10-{tag}-{r}" for r in range(rooms)])
+        count = sizes.w1_commands
+        commands = [command(f"w10-{tag}-{i % rooms}", f"p{(i // rooms) % 10}", TOKEN) for i in range(count)]
+        spans_before = await receiver.settled()
+        base = gen.collector.received
+        cpu_before = cpu_seconds(target.pid)
+        elapsed, complete = await _run_batch(gen, commands, len(commands))
+        spans = await receiver.settled() - spans_before
+        cpu = cpu_seconds(target.pid) - cpu_before
+        n = len(commands)
+        figures: Figures = {
+            "commands": n,
+            "commands_per_second": round(n / elapsed, 1),
+            "cpu_seconds_per_1000": round(cpu / n * 1000, 4),
+            "spans": spans,
+            "spans_per_command": round(spans / n, 3),
+            **_outcome(gen, complete, n, base),
+        }
+        if fan_out:
+            size = max(sizes.w8_sizes)
+            room, _ = await _fanout_room(gen, view, size, ["microphone"])
+            enable = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+            spans_before = await receiver.settled()
+            cpu_before = cpu_seconds(target.pid)
+            timed = await _timed_moderation(gen, view, room, enable, expected=size, done=_no_microphone)
+            figures["fan_out"] = {
+                "participants": size,
+                "seconds": timed["seconds"],
+                "spans": await receiver.settled() - spans_before,
+                "cpu_seconds": round(cpu_seconds(target.pid) - cpu_before, 3),
+                "livekit_verified": timed["livekit_verified"],
+                "complete": timed["complete"],
+            }
+        return figures

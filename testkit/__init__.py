@@ -17,5 +17,7 @@
   Sentinel-managed Redis (on loopback or on test hosts) and a Redis Cluster (three masters, two
   replicas each) of their own;
 - ``hosts``, ``netns``: where a process runs (``Host``), and test hosts in network namespaces with the
-  faults between them (partitions, one-way cuts, silent drops).
+  faults between them (partitions, one-way cuts, silent drops);
+- ``otlp``: an OpenTelemetry Collector's OTLP/HTTP traces receiver, in a thread or as a process;
+- ``pipeline``: the command pipeline without a broker (a transport that confirms at once).
 """

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -44,6 +44,8 @@ class ReceivedEvent:
     received_at: float = 0.0
     #: Delivered again by the broker (after a reconnect of the receiving client).
     redelivered: bool = False
+    #: Its AMQP headers (the trace context).
+    headers: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> ReceivedEvent:
@@ -56,6 +58,7 @@ class ReceivedEvent:
             message_id=message.message_id,
             received_at=time.monotonic(),
             redelivered=bool(message.redelivered),
+            headers=dict(message.headers or {}),
         )
 
     @property
@@ -146,6 +149,7 @@ class SignalingClient:
         message_id: str | None = "auto",
         routing_key: str | None = None,
         raw: bytes | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> str | None:
         """Publish one command (with publisher confirms); returns its message id."""
         if raw is None:
@@ -160,6 +164,7 @@ class SignalingClient:
                 message_id=message_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 user_id=self._user_id,
+                headers=headers,
             ),
             routing_key=routing_key or command_routing_key(room),
         )

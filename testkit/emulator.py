@@ -75,9 +75,13 @@ class Emulator:
         await self._post("calls/clear", {})
 
     async def calls(self) -> list[str]:
+        return [method for method, _ in await self.traced_calls()]
+
+    async def traced_calls(self) -> list[tuple[str, str | None]]:
+        """Every Twirp call received so far, with the ``traceparent`` header it carried."""
         async with self._session.get(f"{self.url}/_emulator/calls") as response:
             data = await response.json()
-            return list(data["calls"])
+            return list(zip(data["calls"], data["traceparents"], strict=True))
 
     async def participant(self, room: str, identity: str) -> ParticipantInfo:
         return await self.api.room.get_participant(RoomParticipantIdentity(room=room, identity=identity))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from testkit.processes import LOG_DIR, DevProcess
 
@@ -128,3 +128,48 @@ def test_restrictions_from_the_page_take_a_microphone_away(dev: DevProcess, page
     expect(bob.locator(".tracks")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(SCREENSHOT_NARROW))
+
+
+WATERFALL_SCREENSHOT = LOG_DIR / "tracing-waterfall.png"
+
+
+def name(span: Locator) -> str:
+    return span.locator(".span-name").inner_text()
+
+
+def test_a_sent_command_shows_its_trace_as_a_waterfall(dev: DevProcess, page: Page, room: str) -> None:
+    """The console starts each command's trace (its own producer span, the ``traceparent`` it publishes)
+    and draws the trace's spans as they end: the service's consumer span under it, the LiveKit calls and
+    the publication of the events under that. docs/tracing-waterfall.png is a copy of its screenshot."""
+    page.goto(dev.console_url)
+    expect(page.locator("#connection")).to_have_text("live")
+    page.get_by_label("Room", exact=True).fill(room)
+    article = page.locator(f'article[data-room="{room}"]')  # the page also shows the module's other rooms
+    for participant, role in (("moderator", "moderator"), ("alice", "user"), ("bob", "user")):
+        send(page, participant, role, "join")
+        row = article.locator(f'tr[data-identity="{participant}"]')
+        article.get_by_role("button", name=f"Connect {participant} to LiveKit").click()
+        expect(row).to_have_attribute("data-connected", "true")
+        article.get_by_role("button", name=f"Publish microphone as {participant}").click()
+        expect(row.locator(".tracks")).to_have_attribute("data-sources", "microphone")
+
+    send(page, "moderator", "moderator", "enable_microphone_restrictions", unrestricted="alice")
+
+    command = page.locator("#commands > li").first
+    expect(command.locator(".answers > li")).to_have_count(3)
+    spans = command.locator(".waterfall li")
+    expected = [
+        ("0", "producer", f"publish {dev.names.command_exchange}"),
+        ("1", "consumer", f"process {dev.names.command_exchange}"),
+        ("2", "client", "POST /twirp/livekit.RoomService/ListParticipants"),
+        ("2", "client", "POST /twirp/livekit.RoomService/UpdateParticipant"),
+        ("2", "producer", f"publish {dev.names.event_exchange}"),
+    ]
+    expect(spans).to_have_count(len(expected))
+    rows = [spans.nth(i) for i in range(len(expected))]
+    shown = [(row.get_attribute("data-depth"), row.get_attribute("data-kind"), name(row)) for row in rows]
+    assert shown == expected
+    trace_id = command.locator(".waterfall").get_attribute("data-trace-id")
+    assert trace_id and len(trace_id) == 32
+    WATERFALL_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    command.screenshot(path=str(WATERFALL_SCREENSHOT))

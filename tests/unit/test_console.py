@@ -13,12 +13,14 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from livekit_signaling.client import Answers, CommandError, ReceivedEvent, Sent
 from livekit_signaling.console import stream as stream_module
 from livekit_signaling.console import traffic as traffic_module
 from livekit_signaling.console.clients import SimulatedClients
-from livekit_signaling.console.controller import Controller
+from livekit_signaling.console.controller import TRACE_UPDATE_SECONDS, Controller
 from livekit_signaling.console.room_watch import RoomWatch
 from livekit_signaling.console.rooms import is_gone, room_view
 from livekit_signaling.console.stream import LiveStream
@@ -30,6 +32,7 @@ from livekit_signaling.console.views import (
     livekit_rooms,
     to_json,
 )
+from livekit_signaling.console.waterfall import waterfall
 from livekit_signaling.domain.permissions import PublishPolicy, TokenGrant
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.emulator.control import ControlAnswer, EmulatorControl
@@ -49,6 +52,7 @@ from livekit_signaling.schemas.events import (
     PopoutStreamAccessToken,
     RestrictionsDisabledState,
 )
+from livekit_signaling.telemetry.tracing.kept import ControllerTraces, KeptSpan, KeptTraces
 
 
 def token(room: str, identity: str, ttl: int = 60) -> str:
@@ -306,7 +310,9 @@ def test_the_snapshot_carries_what_the_page_reads_and_commands_as_published() ->
     page = page_json(snapshot)
     assert page.keys() == {"rooms", "livekit_error", "webhooks", "amqp_connected", "commands", "events"}
     [command] = page["commands"]
-    assert command.keys() == {"message_id", "at", "routing_key", "body", "answers", "answer_count"}
+    assert command.keys() == {
+        "message_id", "at", "routing_key", "body", "answers", "answer_count", "trace_id", "trace"
+    }  # fmt: skip
     # The "send anything" form's envelope is shown as published, unknown fields and all.
     assert command["body"] == msgspec.json.decode(published)
     assert b'"extra":[1, 2]' in to_json(snapshot)
@@ -426,6 +432,9 @@ class FakeLink:
     def __init__(self, reply: Event | None) -> None:
         self.reply = reply
         self.asked: list[tuple[str, str, str, str, str | None]] = []
+        #: What ``publish_raw`` got, with the span current when it was called (whose context the real
+        #: client publishes with the command).
+        self.published: list[tuple[str, bytes, trace.SpanContext]] = []
         self.is_connected = True
         self._events: asyncio.Queue[ReceivedEvent] = asyncio.Queue()
 
@@ -443,7 +452,8 @@ class FakeLink:
             yield received
 
     async def publish_raw(self, room: str, body: bytes, *, message_id: str | None = None) -> Sent:
-        raise NotImplementedError
+        self.published.append((room, body, trace.get_current_span().get_span_context()))
+        return Sent(message_id=message_id or "", room=room)
 
     async def create_new_access_token(
         self,
@@ -599,3 +609,59 @@ async def test_rooms_are_read_from_both_sides_and_dropped_once_neither_knows_the
     assert view.livekit_error is not None
     assert view.livekit_error.startswith("the emulated LiveKit answered an unexpected shape")
     assert [room.name for room in view.rooms] == ["kept", "livekit-only"]
+
+
+# -- a sent command's trace -----------------------------------------------------------------------------
+
+
+def kept_span(span_id: str, parent_id: str | None, start: int, end: int, name: str = "") -> KeptSpan:
+    return KeptSpan("t" * 32, span_id, parent_id, name or span_id, "internal", start, end, None)
+
+
+def test_the_waterfall_puts_each_span_under_its_parent_in_start_order() -> None:
+    ms = 1_000_000
+    spans = [
+        kept_span("call-2", "command", 5 * ms, 6 * ms),
+        kept_span("command", "console", 2 * ms, 9 * ms),
+        kept_span("console", None, 1 * ms, 3 * ms),
+        kept_span("call-1", "command", 3 * ms, 4 * ms),
+        kept_span("orphan", "not-kept", 8 * ms, 10 * ms),
+    ]
+    rows = waterfall(spans)
+    assert [(row.name, row.depth) for row in rows] == [
+        ("console", 0),
+        ("command", 1),
+        ("call-1", 2),
+        ("call-2", 2),
+        ("orphan", 0),
+    ]
+    assert [(row.start_ms, row.duration_ms) for row in rows[:2]] == [(0.0, 2.0), (1.0, 7.0)]
+
+
+async def test_a_sent_command_carries_the_consoles_trace_and_shows_its_spans() -> None:
+    """The console's producer span starts the trace (its context goes out with the command); spans of
+    that trace that end later are sent to the pages with the command, as a waterfall."""
+    kept = KeptTraces()
+    provider = TracerProvider()
+    provider.add_span_processor(kept)
+    traces = ControllerTraces(provider.get_tracer("test"), kept, command_exchange="commands")
+    link, traffic, stream = FakeLink(None), Traffic(), LiveStream()
+    sent: list[bytes] = []
+    stream.broadcast = lambda kind, value: sent.append(to_json(value)) if kind == "command" else None  # type: ignore[method-assign]
+    controller = Controller(link, traffic=traffic, stream=stream, on_room=lambda _room: None, traces=traces)
+    envelope = b'{"room": "r", "participant": "p", "role": "user", "payload": {"action": "join"}}'
+    command = await controller.publish("r", envelope)
+
+    # The client published under the console's span: its context went out with the command.
+    [(_, _, console_span)] = link.published
+    assert console_span.is_valid and console_span.trace_flags.sampled
+    assert command.trace_id == trace.format_trace_id(console_span.trace_id)
+    # The service's span (a child of the console's), as it would end in dev.
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(console_span))
+    provider.get_tracer("service").start_span("process commands", parent, trace.SpanKind.CONSUMER).end()
+    await asyncio.sleep(TRACE_UPDATE_SECONDS * 3)
+    assert [(row.name, row.depth) for row in command.trace] == [
+        ("publish commands", 0),
+        ("process commands", 1),
+    ]
+    assert b'"process commands"' in sent[-1]

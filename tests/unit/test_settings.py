@@ -34,6 +34,10 @@ def test_missing_required_setting_is_named(missing: str) -> None:
         ("LIVEKIT_URL", "lk:7880"),
         ("SCREEN_SHARE_REQUIRES_PERMISSION", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("OTEL_TRACES_EXPORTER", "jaeger"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
     ],
 )
 def test_invalid_setting_is_named(name: str, value: str) -> None:
@@ -109,3 +113,32 @@ def test_docs_settings_page_is_generated_from_settings_table() -> None:
     assert "<!-- generated: settings -->" in page.splitlines()
     assert settings_table() in hook.expand(page)
     assert "<!-- generated:" not in hook.expand(page)
+
+
+def test_tracing_follows_the_sdks_variables() -> None:
+    """A traces endpoint is used as it is, a base endpoint gets /v1/traces; an endpoint makes otlp the
+    default exporter, none otherwise (propagation only)."""
+    assert load_settings(BASE).tracing.exporter == "none"
+    base = load_settings({**BASE, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}).tracing
+    assert (base.exporter, base.otlp_endpoint) == ("otlp", "http://collector:4318/v1/traces")
+    full = load_settings({**BASE, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c.example/otlp"}).tracing
+    assert (full.exporter, full.otlp_endpoint) == ("otlp", "https://c.example/otlp")
+    chosen = load_settings(
+        {**BASE, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "console"}
+    ).tracing
+    assert chosen.exporter == "console"
+    assert load_settings({**BASE, "OTEL_SDK_DISABLED": "true"}).tracing.disabled
+
+
+def test_only_the_http_protobuf_protocol_is_taken() -> None:
+    with pytest.raises(
+        SettingsError, match="OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is invalid: only http/protobuf"
+    ):
+        load_settings({**BASE, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_exporter_headers_are_a_secret() -> None:
+    settings = load_settings({**BASE, "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cr%3Dt,tenant=a"})
+    assert dict(settings.tracing.otlp_headers) == {"x-api-key": "s3cr=t", "tenant": "a"}
+    assert "s3cr" not in repr(settings) and "s3cr" not in repr(settings.tracing)
+    assert "s3cr" not in settings.tracing.describe()

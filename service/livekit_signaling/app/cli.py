@@ -63,7 +63,9 @@ async def _dev(port: int, overrides: dict[str, object]) -> None:
         settings = load_settings(
             None, livekit_url=url, livekit_api_key=DEV_API_KEY, livekit_api_secret=DEV_API_SECRET, **overrides
         )
-        service = SignalingService(settings)
+        # The console shows each sent command's trace: spans are recorded and kept even without an
+        # exporter (unless OTEL_SDK_DISABLED).
+        service = SignalingService(settings, keep_traces=True)
         console = Console(
             load_room=service.store.load,
             amqp_urls=settings.amqp_urls,
@@ -73,6 +75,7 @@ async def _dev(port: int, overrides: dict[str, object]) -> None:
             policy=service.policy,
             disconnect_unknown=settings.reconcile_disconnect_unknown,
             recent_repairs=service.recent_repairs.of,
+            traces=service.tracer.controller_traces(command_exchange=settings.command_exchange),
         )
         service.http.mount(console.install)
         log.info("console: %s", _console_address(settings.http_host, http_port))

@@ -1,6 +1,6 @@
-"""HTTP endpoints: ``/metrics``, ``/healthz`` (the loop runs), ``/readyz`` (taking commands), and
-``/webhook`` (LiveKit webhooks, verified with livekit-api's ``WebhookReceiver``); ``mount`` adds more on the
-same port (``dev`` mounts its console)."""
+"""HTTP endpoints: ``/metrics`` (Prometheus text, or OpenMetrics with exemplars), ``/healthz`` (the loop
+runs), ``/readyz`` (taking commands), and ``/webhook`` (LiveKit webhooks, verified with livekit-api's
+``WebhookReceiver``); ``mount`` adds more on the same port (``dev`` mounts its console)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from livekit.api import WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from livekit_signaling.telemetry.metrics import Metrics
 
@@ -71,10 +71,12 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _metrics_page(self, _: web.Request) -> web.Response:
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        """Prometheus text, or OpenMetrics when the scraper asks for it (``Accept``): only OpenMetrics
+        carries the latency histograms' exemplars (the trace of a command in that bucket)."""
         await self._before_scrape()
-        body = generate_latest(self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(self._metrics.registry), headers={"Content-Type": content_type})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")

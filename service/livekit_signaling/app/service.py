@@ -15,6 +15,7 @@ from livekit.protocol.webhook import WebhookEvent
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from livekit_signaling import __version__
 from livekit_signaling.app.http import HttpServer
 from livekit_signaling.app.settings import Settings
 from livekit_signaling.domain.deadline import command_deadline
@@ -33,6 +34,8 @@ from livekit_signaling.reconcile.room_check import RoomChecker
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.store.redis import RedisReplicaRegistry, RedisStateStore
 from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
+from livekit_signaling.telemetry.tracing.setup import start_tracing
 from livekit_signaling.transport.amqp import AmqpTransport, Topology
 from livekit_signaling.transport.refusals import BrokerRefusal
 
@@ -47,7 +50,7 @@ LIVEKIT_TOKEN_LEEWAY_SECONDS = 60
 RECONCILE_SHARE_OF_LIVEKIT_CALLS = 4
 
 
-def build_store(settings: Settings) -> StateStore:
+def build_store(settings: Settings, tracing: Tracing = NO_TRACING) -> StateStore:
     # A room stays on its reconcile list this long after its last decision was lifted: a token minted
     # before the lift (without the microphone) can connect until it expires.
     lift_grace_seconds = settings.token_ttl_seconds + LIVEKIT_TOKEN_LEEWAY_SECONDS
@@ -63,6 +66,7 @@ def build_store(settings: Settings) -> StateStore:
             wait_timeout_seconds=settings.redis_wait_timeout_seconds,
             partitions=settings.partitions,
             lift_grace_seconds=lift_grace_seconds,
+            tracing=tracing,
         )
     return MemoryStateStore(
         dedup_window_seconds=settings.dedup_window_seconds,
@@ -72,12 +76,24 @@ def build_store(settings: Settings) -> StateStore:
 
 
 class SignalingService:
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, registry: CollectorRegistry | None = None, keep_traces: bool = False
+    ) -> None:
+        """``keep_traces`` (``dev``): record spans even without an exporter and keep the latest traces
+        for the console."""
         self.settings = settings
         self.metrics = Metrics(registry)
         self.metrics.partitions_total.set(settings.partitions)
-        self.store = build_store(settings)
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.tracer = start_tracing(
+            settings.tracing,
+            command_exchange=settings.command_exchange,
+            event_exchange=settings.event_exchange,
+            instance=self.replica,
+            version=__version__,
+            keep_for_console=keep_traces,
+        )
+        self.store = build_store(settings, self.tracer.tracing)
         self._ready = False
         self._stopping = False
         #: What RabbitMQ refused at start-up and how to fix it, while it does (``/readyz`` shows it).
@@ -161,6 +177,7 @@ class SignalingService:
         settings = self.settings
         await self.http.start()
         log.info("HTTP endpoints on port %s", self.http.port)
+        log.info("tracing: %s", settings.tracing.describe())
         self.livekit = LiveKitAdapter(
             url=settings.livekit_url,
             api_key=settings.livekit_api_key,
@@ -170,6 +187,8 @@ class SignalingService:
             max_concurrent_requests=settings.livekit_max_concurrent_requests,
             metrics=self.metrics,
             room_cache_seconds=settings.livekit_room_cache_seconds,
+            tracing=self.tracer.tracing,
+            trace_configs=self.tracer.http_trace_configs,
         )
         await self.livekit.start()
         handler = CommandHandler(
@@ -192,6 +211,7 @@ class SignalingService:
             delivery_limit=settings.delivery_limit,
             transient_retry_seconds=settings.transient_retry_seconds,
             trusted_publishers=TrustedPublishers(settings.trusted_publishers),
+            tracing=self.tracer.tracing,
         )
         try:
             if not await self._connect(stop):
@@ -299,7 +319,16 @@ class SignalingService:
             await self.livekit.close()
         await self.store.close()
         await self.http.stop()
+        await self._flush_traces()
         log.info("stopped")
+
+    async def _flush_traces(self, timeout_seconds: float = 5.0) -> None:
+        """Export the spans still queued; bounded, since the Collector may be gone."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await asyncio.to_thread(self.tracer.shutdown)
+        except TimeoutError:
+            log.warning("spans not all exported within %.0f s of shutdown", timeout_seconds)
 
     async def _on_webhook(self, event: WebhookEvent) -> None:
         """Re-apply the room's permissions to a participant who joined or published, in the room's

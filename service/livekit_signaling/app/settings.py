@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from livekit_signaling.store.target import InvalidRedisTarget, RedisTarget, check_key_prefix, redis_target
+from livekit_signaling.telemetry.tracing.setup import EXPORTERS, OTLP_PROTOCOL, SAMPLERS, TracingConfig
 from livekit_signaling.transport.brokers import split_broker_urls
 
 
@@ -111,6 +112,31 @@ def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"expected host:port[,host:port...], got {item.strip()!r}")
         addresses.append((host, int(port)))
     return tuple(addresses)
+
+
+def _ratio(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("expected a ratio from 0 to 1")
+    return number
+
+
+def _otlp_protocol(value: str) -> str:
+    if value != OTLP_PROTOCOL:
+        raise ValueError(f"only {OTLP_PROTOCOL} is supported (the Collector's OTLP/HTTP port, 4318)")
+    return value
+
+
+def _key_values(value: str) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value`` as OpenTelemetry's ``OTEL_EXPORTER_OTLP_HEADERS`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` write it (values URL-encoded)."""
+    headers = []
+    for item in value.split(","):
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError("expected key=value[,key=value...]")
+        headers.append((unquote(key.strip()), unquote(text.strip())))
+    return tuple(headers)
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -352,6 +378,64 @@ class Settings:
         "LOG_FORMAT", "`json`, `text`, or `auto` (text on a terminal, JSON otherwise).", default="auto"
     )
     log_level: str = _env("LOG_LEVEL", "`DEBUG`, `INFO`, `WARNING`, `ERROR`.", default="INFO")
+    otel_sdk_disabled: bool = _env(
+        "OTEL_SDK_DISABLED",
+        "`true` turns tracing off: no spans, and no trace context passed on from commands to their "
+        "events and LiveKit calls (docs: operations, tracing).",
+        default=False,
+    )
+    otel_service_name: str = _env(
+        "OTEL_SERVICE_NAME", "`service.name` of the spans.", default="livekit-signaling"
+    )
+    otel_resource_attributes: tuple[tuple[str, str], ...] | None = _env(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "More attributes of the spans' resource, `key=value,key=value` (e.g. "
+        "`deployment.environment.name=production`); `service.instance.id` is the replica's id.",
+    )
+    otel_traces_exporter: str | None = _env(
+        "OTEL_TRACES_EXPORTER",
+        "`otlp` (spans to an OpenTelemetry Collector over OTLP/HTTP), `console` (printed to stdout) or "
+        "`none` (propagation only: commands' trace context passed on, nothing recorded). Unset: `otlp` "
+        "when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, else `none`.",
+    )
+    otel_exporter_otlp_endpoint: str | None = _env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "Base URL of the Collector's OTLP/HTTP receiver; spans go to `<it>/v1/traces` (default "
+        "`http://localhost:4318`).",
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = _env(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "Full URL spans are posted to, instead of `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`.",
+    )
+    otel_exporter_otlp_protocol: str = _env(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "`http/protobuf`, the only protocol supported.", default=OTLP_PROTOCOL
+    )
+    otel_exporter_otlp_traces_protocol: str | None = _env(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "The same, for traces only; `http/protobuf` too."
+    )
+    otel_exporter_otlp_headers: tuple[tuple[str, str], ...] | None = _env(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "Headers of every export request, `key=value,key=value` (a Collector's API key); never logged. "
+        "The exporter also reads OpenTelemetry's other `OTEL_EXPORTER_OTLP_*` variables itself "
+        "(timeout, compression, certificates).",
+        secret=True,
+    )
+    otel_traces_sampler: str = _env(
+        "OTEL_TRACES_SAMPLER",
+        "`parentbased_always_on` (a command is recorded when its controller's trace is), "
+        "`parentbased_traceidratio`, `traceidratio`, `always_on`, `always_off`, `parentbased_always_off`.",
+        default="parentbased_always_on",
+    )
+    otel_traces_sampler_arg: float | None = _env(
+        "OTEL_TRACES_SAMPLER_ARG", "The ratio of the `*traceidratio` samplers, 0 to 1 (default 1)."
+    )
+    tracing_spans_per_command: int = _env(
+        "TRACING_SPANS_PER_COMMAND",
+        "Client spans (LiveKit calls, state-store round trips) one command may record; beyond that its "
+        "span counts them and records failed calls as events, so a restriction in a room of 10,000 "
+        "stays a few dozen spans.",
+        default=32,
+    )
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -377,6 +461,27 @@ class Settings:
             tls=self.redis_tls,
             tls_ca=self.redis_tls_ca,
             min_replicas=self.redis_min_replicas,
+        )
+
+    @property
+    def tracing(self) -> TracingConfig:
+        """The ``OTEL_*`` settings resolved as OpenTelemetry's SDK reads them: a traces endpoint is used as
+        it is, a base endpoint gets ``/v1/traces``; the exporter defaults to ``otlp`` only when an
+        endpoint is set (OpenTelemetry's default, ``otlp`` to localhost, would fail on every replica
+        that has no Collector beside it)."""
+        base = (self.otel_exporter_otlp_endpoint or "http://localhost:4318").rstrip("/")
+        endpoint = self.otel_exporter_otlp_traces_endpoint or f"{base}/v1/traces"
+        configured = self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint
+        return TracingConfig(
+            disabled=self.otel_sdk_disabled,
+            service_name=self.otel_service_name,
+            resource_attributes=dict(self.otel_resource_attributes or ()),
+            exporter=self.otel_traces_exporter or ("otlp" if configured else "none"),
+            otlp_endpoint=endpoint,
+            otlp_headers=dict(self.otel_exporter_otlp_headers or ()),
+            sampler=self.otel_traces_sampler,
+            sampler_arg=self.otel_traces_sampler_arg,
+            spans_per_command=self.tracing_spans_per_command,
         )
 
     @property
@@ -436,6 +541,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "reconcile_disconnect_unknown": _bool,
     "log_format": _choice("auto", "json", "text"),
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+    "otel_sdk_disabled": _bool,
+    "otel_traces_exporter": _choice(*EXPORTERS),
+    "otel_exporter_otlp_endpoint": _url,
+    "otel_exporter_otlp_traces_endpoint": _url,
+    "otel_exporter_otlp_protocol": _otlp_protocol,
+    "otel_exporter_otlp_traces_protocol": _otlp_protocol,
+    "otel_exporter_otlp_headers": _key_values,
+    "otel_resource_attributes": _key_values,
+    "otel_traces_sampler": _choice(*SAMPLERS),
+    "otel_traces_sampler_arg": _ratio,
+    "tracing_spans_per_command": _non_negative_int,
 }
 
 

@@ -1,13 +1,15 @@
 """The console as a controller on RabbitMQ, through the package's client: it publishes commands as anyone
-and sees every event pass, keeps both (``Traffic``) and sends them on to the open pages."""
+and sees every event pass, keeps both (``Traffic``) and sends them on to the open pages; as an instrumented
+controller, it starts each command's trace and shows that trace's spans as they end."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol
 
 from livekit_signaling.client import (
@@ -21,10 +23,12 @@ from livekit_signaling.client import (
 from livekit_signaling.console.stream import LiveStream
 from livekit_signaling.console.traffic import Traffic
 from livekit_signaling.console.views import Refused, SentCommand
+from livekit_signaling.console.waterfall import waterfall
 from livekit_signaling.schemas import codec
 from livekit_signaling.schemas.commands import CreateNewAccessToken, Kind, Role
 from livekit_signaling.schemas.events import CredentialsEvent
 from livekit_signaling.schemas.routing import command_routing_key
+from livekit_signaling.telemetry.tracing.kept import KeptSpan
 from livekit_signaling.transport.controller import LinkError
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,22 @@ class CommandLink(Protocol):
     async def close(self) -> None: ...
 
 
+class CommandTraces(Protocol):
+    """Traces of the commands the console sends (``telemetry.tracing.kept.ControllerTraces``)."""
+
+    def publishing(self, routing_key: str, message_id: str) -> AbstractContextManager[str]:
+        """The console's span around publishing one command, current inside (so the client publishes
+        its context with the command); yields the trace id."""
+
+    def spans(self, trace_id: str) -> list[KeptSpan]: ...
+
+    def on_trace(self, callback: Callable[[str], None]) -> None: ...
+
+
+#: Spans of a trace end in bursts (a command's calls, its publication, itself): the page is told once.
+TRACE_UPDATE_SECONDS = 0.05
+
+
 class Controller:
     def __init__(
         self,
@@ -68,12 +88,23 @@ class Controller:
         traffic: Traffic,
         stream: LiveStream,
         on_room: Callable[[str], None],
+        traces: CommandTraces | None = None,
     ) -> None:
         self._link = link
         self._traffic = traffic
         self._stream = stream
         #: Told of the room of every command and event (the rooms view re-reads it).
         self._on_room = on_room
+        self._traces = traces
+        #: Traces with new spans not yet sent to the pages.
+        self._changed_traces: set[str] = set()
+        if traces is not None:
+            loop = asyncio.get_running_loop()
+
+            def span_ended(trace_id: str) -> None:  # from whichever thread ended the span
+                loop.call_soon_threadsafe(self._trace_changed, trace_id)
+
+            traces.on_trace(span_ended)
 
     @property
     def is_connected(self) -> bool:
@@ -135,11 +166,12 @@ class Controller:
     async def publish(self, room: str, body: bytes) -> SentCommand:
         """Publish ``body`` to ``room.<room>`` as it is, valid envelope or not."""
         message_id = uuid.uuid4().hex
-        command = self._record(room, message_id, body)
-        try:
-            await self._link.publish_raw(room, body, message_id=message_id)
-        except (LinkError, CommandTimeout) as error:
-            raise Refused(503, str(error)) from None
+        with self._traced(room, message_id) as trace_id:
+            command = self._record(room, message_id, body, trace_id)
+            try:
+                await self._link.publish_raw(room, body, message_id=message_id)
+            except (LinkError, CommandTimeout) as error:
+                raise Refused(503, str(error)) from None
         self._stream.broadcast("command", command)
         return command
 
@@ -156,18 +188,40 @@ class Controller:
         ``CommandError``/``CommandTimeout`` as the client raises them."""
         message_id = uuid.uuid4().hex
         body = codec.encode_command(room, participant, CreateNewAccessToken(), role=role, kind=kind)
-        self._stream.broadcast("command", self._record(room, message_id, body))
-        try:
-            return await self._link.create_new_access_token(
-                room, participant, role=role, kind=kind, message_id=message_id, timeout=timeout
-            )
-        except LinkError as error:
-            raise Refused(503, str(error)) from None
+        with self._traced(room, message_id) as trace_id:
+            self._stream.broadcast("command", self._record(room, message_id, body, trace_id))
+            try:
+                return await self._link.create_new_access_token(
+                    room, participant, role=role, kind=kind, message_id=message_id, timeout=timeout
+                )
+            except LinkError as error:
+                raise Refused(503, str(error)) from None
 
-    def _record(self, room: str, message_id: str, body: bytes) -> SentCommand:
+    def _record(self, room: str, message_id: str, body: bytes, trace_id: str | None) -> SentCommand:
         """Keep a command about to be published (before: its answer can arrive before the confirm)."""
         if not self._link.is_connected:
             raise Refused(503, "not connected to RabbitMQ")
-        command = self._traffic.record_command(message_id, command_routing_key(room), body)
+        command = self._traffic.record_command(message_id, command_routing_key(room), body, trace_id=trace_id)
         self._on_room(room)
         return command
+
+    # -- the traces of the commands it sends --------------------------------------------------------
+
+    def _traced(self, room: str, message_id: str) -> AbstractContextManager[str | None]:
+        if self._traces is None:
+            return contextlib.nullcontext(None)
+        return self._traces.publishing(command_routing_key(room), message_id)
+
+    def _trace_changed(self, trace_id: str) -> None:
+        if not self._changed_traces:
+            asyncio.get_running_loop().call_later(TRACE_UPDATE_SECONDS, self._send_traces)
+        self._changed_traces.add(trace_id)
+
+    def _send_traces(self) -> None:
+        """The changed traces of sent commands, again with their commands, as waterfalls."""
+        changed, self._changed_traces = self._changed_traces, set()
+        for trace_id in changed:
+            command = self._traffic.command_of_trace(trace_id)
+            if command is not None and self._traces is not None:
+                command.trace = waterfall(self._traces.spans(trace_id))
+                self._stream.broadcast("command", command)

@@ -13,9 +13,9 @@ the service's HTTP port:
   does, switch its ``webhooks`` on or off (off, only the service's reconciliation repairs drift).
 
 Everything it needs is injected: the room state (a read function), the reconciler's latest repairs
-(another), the publish policy, RabbitMQ (URL and exchange names) and the emulator (its URL); it
-imports nothing from ``livekit_signaling.app``. This module wires the
-parts and speaks HTTP; what each part does is in its own module.
+(another), the publish policy, RabbitMQ (URL and exchange names), the emulator (its URL) and the
+service's kept traces; it imports nothing from ``livekit_signaling.app``. This module wires the parts
+and speaks HTTP; what each part does is in its own module.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from aiohttp import web
 
 from livekit_signaling.client import SignalingClient, UndecodableEvent
 from livekit_signaling.console.clients import SimulatedClients, said
-from livekit_signaling.console.controller import Controller
+from livekit_signaling.console.controller import CommandTraces, Controller
 from livekit_signaling.console.room_watch import POLL_SECONDS, RoomWatch
 from livekit_signaling.console.rooms import LoadRoom, RecentRepairsOf
 from livekit_signaling.console.stream import LiveStream
@@ -99,7 +99,9 @@ class Console:
         policy: PublishPolicy | None = None,
         disconnect_unknown: bool = True,
         recent_repairs: RecentRepairsOf = lambda _room: (),
+        traces: CommandTraces | None = None,
     ) -> None:
+        """``traces``: the service's kept traces; each sent command then shows its trace's waterfall."""
         traffic = Traffic()
         self._emulator = EmulatorControl(emulator_url)
         self._stream = LiveStream()
@@ -126,7 +128,9 @@ class Console:
             connection_name=f"livekit-signaling-console-{uuid.uuid4().hex[:6]}",
             on_undecodable=show_undecodable,
         )
-        self._controller = Controller(link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice)
+        self._controller = Controller(
+            link, traffic=traffic, stream=self._stream, on_room=self._rooms.notice, traces=traces
+        )
         self._clients = SimulatedClients(
             emulator=self._emulator, load_room=load_room, traffic=traffic, controller=self._controller
         )

@@ -70,6 +70,8 @@ class Traffic:
     def __init__(self) -> None:
         self.events: deque[SeenEvent] = deque(maxlen=EVENT_HISTORY)
         self.commands: OrderedDict[str, SentCommand] = OrderedDict()
+        #: The message id of each kept command's trace.
+        self._by_trace: dict[str, str] = {}
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._seq = itertools.count(1)
 
@@ -108,15 +110,30 @@ class Traffic:
                 command.answers.append(event)
         return event, command
 
-    def record_command(self, message_id: str, routing_key: str, body: bytes) -> SentCommand:
-        """Keep a command about to be published; ``body`` is JSON (though not necessarily an envelope)."""
+    def record_command(
+        self, message_id: str, routing_key: str, body: bytes, *, trace_id: str | None = None
+    ) -> SentCommand:
+        """Keep a command about to be published; ``body`` is JSON (though not necessarily an envelope),
+        ``trace_id`` the trace the console started for it."""
         command = SentCommand(
-            message_id=message_id, at=time.time(), routing_key=routing_key, body=msgspec.Raw(body)
+            message_id=message_id,
+            at=time.time(),
+            routing_key=routing_key,
+            body=msgspec.Raw(body),
+            trace_id=trace_id,
         )
         self.commands[message_id] = command
+        if trace_id is not None:
+            self._by_trace[trace_id] = message_id
         while len(self.commands) > COMMAND_HISTORY:
-            self.commands.popitem(last=False)
+            _, dropped = self.commands.popitem(last=False)
+            if dropped.trace_id is not None:
+                self._by_trace.pop(dropped.trace_id, None)
         return command
+
+    def command_of_trace(self, trace_id: str) -> SentCommand | None:
+        message_id = self._by_trace.get(trace_id)
+        return self.commands.get(message_id) if message_id is not None else None
 
     def _remember_token(self, room: str, token: str) -> None:
         claims = token_claims(token)

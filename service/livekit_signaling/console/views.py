@@ -138,8 +138,24 @@ class SeenEvent(msgspec.Struct, frozen=True):
     body: EventEnvelope | str
 
 
+class TraceSpanView(msgspec.Struct, frozen=True):
+    """One span of a sent command's trace, as a row of the waterfall."""
+
+    name: str
+    #: ``producer``, ``consumer``, ``client``, ``internal``, ``server``.
+    kind: str
+    #: How many ancestors it has in the trace (the console's own span is 0).
+    depth: int
+    #: Milliseconds from the start of the trace's first span.
+    start_ms: float
+    duration_ms: float
+    #: Its status description when it failed.
+    error: str | None
+
+
 class SentCommand(msgspec.Struct):
-    """The stream's ``command`` message: a command the console published, sent again with each answer."""
+    """The stream's ``command`` message: a command the console published, sent again with each answer
+    and whenever a span of its trace ended."""
 
     message_id: str
     at: float
@@ -149,6 +165,9 @@ class SentCommand(msgspec.Struct):
     answers: list[SeenEvent] = msgspec.field(default_factory=list)
     #: All answers, also those beyond the ones kept in ``answers``.
     answer_count: int = 0
+    #: The trace the console started for it (its ``traceparent``), and that trace's spans so far.
+    trace_id: str | None = None
+    trace: list[TraceSpanView] = msgspec.field(default_factory=list)
 
 
 class Snapshot(RoomsView, frozen=True):

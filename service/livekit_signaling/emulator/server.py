@@ -258,6 +258,9 @@ class LiveKitEmulator:
         # Every Twirp request received, by method name, whatever its outcome (auth failure and faults
         # included), so tests can assert that nothing reached "LiveKit".
         self.calls: list[str] = []
+        #: The W3C ``traceparent`` header of each of those requests (None without), as LiveKit's own
+        #: tracing would read it: tests check that the trace reaches LiveKit.
+        self.traceparents: list[str | None] = []
         self.state = EmulatorState(self._on_event)
         self._fault = EmulatorFault.NONE
         # Replaced (after being set) whenever the fault changes or the server stops: hung handlers wait
@@ -524,6 +527,7 @@ class LiveKitEmulator:
     async def _twirp(self, request: web.Request) -> web.StreamResponse:
         method_name = request.match_info["method"]
         self.calls.append(method_name)
+        self.traceparents.append(request.headers.get("traceparent"))
         if self._fault is not EmulatorFault.NONE:
             faulted = await self._apply_fault(request)
             if faulted is not None:
@@ -736,10 +740,11 @@ class LiveKitEmulator:
         return web.json_response({"mode": self.fault.value})
 
     async def _ctl_calls(self, _request: web.Request) -> web.Response:
-        return web.json_response({"calls": self.calls})
+        return web.json_response({"calls": self.calls, "traceparents": self.traceparents})
 
     async def _ctl_calls_clear(self, _request: web.Request) -> web.Response:
         self.calls.clear()
+        self.traceparents.clear()
         return web.json_response({})
 
     async def _ctl_webhook(self, request: web.Request) -> web.Response:

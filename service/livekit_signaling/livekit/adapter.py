@@ -44,6 +44,7 @@ from livekit_signaling.domain.deadline import seconds_left
 from livekit_signaling.domain.errors import LiveKitRejected, LiveKitUnavailable
 from livekit_signaling.domain.permissions import ALL_SOURCES
 from livekit_signaling.domain.ports import ConnectedParticipant
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,19 @@ class LiveKitAdapter:
         max_concurrent_requests: int,
         metrics: LiveKitMetrics,
         room_cache_seconds: float = 0.0,
+        tracing: Tracing = NO_TRACING,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
+        """``trace_configs`` go on the HTTP session livekit-api uses (the client spans of LiveKit calls
+        and the trace context they carry); ``tracing`` gets the retries and the latency exemplars."""
         self._url = url
         self._api_key = api_key
         self._api_secret = api_secret
         self._request_timeout = request_timeout_seconds
         self._attempts = attempts
         self._metrics = metrics
+        self._tracing = tracing
+        self._trace_configs = list(trace_configs)
         self._concurrency = asyncio.Semaphore(max_concurrent_requests)
         self._max_concurrent_requests = max_concurrent_requests
         self._series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -207,7 +214,7 @@ class LiveKitAdapter:
     async def start(self) -> None:
         # One keep-alive session for every call; the pool is as large as the concurrency bound.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector)
+        self._session = aiohttp.ClientSession(connector=connector, trace_configs=self._trace_configs or None)
         self._api = LiveKitAPI(self._url, self._api_key, self._api_secret, session=self._session)
 
     async def close(self) -> None:
@@ -275,18 +282,20 @@ class LiveKitAdapter:
                 or seconds_left(self._request_timeout) - first_wait <= 0
             ):
                 raise
+            first_failure = error
 
-        def count_retry(_: RetryCallState | None = None) -> None:
+        def count_retry(failure: BaseException | None) -> None:
             self._metrics.livekit_retries.labels(method).inc()
+            self._tracing.retried(method, type(failure).__name__)
 
-        count_retry()
+        count_retry(first_failure)
         await asyncio.sleep(first_wait)
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(self._attempts - 1), _OutOfTime(self._request_timeout)),
             # Attempt n of this loop is attempt n + 1 of the call: its back-off is twice the first's.
             wait=wait_exponential_jitter(multiplier=2 * _FIRST_BACKOFF, max=_MAX_BACKOFF, jitter=_JITTER),
             retry=retry_if_exception(_is_transient),
-            before_sleep=count_retry,
+            before_sleep=lambda state: count_retry(state.outcome.exception() if state.outcome else None),
             reraise=True,
         )
         async for attempt in retrying:
@@ -320,7 +329,7 @@ class LiveKitAdapter:
                 self._metrics.livekit_request_duration.labels(method),
             )
         series[0].inc()
-        series[1].observe(seconds)
+        series[1].observe(seconds, self._tracing.exemplar())
 
     # -- the domain's LiveKit port --------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from livekit_signaling.telemetry.tracing.port import NO_COMMAND_TRACE, CommandTrace
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -22,6 +24,8 @@ class Delivery:
     #: The AMQP ``user_id`` property: the publishing connection's user, which RabbitMQ has checked.
     user_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Its consumer span, from delivery to settlement (``CommandProcessor.on_delivery`` starts it).
+    trace: CommandTrace = NO_COMMAND_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class OutgoingEvent:
     #: command run twice (a replica killed between publishing and recording it) carry the same ids and
     #: consumers can drop the copies.
     message_id: str
+    #: AMQP headers: the trace context (one dict shared by a command's events), None without.
+    headers: dict[str, str] | None = None
 
 
 class UnroutableEvent(Exception):

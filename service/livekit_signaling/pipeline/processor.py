@@ -29,7 +29,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from livekit_signaling.domain.deadline import command_deadline
 from livekit_signaling.domain.errors import StaleState, StoreUnavailable
@@ -46,6 +52,7 @@ from livekit_signaling.schemas.commands import Envelope
 from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.telemetry.logging import command_context, update_command_context
 from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class CommandProcessor:
         delivery_limit: int,
         transient_retry_seconds: float,
         trusted_publishers: TrustedPublishers | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._handler = handler
         self._store = store
@@ -77,6 +85,7 @@ class CommandProcessor:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._transient_retry_seconds = transient_retry_seconds
         self._trusted_publishers = trusted_publishers or TrustedPublishers()
+        self._tracing = tracing
         self._events = EventPublisher(
             transport=transport, metrics=metrics, transient_retry_seconds=transient_retry_seconds
         )
@@ -92,6 +101,7 @@ class CommandProcessor:
     def on_delivery(self, delivery: Delivery) -> None:
         received = time.perf_counter()
         self._metrics.commands_in_flight.inc()
+        delivery.trace = self._tracing.command(delivery)
         if not self._trusted_publishers.allows(delivery.user_id):
             # Checked first: a command from an untrusted publisher is neither parsed nor run, and
             # only the reason is logged, never the body.
@@ -148,8 +158,10 @@ class CommandProcessor:
     async def _command(self, delivery: Delivery, envelope: Envelope, received: float, turn: RoomTurn) -> None:
         action = "unknown"
         partition = delivery.partition
-        with command_context(
-            room=envelope.room, participant=envelope.participant, message_id=delivery.message_id
+        room, participant = envelope.room, envelope.participant
+        with (
+            delivery.trace.activate(room),
+            command_context(room=room, participant=participant, message_id=delivery.message_id),
         ):
             try:
                 await self._partitions.wait_open(partition)
@@ -159,7 +171,9 @@ class CommandProcessor:
                     return
                 with self._partitions.running(partition):
                     action = await self._process(delivery, envelope, turn)
-                self._metrics.command_duration.labels(action).observe(time.perf_counter() - received)
+                self._metrics.command_duration.labels(action).observe(
+                    time.perf_counter() - received, delivery.trace.exemplar()
+                )
             except CommandAbandoned:
                 log.info("command abandoned: its channel closed; the broker redelivers it")
             except Exception as error:  # a bug, or a transient failure that outlasted its retries
@@ -167,7 +181,7 @@ class CommandProcessor:
                 await turn.after_previous()
                 await self._retry_or_dead_letter(delivery, error, action)
             finally:
-                self._metrics.commands_in_flight.dec()
+                self._finished(delivery)
                 turn.settle()
                 if self._last_turn.get(envelope.room) is turn:
                     del self._last_turn[envelope.room]
@@ -192,20 +206,21 @@ class CommandProcessor:
         ):
             turn.let_next_start()
             self._metrics.duplicates.inc()
-            self._metrics.commands.labels("unknown", "duplicate").inc()
+            self._count(delivery, "unknown", "duplicate")
             log.info("duplicate command ignored")
             await turn.after_previous()
             await self._transport.ack(delivery)
             return "unknown"
         result, action = await self._transient(delivery, lambda: self._execute(envelope, delivery.partition))
         events = outgoing_events(delivery, result.events)
-        publication = await self._events.hand_over(events, turn)
-        turn.let_next_start()
-        await self._events.confirm(delivery, events, publication, turn)
+        with delivery.trace.publication(events) as traced:
+            publication = await self._events.hand_over(events, turn)
+            turn.let_next_start()
+            await self._events.confirm(delivery, events, publication, turn, traced)
         if message_id is not None:
             await self._transient(delivery, lambda: self._store.mark_processed(message_id))
         await self._transport.ack(delivery)
-        self._metrics.commands.labels(action, result.outcome).inc()
+        self._count(delivery, action, result.outcome)
         log.debug("command handled: %s", result.outcome)
         return action
 
@@ -219,10 +234,17 @@ class CommandProcessor:
         except (StoreUnavailable, StaleState) as error:
             # The store's message says what failed (and the fix for a configuration error), no secrets.
             log.warning("state store step failed (%s: %s); retrying in place", type(error).__name__, error)
+            delivery.trace.retried("state_store", type(error).__name__)
+
+        def note_retry(state: RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            delivery.trace.retried("state_store", type(failure).__name__)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((StoreUnavailable, StaleState)),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
             stop=stop_after_delay(self._transient_retry_seconds),
+            before_sleep=note_retry,
             reraise=True,
         )
         async for attempt in retrying:
@@ -271,15 +293,16 @@ class CommandProcessor:
             await self._transport.requeue(delivery)
             return
         self._metrics.dead_letters.labels(label).inc()
-        self._metrics.commands.labels(action, outcome).inc()
+        self._count(delivery, action, outcome)
         await self._transport.ack(delivery)
 
     async def _reject(self, delivery: Delivery, reason: str, label: str) -> None:
-        log.warning("command dead-lettered: %s", reason)
-        try:
-            await self._dead_letter(delivery, reason, label=label, action="unknown", outcome=label)
-        finally:
-            self._metrics.commands_in_flight.dec()
+        with delivery.trace.activate(None):
+            log.warning("command dead-lettered: %s", reason)
+            try:
+                await self._dead_letter(delivery, reason, label=label, action="unknown", outcome=label)
+            finally:
+                self._finished(delivery)
 
     async def _retry_or_dead_letter(self, delivery: Delivery, error: Exception, action: str) -> None:
         reason = f"{type(error).__name__}: {error}"
@@ -290,8 +313,18 @@ class CommandProcessor:
             )
             return
         log.warning("command failed, requeued: %s", reason)
-        self._metrics.commands.labels(action, "requeued").inc()
+        self._count(delivery, action, "requeued")
         await self._transport.requeue(delivery)
+
+    # -- what every command ends with ----------------------------------------------------------------
+
+    def _count(self, delivery: Delivery, action: str, outcome: str) -> None:
+        self._metrics.commands.labels(action, outcome).inc()
+        delivery.trace.settled(action, outcome)
+
+    def _finished(self, delivery: Delivery) -> None:
+        self._metrics.commands_in_flight.dec()
+        delivery.trace.end()
 
     # -- shutdown ------------------------------------------------------------------------------------
 

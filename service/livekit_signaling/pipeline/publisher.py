@@ -24,6 +24,7 @@ from livekit_signaling.schemas.codec import encode_event, redact_tokens
 from livekit_signaling.schemas.events import EventEnvelope
 from livekit_signaling.schemas.routing import participant_routing_key
 from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.tracing import NO_TRACING, TraceSpan
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def outgoing_events(delivery: Delivery, events: list[EventEnvelope]) -> list[Out
             type=event.payload.__struct_config__.tag,  # type: ignore[arg-type]
             correlation_id=delivery.message_id,
             message_id=f"{event_id_prefix}:{index}",
+            headers=delivery.trace.event_headers,
         )
         for index, event in enumerate(events)
     ]
@@ -79,15 +81,21 @@ class EventPublisher:
         return publication
 
     async def confirm(
-        self, delivery: Delivery, events: list[OutgoingEvent], publication: Publication | None, turn: RoomTurn
+        self,
+        delivery: Delivery,
+        events: list[OutgoingEvent],
+        publication: Publication | None,
+        turn: RoomTurn,
+        traced: TraceSpan = NO_TRACING,
     ) -> None:
         """The events' confirms, then the room's previous command settled; events lost with a channel
         are published again (in the room's order, since the previous command is settled), for as long
         as the command's own delivery can still be acknowledged. Events the broker nacked are published
         again the same way for up to ``TRANSIENT_RETRY_SECONDS``, then the nack raises (requeue the
         command): while a cluster node restarts, a quorum queue refuses publishes for seconds, and
-        requeueing at once would use up a command's deliveries in that time."""
-        pending, refused = await self._outcomes(events, publication)
+        requeueing at once would use up a command's deliveries in that time. ``traced`` (the
+        publication's span) gets the retries and the dead-lettered events."""
+        pending, refused = await self._outcomes(events, publication, traced)
         await turn.after_previous()
         delay = 0.05
         refused_since: float | None = None
@@ -104,6 +112,7 @@ class EventPublisher:
                 len(pending),
                 "refused by the broker" if refused is not None else "connection lost",
             )
+            traced.retried("publish", "EventRefused" if refused is not None else "ChannelLost")
             await self._transport.wait_connected(delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -111,10 +120,12 @@ class EventPublisher:
                 channel = await self._transport.publishing_channel()
             except ConnectionError:
                 continue
-            pending, refused = await self._outcomes(pending, self._transport.publish_on(channel, pending))
+            pending, refused = await self._outcomes(
+                pending, self._transport.publish_on(channel, pending), traced
+            )
 
     async def _outcomes(
-        self, events: Sequence[OutgoingEvent], publication: Publication | None
+        self, events: Sequence[OutgoingEvent], publication: Publication | None, traced: TraceSpan
     ) -> tuple[list[OutgoingEvent], EventRefused | None]:
         """Wait for the confirms of ``events`` (all of them unsent when ``publication`` is None),
         dead-letter those the broker could not route, and return those to publish again (lost with the
@@ -141,7 +152,9 @@ class EventPublisher:
                 published[event.type] += 1
                 continue
             failure = (
-                await self._dead_letter_event(event) if isinstance(outcome, UnroutableEvent) else outcome
+                await self._dead_letter_event(event, traced)
+                if isinstance(outcome, UnroutableEvent)
+                else outcome
             )
             if failure is None:
                 continue
@@ -154,18 +167,19 @@ class EventPublisher:
             self._metrics.events_published.labels(event_type).inc(count)
         return again, refused
 
-    async def _dead_letter_event(self, event: OutgoingEvent) -> BaseException | None:
+    async def _dead_letter_event(self, event: OutgoingEvent, traced: TraceSpan) -> BaseException | None:
         """Nobody listens on that participant's key: keep the event, with the reason, but not the
         access token it may carry (the dead-letter queue has other readers than its recipient)."""
         try:
             await self._transport.dead_letter(
                 redact_tokens(event.body),
                 reason="unroutable_event",
-                headers={},
+                headers=event.headers or {},
                 routing_key=event.routing_key,
             )
         except Exception as error:
             return error
         self._metrics.events_unroutable.labels(event.type).inc()
         self._metrics.dead_letters.labels("unroutable_event").inc()
+        traced.failed("unroutable_event")
         return None

@@ -19,6 +19,7 @@ from livekit_signaling.store.indexes import IndexesAfterWrites, IndexUpdate
 from livekit_signaling.store.keys import keys_for
 from livekit_signaling.store.replication import ReplicationGuard
 from livekit_signaling.store.target import RedisTarget
+from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 T = TypeVar("T")
 
@@ -109,6 +110,7 @@ class RedisStateStore:
         wait_timeout_seconds: float = 1.0,
         partitions: int = 1,
         lift_grace_seconds: float = 0.0,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         target = RedisTarget(url=target) if isinstance(target, str) else target
         # A reply may take as long as the WAIT it answers, on top of the ordinary bound.
@@ -116,6 +118,7 @@ class RedisStateStore:
             target, timeout_seconds=timeout_seconds + (wait_timeout_seconds if min_replicas else 0)
         )
         self._redis = self._connection.client
+        self._tracing = tracing
         self.keys = keys_for(target, prefix, partitions=partitions)
         self._dedup_window = max(1, int(dedup_window_seconds))
         self._room_idle = max(1, int(room_idle_seconds))
@@ -130,10 +133,12 @@ class RedisStateStore:
             )
         )
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """One round trip (a command, or a pipeline named after what it does), traced as ``name``."""
         try:
-            async with self._connection.slots:  # one connection per operation, first come first served
-                return await operation()
+            with self._tracing.store_call(name):
+                async with self._connection.slots:  # one connection per operation, first come first served
+                    return await operation()
         except StoreUnavailable as error:  # a write that too few replicas acknowledged
             await self._connection.after_error(error)
             raise
@@ -143,16 +148,16 @@ class RedisStateStore:
             await self._connection.after_error(error)
             raise StoreUnavailable(f"Redis: {failure_text(error)}") from error
 
-    async def _on(self, key: str, queue: Callable[[AnyPipeline], object]) -> list[Any]:
+    async def _on(self, name: str, key: str, queue: Callable[[AnyPipeline], object]) -> list[Any]:
         """The replies to the commands ``queue`` adds, all on ``key``, sent to the master that holds it
         (in a cluster: following a reshard, which redis-py's own routing does not for ``ASK``)."""
-        return await self._call(lambda: self._connection.pipeline(key, queue))
+        return await self._call(name, lambda: self._connection.pipeline(key, queue))
 
     async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self.keys.room(room)
         if participants is None:
             fields: dict[bytes, bytes]
-            (fields,) = await self._on(key, lambda pipe: pipe.hgetall(key))
+            (fields,) = await self._on("HGETALL", key, lambda pipe: pipe.hgetall(key))
             version = fields.pop(_VERSION_FIELD.encode(), None)
             decisions = fields.pop(_DECISIONS_FIELD.encode(), None)
             stamp = fields.pop(_STAMP_FIELD.encode(), None)
@@ -161,7 +166,9 @@ class RedisStateStore:
             names = list(participants)
             values: list[bytes | None]
             (values,) = await self._on(
-                key, lambda pipe: pipe.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names])
+                "HMGET",
+                key,
+                lambda pipe: pipe.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names]),
             )
             version, decisions, stamp = values[0], values[1], values[2]
             entries = {
@@ -169,11 +176,14 @@ class RedisStateStore:
                 for name, data in zip(names, values[3:], strict=True)
                 if data is not None
             }
-        await self._call(
-            lambda: self._replication.confirm_read(
-                self._connection, room, stamp.decode() if stamp else None, probe_key=self.keys.probe(room)
+        read_stamp = stamp.decode() if stamp else None
+        if self._replication.needs_barrier(room, read_stamp):
+            await self._call(
+                "WAIT",
+                lambda: self._replication.confirm_read(
+                    self._connection, room, read_stamp, probe_key=self.keys.probe(room)
+                ),
             )
-        )
         return RoomState(
             version=int(version) if version is not None else 0,
             decisions=decode_decisions(decisions) if decisions is not None else RoomDecisions(),
@@ -242,9 +252,10 @@ class RedisStateStore:
         # caches the compiled script by its hash anyway.
         version: Any
         (version,) = await self._call(
+            "EVAL",
             lambda: self._replication.write(
                 self._connection, key, lambda pipe: pipe.eval(_WRITE_SCRIPT, len(keys), *keys, *args)
-            )
+            ),
         )
         if not version:
             raise StaleState(f"room {room}: another writer saved since version {state.version}")
@@ -273,7 +284,7 @@ class RedisStateStore:
                 pipe.expire(update.key, self._room_idle)
 
             try:
-                await self._on(update.key, queue)
+                await self._on("ZADD" if update.until is not None else "ZREM", update.key, queue)
             except StoreUnavailable as error:
                 indexes.failed(update)
                 log.warning("index %s not updated for room %s: %s", update.key, update.room, error)
@@ -298,7 +309,7 @@ class RedisStateStore:
                     pipe.zrem(self.keys.reconcile(partition), room)
 
         self._replication.forget(room)
-        await self._call(lambda: self._replication.write(self._connection, key, delete_all))
+        await self._call("DEL", lambda: self._replication.write(self._connection, key, delete_all))
         if self._indexes is not None:
             await self._write_indexes(self._indexes.after_delete(room, partition=partition))
 
@@ -320,26 +331,27 @@ class RedisStateStore:
             return queue
 
         replies = await self._call(
-            lambda: self._connection.pipelines({key: queue_for(key) for key in keys.values()})
+            "ZRANGEBYSCORE",
+            lambda: self._connection.pipelines({key: queue_for(key) for key in keys.values()}),
         )
         return [(room.decode(), partition) for partition, key in keys.items() for room in replies[key][1]]
 
     async def is_processed(self, message_id: str) -> bool:
         key = self.keys.processed(message_id)
-        (count,) = await self._on(key, lambda pipe: pipe.exists(key))
+        (count,) = await self._on("EXISTS", key, lambda pipe: pipe.exists(key))
         return bool(count)
 
     async def mark_processed(self, message_id: str) -> None:
         key = self.keys.processed(message_id)
-        await self._on(key, lambda pipe: pipe.set(key, b"1", ex=self._dedup_window))
+        await self._on("SET", key, lambda pipe: pipe.set(key, b"1", ex=self._dedup_window))
 
     async def count_restricted_rooms(self) -> int:
         key = self.keys.restricted
-        (count,) = await self._on(key, lambda pipe: pipe.zcount(key, time.time(), "+inf"))
+        (count,) = await self._on("ZCOUNT", key, lambda pipe: pipe.zcount(key, time.time(), "+inf"))
         return int(count)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        await self._call("PING", self._redis.ping)
 
     async def close(self) -> None:
         await self._connection.close()
@@ -363,8 +375,8 @@ class RedisReplicaRegistry:
             pipe.zremrangebyscore(self._key, "-inf", now)
             pipe.zrange(self._key, 0, -1)
 
-        *_, members = await self._store._on(self._key, refresh)
+        *_, members = await self._store._on("ZADD", self._key, refresh)
         return sorted(member.decode() for member in members)
 
     async def leave(self, replica: str) -> None:
-        await self._store._on(self._key, lambda pipe: pipe.zrem(self._key, replica))
+        await self._store._on("ZREM", self._key, lambda pipe: pipe.zrem(self._key, replica))

@@ -89,13 +89,17 @@ class ReplicationGuard:
         accepted so far."""
         await self.write(connection, probe_key, lambda pipe: pipe.set(probe_key, self.new_stamp(), px=60_000))
 
+    def needs_barrier(self, room: str, stamp: str | None) -> bool:
+        """Whether a read of ``room`` carrying ``stamp`` (None when the room has none) must wait for a
+        barrier: yes, unless the guard is off or this process saw that very stamp confirmed."""
+        return self.enabled and (stamp is None or self._confirmed.get(room) != stamp)
+
     async def confirm_read(
         self, connection: RedisConnection, room: str, stamp: str | None, *, probe_key: str
     ) -> None:
-        """Before a read of ``room`` (carrying ``stamp``, None when the room has none) is acted on:
-        run the barrier (writing ``probe_key``, in the room's slot) unless this process saw that very
-        stamp confirmed."""
-        if not self.enabled or (stamp is not None and self._confirmed.get(room) == stamp):
+        """Before a read of ``room`` is acted on: the barrier (writing ``probe_key``, in the room's slot),
+        if ``needs_barrier``."""
+        if not self.needs_barrier(room, stamp):
             return
         await self.barrier(connection, probe_key)
         if stamp is not None:

@@ -1,1 +1,1 @@
-"""What operators see of the service: Prometheus metrics and structured logs."""
+"""What operators see of the service: Prometheus metrics, structured logs and traces."""

@@ -1,5 +1,6 @@
 """Structured logs: JSON lines (or readable text on a terminal), with the command's identifying fields
-(room, participant, action, message id) on every line logged while it is handled."""
+(room, participant, action, message id) on every line logged while it is handled, and the ids of the
+trace and span it is handled in (``trace_id``, ``span_id``), to go from a line to its trace."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import trace
+
+from livekit_signaling.telemetry.tracing.spans import current_trace_ids
+
 _command_context: ContextVar[dict[str, str] | None] = ContextVar("command_log_context", default=None)
-_CONTEXT_FIELDS = ("room", "participant", "action", "message_id")
+_CONTEXT_FIELDS = ("room", "participant", "action", "message_id", "trace_id", "span_id")
 #: The ``user:password@`` of a URL. aiormq names a connection by its URL in its own error lines (the
 #: password masked, the user name not); our lines name nodes as host:port/vhost. Dropped from every line.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s\"']+@")
@@ -47,7 +52,23 @@ class _ContextFilter(logging.Filter):
         for key, value in (_command_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        if not hasattr(record, "trace_id"):
+            ids = _trace_ids()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
         return True
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    """The command's trace and span (in propagation only mode: the controller's span it came with), or
+    else the current OpenTelemetry span's (the dev console's own spans)."""
+    ids = current_trace_ids()
+    if ids is not None:
+        return ids
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return trace.format_trace_id(span.trace_id), trace.format_span_id(span.span_id)
 
 
 class JsonFormatter(logging.Formatter):

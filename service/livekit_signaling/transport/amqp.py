@@ -494,6 +494,8 @@ class AmqpTransport:
                         message_type=event.type,
                         # Returns are matched to their publish by message id: every event needs its own.
                         message_id=event.message_id,
+                        # A table of strings is an AMQP field table (pamqp types it as one of any value).
+                        headers=cast(dict[str, Any], event.headers),
                     ),
                     mandatory=True,
                     wait=False,

@@ -26,7 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiormq
@@ -41,6 +41,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 
 from livekit_signaling.schemas.routing import EVERY_EVENT
+from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.transport.amqp import CONNECTION_ERRORS, PERSISTENT, publish_confirmed
 from livekit_signaling.transport.brokers import connect_first, node_label
 from livekit_signaling.transport.refusals import explain_refusal
@@ -497,6 +498,9 @@ class ControllerLink:
                 message_id=message_id,
                 # RabbitMQ refuses a user_id that is not the connection's own user.
                 user_id=session.user_id,
+                # The caller's trace (W3C traceparent, tracestate, baggage), as an instrumented
+                # publisher passes it on: the service's spans and the events continue it.
+                headers=cast(dict[str, Any] | None, current_headers()),
             )
             try:
                 async with asyncio.timeout_at(deadline):

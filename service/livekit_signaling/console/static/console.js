@@ -447,13 +447,50 @@
       ),
       el("pre", { class: "published", aria: { label: "JSON published" } }, JSON.stringify(body)),
       answers,
+      waterfall(command),
+    );
+  }
+
+  // -- a sent command's trace: its spans as bars on one time axis ---------------------------------
+
+  const milliseconds = (value) => (value >= 100 ? `${value.toFixed(0)} ms` : `${value.toFixed(2)} ms`);
+
+  function waterfall(command) {
+    const spans = command.trace || [];
+    if (!spans.length) return null;
+    const total = Math.max(...spans.map((span) => span.start_ms + span.duration_ms), 0.001);
+    const rows = spans.map((span) => {
+      const fill = el("span", { class: "fill" });
+      fill.style.left = `${(100 * span.start_ms) / total}%`;
+      fill.style.width = `${Math.max((100 * span.duration_ms) / total, 0.4)}%`;
+      const name = el("span", { class: "span-name" }, span.name);
+      name.style.paddingLeft = `${span.depth * 0.9}rem`;
+      return el(
+        "li",
+        {
+          class: span.error ? "failed" : null,
+          data: { kind: span.kind, depth: String(span.depth) },
+          title: span.error || null,
+        },
+        name,
+        el("span", { class: "bar", aria: { hidden: "true" } }, fill),
+        el("span", { class: "duration" }, milliseconds(span.duration_ms), span.error ? ` · ${span.error}` : null),
+      );
+    });
+    return el(
+      "figure",
+      { class: "waterfall", data: { traceId: command.trace_id || "" } },
+      el("figcaption", {}, `trace ${shortId(command.trace_id)}: ${spans.length} spans, ${milliseconds(total)}`),
+      el("ol", { aria: { label: "Spans of its trace" } }, rows),
     );
   }
 
   function upsertCommand(command) {
-    // The POST's response can arrive after the stream already brought the answers: keep the newer.
+    // The POST's response can arrive after the stream already brought the answers (or spans): keep
+    // the newer.
     const known = state.commands.get(command.message_id);
-    if (known && known.answer_count > command.answer_count) return;
+    const spans = (c) => (c.trace || []).length;
+    if (known && (known.answer_count > command.answer_count || spans(known) > spans(command))) return;
     state.commands.set(command.message_id, command);
     const list = $("commands");
     const item = commandItem(command);
