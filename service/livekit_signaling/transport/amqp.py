@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -54,6 +54,7 @@ from livekit_signaling.pipeline.ports import (
     UnroutableEvent,
 )
 from livekit_signaling.schemas.routing import EVERY_ROOM_COMMAND
+from livekit_signaling.transport.acks import AckCoalescer
 from livekit_signaling.transport.brokers import FailoverConnection, connect_failover, node_label
 from livekit_signaling.transport.refusals import explain_refusal
 
@@ -162,6 +163,96 @@ async def publish_confirmed(
     )
 
 
+class ChannelTasks:
+    """The operations in flight on one aiormq channel, cancelled together as soon as it closes: what
+    ``until_closed`` does for one operation, with one observer of the channel's closing for all of them
+    instead of a task and an ``asyncio.wait`` each (on the path of every event and every ack)."""
+
+    __slots__ = ("_observer", "_tasks", "channel", "closed")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.closed = channel.is_closed
+        self._observer: asyncio.Future[Any] | None = None
+        if not self.closed:
+            self._observer = channel.closing
+            self._observer.add_done_callback(self._on_closed)
+
+    def run(self, operation: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """``operation`` as a task, cancelled if the channel closes before it ends; when it is closed
+        already, a future that failed with ``ChannelLost`` (and ``operation`` never starts)."""
+        if self.closed:
+            operation.close()
+            lost: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            lost.set_exception(ChannelLost("channel closed"))
+            return lost
+        task = asyncio.ensure_future(operation)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_closed(self, observer: asyncio.Future[Any]) -> None:
+        self.closed = True
+        if not observer.cancelled():
+            observer.exception()  # read: how the channel closed is not this observer's concern
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+
+    def stop(self) -> None:
+        """Stop observing (the channel is forgotten); operations in flight go on."""
+        if self._observer is not None:
+            self._observer.remove_done_callback(self._on_closed)
+            self._observer.cancel()  # only this observer of the channel's closing
+            self._observer = None
+
+
+class ConsumingChannel:
+    """A partition's consuming channel as the transport settles its deliveries: acks coalesced per turn
+    of the event loop (``acks.AckCoalescer``), sent by one task per flush, dropped with the channel
+    (the broker then redelivers those commands, and duplicate suppression recognises them)."""
+
+    __slots__ = ("acks", "channel", "tasks")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.tasks = ChannelTasks(channel)
+        self.acks = AckCoalescer()
+
+    def ack(self, tag: int) -> bool:
+        """Queue the delivery's ack; sent at the end of this turn of the event loop. False when the
+        channel is closed (the broker redelivers it)."""
+        if self.tasks.closed:
+            return False
+        if self.acks.done(tag):
+            asyncio.get_running_loop().call_soon(self.flush)
+        return True
+
+    def flush(self) -> asyncio.Future[None] | None:
+        """Send the queued acks now (in order, ahead of any frame queued after this call)."""
+        frames = self.acks.take()
+        if not frames or self.tasks.closed:
+            return None
+        sending = self.tasks.run(self._send(frames))
+        sending.add_done_callback(_ack_outcome)
+        return sending
+
+    async def _send(self, frames: list[tuple[int, bool]]) -> None:
+        channel = cast(aiormq.Channel, self.channel)
+        for tag, multiple in frames:
+            await channel.basic_ack(tag, multiple=multiple, wait=False)
+
+
+def _ack_outcome(sending: asyncio.Future[None]) -> None:
+    if sending.cancelled():
+        error: BaseException | None = ChannelLost("channel closed")
+    else:
+        error = sending.exception()
+    if error is not None:
+        log.info("could not ack commands (%s); the broker will redeliver them", type(error).__name__)
+
+
 DeliveryCallback = Callable[[Delivery], None]
 
 
@@ -201,6 +292,10 @@ class AmqpTransport:
         #: single-active-consumer queue, that means we are its active consumer.
         self.active_partitions: set[int] = set()
         self._on_delivery: DeliveryCallback | None = None
+        #: Per consuming aiormq channel (a robust channel gets a new one after a reconnection), its acks.
+        self._consuming: dict[aiormq.abc.AbstractChannel, ConsumingChannel] = {}
+        #: The operations in flight on the publishing channel's current aiormq channel.
+        self._publishing: ChannelTasks | None = None
         self.on_connection_change: Callable[[bool], None] = lambda _connected: None
 
     # -- connection -----------------------------------------------------------------------------------
@@ -371,6 +466,8 @@ class AmqpTransport:
             # Synchronous up to the hand-over, so that delivery order is submission order.
             assert self._on_delivery is not None
             self.active_partitions.add(partition)
+            with contextlib.suppress(aio_pika.exceptions.ChannelInvalidStateError):  # closed: never acked
+                self._consuming_channel(message.channel).acks.delivered(message.delivery_tag or 0)
             headers = dict(message.headers or {})
             count = headers.get("x-delivery-count", 0)
             self._on_delivery(
@@ -390,9 +487,24 @@ class AmqpTransport:
         self._partition_channels[partition] = channel
         self._partition_queues[partition] = queue
 
+    def _consuming_channel(self, channel: aiormq.abc.AbstractChannel) -> ConsumingChannel:
+        consuming = self._consuming.get(channel)
+        if consuming is None:
+            for gone in [known for known, state in self._consuming.items() if state.tasks.closed]:
+                self._consuming.pop(gone).tasks.stop()
+            consuming = self._consuming[channel] = ConsumingChannel(channel)
+        return consuming
+
+    async def flush_acks(self) -> None:
+        """Send every queued ack now, and wait until they are handed to the connection."""
+        sending = [flushed for state in self._consuming.values() if (flushed := state.flush()) is not None]
+        if sending:
+            await asyncio.gather(*sending, return_exceptions=True)
+
     async def release(self, partition: int, *, timeout_seconds: float = 5.0) -> None:
         """Close the partition's channel: the broker takes back every message it delivered to us and
-        not yet acknowledged, in queue order, and the next waiting consumer becomes active."""
+        not yet acknowledged, in queue order, and the next waiting consumer becomes active. The acks
+        of the commands settled so far go out first."""
         self.active_partitions.discard(partition)
         self._partition_queues.pop(partition, None)
         channel = self._partition_channels.pop(partition, None)
@@ -400,6 +512,7 @@ class AmqpTransport:
             return  # a dead connection has released everything already
         try:
             async with asyncio.timeout(timeout_seconds):
+                await self.flush_acks()
                 await channel.close()
         except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             log.warning("partition %d channel not closed cleanly (%s)", partition, type(error).__name__)
@@ -448,9 +561,25 @@ class AmqpTransport:
         return True
 
     async def ack(self, delivery: Delivery) -> bool:
-        return await self._settle(delivery, "ack")
+        """Queue the ack (``ConsumingChannel``); False when its channel is gone."""
+        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
+        if message is None or message.delivery_tag is None:
+            return False
+        try:
+            channel = message.channel
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            log.info("could not ack a command (channel closed); the broker will redeliver it")
+            return False
+        return self._consuming_channel(channel).ack(message.delivery_tag)
 
     async def requeue(self, delivery: Delivery) -> bool:
+        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
+        if message is not None and message.delivery_tag is not None:
+            # No coalesced ack may cover it once its nack is queued (the ack would win if sent first).
+            with contextlib.suppress(aio_pika.exceptions.ChannelInvalidStateError):
+                consuming = self._consuming.get(message.channel)
+                if consuming is not None:
+                    consuming.acks.settled_otherwise(message.delivery_tag)
         return await self._settle(delivery, "nack", requeue=True)
 
     # -- publishing -----------------------------------------------------------------------------------
@@ -474,32 +603,33 @@ class AmqpTransport:
         """
         # aiormq's abstract channel does not declare ``wait``; the channel it hands out does.
         underlay = cast(aiormq.Channel, channel)
-        return Publication(
-            channel, [asyncio.ensure_future(self._publish(underlay, event)) for event in events]
-        )
+        tasks = self._publishing
+        if tasks is None or tasks.channel is not channel:
+            if tasks is not None:
+                tasks.stop()
+            tasks = self._publishing = ChannelTasks(underlay)
+        return Publication(channel, [tasks.run(self._publish(underlay, event)) for event in events])
 
     async def _publish(self, channel: aiormq.Channel, event: OutgoingEvent) -> None:
-        """One event, persistent and mandatory, confirmed; as ``publish_confirmed`` does it."""
+        """One event, persistent and mandatory, confirmed; as ``publish_confirmed`` does it. Cancelled
+        when its channel closes (``ChannelTasks``): the pipeline counts that as lost with the channel."""
         try:
-            await until_closed(
-                channel,
-                channel.basic_publish(
-                    event.body,
-                    exchange=self.topology.event_exchange,
-                    routing_key=event.routing_key,
-                    properties=spec.Basic.Properties(
-                        content_type="application/json",
-                        delivery_mode=PERSISTENT,
-                        correlation_id=event.correlation_id,
-                        message_type=event.type,
-                        # Returns are matched to their publish by message id: every event needs its own.
-                        message_id=event.message_id,
-                        # A table of strings is an AMQP field table (pamqp types it as one of any value).
-                        headers=cast(dict[str, Any], event.headers),
-                    ),
-                    mandatory=True,
-                    wait=False,
+            await channel.basic_publish(
+                event.body,
+                exchange=self.topology.event_exchange,
+                routing_key=event.routing_key,
+                properties=spec.Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=PERSISTENT,
+                    correlation_id=event.correlation_id,
+                    message_type=event.type,
+                    # Returns are matched to their publish by message id: every event needs its own.
+                    message_id=event.message_id,
+                    # A table of strings is an AMQP field table (pamqp types it as one of any value).
+                    headers=cast(dict[str, Any], event.headers),
                 ),
+                mandatory=True,
+                wait=False,
             )
         except aiormq.exceptions.PublishError as error:  # a return (mandatory): before DeliveryError
             raise UnroutableEvent(event.routing_key) from error
