@@ -5,9 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
+
+
+class _Running:
+    """``PartitionGate.running``: a class rather than a ``@contextmanager`` generator, since every
+    command enters it."""
+
+    __slots__ = ("_gate", "_partition")
+
+    def __init__(self, gate: PartitionGate, partition: int) -> None:
+        self._gate = gate
+        self._partition = partition
+
+    def __enter__(self) -> None:
+        self._gate._started(self._partition)
+
+    def __exit__(self, *_: object) -> None:
+        self._gate._ended(self._partition)
 
 
 class PartitionGate:
@@ -25,18 +42,19 @@ class PartitionGate:
         if pause is not None:
             await pause.wait()
 
-    @contextlib.contextmanager
-    def running(self, partition: int) -> Iterator[None]:
+    def running(self, partition: int) -> _Running:
         """Around a command that has started."""
+        return _Running(self, partition)
+
+    def _started(self, partition: int) -> None:
         self._running[partition] = self._running.get(partition, 0) + 1
-        try:
-            yield
-        finally:
-            self._running[partition] -= 1
-            if not self._running[partition]:
-                waiter = self._idle_waiters.pop(partition, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+
+    def _ended(self, partition: int) -> None:
+        self._running[partition] -= 1
+        if not self._running[partition]:
+            waiter = self._idle_waiters.pop(partition, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     @contextlib.asynccontextmanager
     async def closing(self, partitions: list[int], grace_seconds: float) -> AsyncIterator[None]:

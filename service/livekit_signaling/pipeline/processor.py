@@ -51,7 +51,7 @@ from livekit_signaling.schemas.codec import InvalidPayload, MalformedEnvelope, d
 from livekit_signaling.schemas.commands import Envelope
 from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.telemetry.logging import command_context, update_command_context
-from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.metrics import Children, Metrics
 from livekit_signaling.telemetry.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class CommandProcessor:
         self._store = store
         self._transport = transport
         self._metrics = metrics
+        self._command_counts = Children(metrics.commands)
+        self._command_durations = Children(metrics.command_duration)
         self._deadline = command_deadline_seconds
         self._max_body = max_body_bytes
         self._delivery_limit = delivery_limit
@@ -171,7 +173,7 @@ class CommandProcessor:
                     return
                 with self._partitions.running(partition):
                     action = await self._process(delivery, envelope, turn)
-                self._metrics.command_duration.labels(action).observe(
+                self._command_durations(action).observe(
                     time.perf_counter() - received, delivery.trace.exemplar()
                 )
             except CommandAbandoned:
@@ -319,7 +321,7 @@ class CommandProcessor:
     # -- what every command ends with ----------------------------------------------------------------
 
     def _count(self, delivery: Delivery, action: str, outcome: str) -> None:
-        self._metrics.commands.labels(action, outcome).inc()
+        self._command_counts(action, outcome).inc()
         delivery.trace.settled(action, outcome)
 
     def _finished(self, delivery: Delivery) -> None:

@@ -23,7 +23,7 @@ from livekit_signaling.pipeline.turns import CommandAbandoned, RoomTurn
 from livekit_signaling.schemas.codec import encode_event, redact_tokens
 from livekit_signaling.schemas.events import EventEnvelope
 from livekit_signaling.schemas.routing import participant_routing_key
-from livekit_signaling.telemetry.metrics import Metrics
+from livekit_signaling.telemetry.metrics import Children, Metrics
 from livekit_signaling.telemetry.tracing import NO_TRACING, TraceSpan
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,19 @@ def _failure(confirm: asyncio.Future[None]) -> BaseException | None:
     if confirm.cancelled():
         return ConnectionError("publish cancelled: its channel closed")
     return confirm.exception()
+
+
+async def _confirmed(confirm: asyncio.Future[None]) -> bool:
+    """Whether the publish was confirmed; how it failed otherwise is read from the future."""
+    try:
+        await confirm
+    except asyncio.CancelledError:
+        if not confirm.cancelled():
+            raise  # this command was cancelled, not its publish
+        return False
+    except Exception:
+        return False
+    return True
 
 
 def outgoing_events(delivery: Delivery, events: list[EventEnvelope]) -> list[OutgoingEvent]:
@@ -59,6 +72,7 @@ class EventPublisher:
     ) -> None:
         self._transport = transport
         self._metrics = metrics
+        self._published = Children(metrics.events_published)
         self._transient_retry_seconds = transient_retry_seconds
 
     async def hand_over(self, events: list[OutgoingEvent], turn: RoomTurn) -> Publication | None:
@@ -134,13 +148,9 @@ class EventPublisher:
             return list(events), None
         confirms = publication.confirms
         if len(confirms) == 1:  # most commands answer one participant: no gather needed
-            try:
-                await confirms[0]
-            except asyncio.CancelledError:
-                if not confirms[0].cancelled():
-                    raise  # this command was cancelled, not its publish
-            except Exception:  # noqa: S110 - read from the future below
-                pass
+            if await _confirmed(confirms[0]):
+                self._published(events[0].type).inc()
+                return [], None
         else:
             await asyncio.gather(*confirms, return_exceptions=True)
         outcomes = [_failure(confirm) for confirm in confirms]
@@ -164,7 +174,7 @@ class EventPublisher:
                 raise failure  # the broker failed otherwise: requeue the command
             again.append(event)
         for event_type, count in published.items():
-            self._metrics.events_published.labels(event_type).inc(count)
+            self._published(event_type).inc(count)
         return again, refused
 
     async def _dead_letter_event(self, event: OutgoingEvent, traced: TraceSpan) -> BaseException | None:

@@ -4,14 +4,12 @@ trace and span it is handled in (``trace_id``, ``span_id``), to go from a line t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import trace
@@ -29,16 +27,28 @@ def without_credentials(text: str) -> str:
     return _URL_CREDENTIALS.sub("", text)
 
 
-@contextlib.contextmanager
-def command_context(**fields: str | None) -> Iterator[None]:
-    """Every log line inside carries these fields (tasks started inside inherit them)."""
-    current = dict(_command_context.get() or {})
-    current.update({key: value for key, value in fields.items() if value is not None})
-    token = _command_context.set(current)
-    try:
-        yield
-    finally:
-        _command_context.reset(token)
+class command_context:
+    """Every log line inside carries these fields (tasks started inside inherit them). A class rather
+    than a ``@contextmanager`` generator: it is entered for every command."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str | None) -> None:
+        self._fields = fields
+        self._token: Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        outer = _command_context.get()
+        current = dict(outer) if outer else {}
+        for key, value in self._fields.items():
+            if value is not None:
+                current[key] = value
+        self._token = _command_context.set(current)
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _command_context.reset(self._token)
+            self._token = None
 
 
 def update_command_context(**fields: str | None) -> None:

@@ -6,6 +6,8 @@ never collide on the global registry.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "livekit_signaling"
@@ -13,6 +15,27 @@ PREFIX = "livekit_signaling"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: A reconcile pass spreads its rooms over the interval (10 s by default), so it takes about that long.
 _PASS_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 12.5, 15.0, 20.0, 30.0, 60.0, 120.0)
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, each looked up once: ``labels()`` checks and joins the values and
+    takes the metric's lock on every call, which the command path would pay per command. For labels
+    with few values (actions, outcomes, event types), never ids."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
