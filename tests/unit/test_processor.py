@@ -287,3 +287,49 @@ async def test_a_publish_cancelled_with_its_channel_is_published_again(
     await transport.until(lambda: len(transport.confirms) == 2)
     transport.confirms[1].set_result(None)
     await transport.until(lambda: transport.acked == [command.message_id])
+
+
+async def test_a_fenced_write_is_retried_on_the_room_read_again(
+    transport: FakeTransport,
+) -> None:
+    """The sender's entry comes with the duplicate check (one round trip); when its write is fenced
+    (another replica wrote the room meanwhile), the retry must read the room again, or it would be
+    fenced for ever."""
+    store = MemoryStateStore(dedup_window_seconds=60, room_idle_seconds=3600)
+    processor = processor_of(store, transport)
+    first = delivery(action="join")
+    processor.on_delivery(first)
+    await transport.until(lambda: len(transport.published) == 1)
+    transport.confirms[0].set_result(None)
+    await transport.until(lambda: len(transport.acked) == 1)
+    # A participant whose entry changes (a new role), while another writer bumps the room's version
+    # between the read and the write.
+    real_load_unless_processed = store.load_unless_processed
+
+    async def raced(message_id: str, room: str, participants: Any) -> Any:
+        loaded = await real_load_unless_processed(message_id, room, participants)
+        other = await store.load(room)
+        other.participants["someone else"] = other.participants["p"]
+        await store.save_entry(room, other, "someone else")
+        return loaded
+
+    store.load_unless_processed = raced  # type: ignore[method-assign]
+    body = {
+        "room": ROOM,
+        "participant": "p",
+        "role": "moderator",
+        "payload": {"action": "create_new_access_token"},
+    }
+    second = Delivery(
+        body=json.dumps(body).encode(),
+        routing_key=command_routing_key(ROOM),
+        message_id="second",
+        partition=0,
+        delivery_count=0,
+    )
+    processor.on_delivery(second)
+    await transport.until(lambda: len(transport.published) == 2)
+    transport.confirms[1].set_result(None)
+    await transport.until(lambda: len(transport.acked) == 2)
+    assert (await store.load(ROOM, ("p",))).participants["p"].role == "moderator"
+    assert transport.requeued == []

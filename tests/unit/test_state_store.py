@@ -275,6 +275,26 @@ async def test_processed_message_ids_expire_after_the_window(store: StateStore) 
     assert not await store.is_processed("m1")
 
 
+async def test_load_unless_processed_reads_the_room_or_says_the_command_was_answered(
+    store: StateStore,
+) -> None:
+    state = await store.load("room")
+    state.participants["alice"] = USER
+    await store.save_entry("room", state, "alice", partition=1)
+    loaded = await store.load_unless_processed("m1", "room", ("alice", "bob"))
+    assert loaded is not None
+    assert loaded.participants == {"alice": USER}
+    assert loaded.version == state.version  # a write fenced by it succeeds
+    loaded.participants["bob"] = MODERATOR
+    await store.save_entry("room", loaded, "bob", partition=1)
+    await store.mark_processed("m1")
+    assert await store.load_unless_processed("m1", "room", ("alice",)) is None
+    fresh = await store.load_unless_processed("m2", "other room", ("alice",))
+    assert fresh is not None
+    assert fresh.version == 0
+    assert fresh.participants == {}
+
+
 async def test_a_large_room_is_kept_as_one_entry_per_participant() -> None:
     """The Redis layout that keeps a participant's command from reading or rewriting the roster: one
     hash field per participant beside the version and the decisions, all under one expiring key."""

@@ -114,11 +114,20 @@ class CommandHandler:
         self._policy = policy
         self._urls = urls
 
-    async def handle(self, envelope: Envelope, command: Command, *, partition: int | None = None) -> Result:
+    async def handle(
+        self,
+        envelope: Envelope,
+        command: Command,
+        *,
+        partition: int | None = None,
+        sender_state: RoomState | None = None,
+    ) -> Result:
+        """``sender_state``: the room as ``load(room, (sender,))`` read it in this command's turn (the
+        pipeline reads it with the duplicate check, in one round trip); read here when None."""
         if isinstance(command, MODERATOR_COMMANDS) and envelope.role != "moderator":
             return error_result(envelope, "insufficient_permissions")
         try:
-            return await self._dispatch(envelope, command, partition)
+            return await self._dispatch(envelope, command, partition, sender_state)
         except LiveKitUnavailable:
             return error_result(envelope, "livekit_unavailable")
         except LiveKitRejected as rejected:
@@ -128,15 +137,15 @@ class CommandHandler:
             return error_result(envelope, "insufficient_permissions")
 
     async def _dispatch(  # noqa: PLR0911
-        self, envelope: Envelope, command: Command, partition: int | None
+        self, envelope: Envelope, command: Command, partition: int | None, sender_state: RoomState | None
     ) -> Result:
         match command:
             case Join():
-                return await self._join(envelope, partition)
+                return await self._join(envelope, partition, sender_state)
             case CreateNewAccessToken():
-                return await self._refresh_credentials(envelope, partition)
+                return await self._refresh_credentials(envelope, partition, sender_state)
             case RequestPopoutStreamAccessToken():
-                return await self._popout(envelope, partition)
+                return await self._popout(envelope, partition, sender_state)
             case ForceMute(participants=targets):
                 return await self._force_mute(envelope, targets)
             case GrantScreenSharePermission(participants=targets):
@@ -155,12 +164,19 @@ class CommandHandler:
     # -- tokens -------------------------------------------------------------------------------------
 
     async def _sender_in_roster(
-        self, envelope: Envelope, partition: int | None, *, new_popouts: int = 0
+        self,
+        envelope: Envelope,
+        partition: int | None,
+        loaded: RoomState | None,
+        *,
+        new_popouts: int = 0,
     ) -> tuple[RoomState, RosterEntry]:
         """The sender's roster entry, added or updated from the envelope (the controller is the
         authority on role and kind) and with ``new_popouts`` more popout identities; saved once, and
         only when it changed. Reads and writes only this entry and the room's decisions."""
-        room = await self._store.load(envelope.room, (envelope.participant,))
+        room = (
+            loaded if loaded is not None else await self._store.load(envelope.room, (envelope.participant,))
+        )
         known = room.participants.get(envelope.participant)
         popouts = (known.popouts if known is not None else 0) + new_popouts
         entry = RosterEntry(role=envelope.role, kind=envelope.kind, popouts=popouts)
@@ -179,18 +195,20 @@ class CommandHandler:
             service_url=self._urls.service_url if entry.kind in SERVICE_KINDS else None,
         )
 
-    async def _join(self, envelope: Envelope, partition: int | None) -> Result:
+    async def _join(self, envelope: Envelope, partition: int | None, loaded: RoomState | None) -> Result:
         await self._livekit.ensure_room(envelope.room)
-        room, entry = await self._sender_in_roster(envelope, partition)
+        room, entry = await self._sender_in_roster(envelope, partition, loaded)
         event = JoinSuccess(
             credentials=self._credentials(envelope, room, entry),
             microphone_restriction_state=restriction_state(room.decisions),
         )
         return Result([event_for(envelope, envelope.participant, event)])
 
-    async def _refresh_credentials(self, envelope: Envelope, partition: int | None) -> Result:
+    async def _refresh_credentials(
+        self, envelope: Envelope, partition: int | None, loaded: RoomState | None
+    ) -> Result:
         await self._livekit.ensure_room(envelope.room)
-        room, entry = await self._sender_in_roster(envelope, partition)
+        room, entry = await self._sender_in_roster(envelope, partition, loaded)
         credentials = self._credentials(envelope, room, entry)
         event = CredentialsEvent(
             room=credentials.room,
@@ -200,8 +218,8 @@ class CommandHandler:
         )
         return Result([event_for(envelope, envelope.participant, event)])
 
-    async def _popout(self, envelope: Envelope, partition: int | None) -> Result:
-        _, entry = await self._sender_in_roster(envelope, partition, new_popouts=1)
+    async def _popout(self, envelope: Envelope, partition: int | None, loaded: RoomState | None) -> Result:
+        _, entry = await self._sender_in_roster(envelope, partition, loaded, new_popouts=1)
         identity = popout_identity(envelope.participant, entry.popouts)
         token = self._tokens.issue(popout_grant(envelope.room, identity))
         return Result([event_for(envelope, envelope.participant, PopoutStreamAccessToken(token=token))])

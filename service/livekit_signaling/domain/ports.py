@@ -99,6 +99,12 @@ class StateStore(Protocol):
 
     async def is_processed(self, message_id: str) -> bool: ...
 
+    async def load_unless_processed(
+        self, message_id: str, room: str, participants: Collection[str]
+    ) -> RoomState | None:
+        """None when the command was processed (``is_processed``), else ``load(room, participants)``:
+        a command's duplicate check and the read of its sender's entry, in one round trip."""
+
     async def mark_processed(self, message_id: str) -> None:
         """Remember a command as answered for the duplicate-suppression window."""
 

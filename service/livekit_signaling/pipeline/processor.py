@@ -42,6 +42,7 @@ from livekit_signaling.domain.errors import StaleState, StoreUnavailable
 from livekit_signaling.domain.handler import CommandHandler, Result, error_result
 from livekit_signaling.domain.ports import StateStore
 from livekit_signaling.domain.publishers import TrustedPublishers
+from livekit_signaling.domain.state import RoomState
 from livekit_signaling.pipeline.ordering import Job, KeyedSerializer
 from livekit_signaling.pipeline.partitions import PartitionGate
 from livekit_signaling.pipeline.ports import CommandTransport, Delivery
@@ -203,9 +204,14 @@ class CommandProcessor:
             if earlier is not None:
                 await asyncio.shield(earlier.settled)
             self._unsettled_ids[message_id] = turn
-        if message_id is not None and await self._transient(
-            delivery, lambda: self._store.is_processed(message_id)
-        ):
+        sender_state: RoomState | None = None
+        if message_id is not None:
+            # The duplicate check, and the read of the sender's entry most commands start with.
+            sender_state = await self._transient(
+                delivery,
+                lambda: self._store.load_unless_processed(message_id, envelope.room, (envelope.participant,)),
+            )
+        if message_id is not None and sender_state is None:
             turn.let_next_start()
             self._metrics.duplicates.inc()
             self._count(delivery, "unknown", "duplicate")
@@ -213,7 +219,14 @@ class CommandProcessor:
             await turn.after_previous()
             await self._transport.ack(delivery)
             return "unknown"
-        result, action = await self._transient(delivery, lambda: self._execute(envelope, delivery.partition))
+
+        def execute() -> Awaitable[tuple[Result, str]]:
+            nonlocal sender_state
+            # Used once: a retry (state fenced, store down) reads the room again.
+            loaded, sender_state = sender_state, None
+            return self._execute(envelope, delivery.partition, loaded)
+
+        result, action = await self._transient(delivery, execute)
         events = outgoing_events(delivery, result.events)
         with delivery.trace.publication(events) as traced:
             publication = await self._events.hand_over(events, turn)
@@ -256,7 +269,9 @@ class CommandProcessor:
                 return await step()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _execute(self, envelope: Envelope, partition: int) -> tuple[Result, str]:
+    async def _execute(
+        self, envelope: Envelope, partition: int, sender_state: RoomState | None
+    ) -> tuple[Result, str]:
         try:
             command = decode_command(envelope.payload)
         except InvalidPayload as error:
@@ -264,7 +279,10 @@ class CommandProcessor:
         action: str = type(command).__struct_config__.tag  # type: ignore[assignment]
         update_command_context(action=action)
         with command_deadline(self._deadline):
-            return await self._handler.handle(envelope, command, partition=partition), action
+            result = await self._handler.handle(
+                envelope, command, partition=partition, sender_state=sender_state
+            )
+            return result, action
 
     # -- releasing partitions (hand-over, shutdown) --------------------------------------------------
 

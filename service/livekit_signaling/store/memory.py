@@ -143,6 +143,13 @@ class MemoryStateStore:
         expires = self._processed.get(message_id)
         return expires is not None and expires > time.monotonic()
 
+    async def load_unless_processed(
+        self, message_id: str, room: str, participants: Collection[str]
+    ) -> RoomState | None:
+        if await self.is_processed(message_id):
+            return None
+        return await self.load(room, participants)
+
     async def mark_processed(self, message_id: str) -> None:
         now = time.monotonic()
         # Rounded up: an id is remembered for at least the window, at most 100 ms longer.

@@ -12,7 +12,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from livekit_signaling.domain.errors import StaleState, StoreUnavailable
 from livekit_signaling.domain.reconciliation import has_standing_decisions
-from livekit_signaling.domain.state import RoomDecisions, RoomState
+from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.store.connection import AnyPipeline, RedisConnection, failure_text, is_transient
 from livekit_signaling.store.encoding import decode_decisions, decode_entry, encode_decisions, encode_entry
 from livekit_signaling.store.indexes import IndexesAfterWrites, IndexUpdate
@@ -165,17 +165,40 @@ class RedisStateStore:
         else:
             names = list(participants)
             values: list[bytes | None]
-            (values,) = await self._on(
-                "HMGET",
-                key,
-                lambda pipe: pipe.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names]),
-            )
-            version, decisions, stamp = values[0], values[1], values[2]
-            entries = {
-                name: decode_entry(data)
-                for name, data in zip(names, values[3:], strict=True)
-                if data is not None
-            }
+            (values,) = await self._on("HMGET", key, _read_entries(key, names))
+            version, decisions, stamp, entries = _entries(names, values)
+        return await self._loaded(room, version, decisions, stamp, entries)
+
+    async def load_unless_processed(
+        self, message_id: str, room: str, participants: Collection[str]
+    ) -> RoomState | None:
+        """``is_processed`` and ``load`` of those participants in one round trip (with one Redis; in a
+        cluster the two keys' masters are asked at once)."""
+        processed = self.keys.processed(message_id)
+        key = self.keys.room(room)
+        names = list(participants)
+
+        def exists(pipe: AnyPipeline) -> None:
+            pipe.exists(processed)
+
+        replies = await self._call(
+            "EXISTS HMGET",
+            lambda: self._connection.pipelines({processed: exists, key: _read_entries(key, names)}),
+        )
+        if replies[processed][0]:
+            return None
+        version, decisions, stamp, entries = _entries(names, replies[key][0])
+        return await self._loaded(room, version, decisions, stamp, entries)
+
+    async def _loaded(
+        self,
+        room: str,
+        version: bytes | None,
+        decisions: bytes | None,
+        stamp: bytes | None,
+        entries: dict[str, RosterEntry],
+    ) -> RoomState:
+        """The room as read, once the replication guard has it replicated."""
         read_stamp = stamp.decode() if stamp else None
         if self._replication.needs_barrier(room, read_stamp):
             await self._call(
@@ -355,6 +378,21 @@ class RedisStateStore:
 
     async def close(self) -> None:
         await self._connection.close()
+
+
+def _read_entries(key: str, names: list[str]) -> Callable[[AnyPipeline], object]:
+    """The HMGET of a room's version, decisions, write stamp and these participants' entries."""
+    return lambda pipe: pipe.hmget(key, [_VERSION_FIELD, _DECISIONS_FIELD, _STAMP_FIELD, *names])
+
+
+def _entries(
+    names: list[str], values: list[bytes | None]
+) -> tuple[bytes | None, bytes | None, bytes | None, dict[str, RosterEntry]]:
+    """``_read_entries``'s reply: version, decisions, stamp, and the entries that exist."""
+    entries = {
+        name: decode_entry(data) for name, data in zip(names, values[3:], strict=True) if data is not None
+    }
+    return values[0], values[1], values[2], entries
 
 
 class RedisReplicaRegistry:
