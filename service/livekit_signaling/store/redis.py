@@ -133,10 +133,13 @@ class RedisStateStore:
             )
         )
 
-    async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """One round trip (a command, or a pipeline named after what it does), traced as ``name``."""
+    async def _call(self, name: str, operation: Callable[[], Awaitable[T]], *, slot: bool = True) -> T:
+        """One round trip (a command, or a pipeline named after what it does), traced as ``name``.
+        ``slot=False`` for an operation that takes its connection slot itself (``batched``)."""
         try:
             with self._tracing.store_call(name):
+                if not slot:
+                    return await operation()
                 async with self._connection.slots:  # one connection per operation, first come first served
                     return await operation()
         except StoreUnavailable as error:  # a write that too few replicas acknowledged
@@ -151,7 +154,7 @@ class RedisStateStore:
     async def _on(self, name: str, key: str, queue: Callable[[AnyPipeline], object]) -> list[Any]:
         """The replies to the commands ``queue`` adds, all on ``key``, sent to the master that holds it
         (in a cluster: following a reshard, which redis-py's own routing does not for ``ASK``)."""
-        return await self._call(name, lambda: self._connection.pipeline(key, queue))
+        return await self._call(name, lambda: self._connection.batched(key, queue), slot=False)
 
     async def load(self, room: str, participants: Collection[str] | None = None) -> RoomState:
         key = self.keys.room(room)
@@ -184,6 +187,7 @@ class RedisStateStore:
         replies = await self._call(
             "EXISTS HMGET",
             lambda: self._connection.pipelines({processed: exists, key: _read_entries(key, names)}),
+            slot=False,
         )
         if replies[processed][0]:
             return None
@@ -356,6 +360,7 @@ class RedisStateStore:
         replies = await self._call(
             "ZRANGEBYSCORE",
             lambda: self._connection.pipelines({key: queue_for(key) for key in keys.values()}),
+            slot=False,
         )
         return [(room.decode(), partition) for partition, key in keys.items() for room in replies[key][1]]
 
