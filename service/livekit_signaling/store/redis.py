@@ -283,6 +283,7 @@ class RedisStateStore:
             lambda: self._replication.write(
                 self._connection, key, lambda pipe: pipe.eval(_WRITE_SCRIPT, len(keys), *keys, *args)
             ),
+            slot=not self._replication.takes_slot,
         )
         if not version:
             raise StaleState(f"room {room}: another writer saved since version {state.version}")
@@ -336,7 +337,11 @@ class RedisStateStore:
                     pipe.zrem(self.keys.reconcile(partition), room)
 
         self._replication.forget(room)
-        await self._call("DEL", lambda: self._replication.write(self._connection, key, delete_all))
+        await self._call(
+            "DEL",
+            lambda: self._replication.write(self._connection, key, delete_all),
+            slot=not self._replication.takes_slot,
+        )
         if self._indexes is not None:
             await self._write_indexes(self._indexes.after_delete(room, partition=partition))
 

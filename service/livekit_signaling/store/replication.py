@@ -72,9 +72,11 @@ class ReplicationGuard:
     ) -> list[Any]:
         """Run the commands ``queue`` adds to a pipeline (they must write something) on the master that
         holds ``key``, then (enabled) ``WAIT``; the commands' results. Raises ``ReplicationNotConfirmed``
-        when too few replicas acknowledged."""
+        when too few replicas acknowledged. Not enabled, the commands share a pipeline with others
+        (``RedisConnection.batched``, which takes its connection slot itself: see ``takes_slot``);
+        enabled, the ``WAIT`` must count exactly these writes, so they have a connection of their own."""
         if not self.enabled:
-            return await connection.pipeline(key, queue)
+            return await connection.batched(key, queue)
 
         def queue_and_wait(pipe: AnyPipeline) -> None:
             queue(pipe)
@@ -83,6 +85,11 @@ class ReplicationGuard:
         *results, acknowledged = await connection.pipeline(key, queue_and_wait)
         self._check(acknowledged)
         return results
+
+    @property
+    def takes_slot(self) -> bool:
+        """Whether ``write`` takes its connection slot itself (the caller must not hold one then)."""
+        return not self.enabled
 
     async def barrier(self, connection: RedisConnection, probe_key: str) -> None:
         """Return once ``min_replicas`` replicas hold every write the master that holds ``probe_key`` has
