@@ -32,13 +32,18 @@ class Profiler:
         self._rate = rate
         self._process: subprocess.Popen[bytes] | None = None
         self._name = ""
+        self._output = Path()
+        self._append_to: Path | None = None
         self.outputs: dict[str, Path] = {}
 
-    def start(self, pid: int, name: str) -> None:
+    def start(self, pid: int, name: str, *, append: bool = False) -> None:
+        """Record ``pid`` into ``profile-<name>.txt``; with ``append``, add to what that file holds (the
+        same workload's rounds profiled one by one)."""
         self.stop()
         RESULTS.mkdir(parents=True, exist_ok=True)
         LOGS.mkdir(parents=True, exist_ok=True)
-        output = RESULTS / f"profile-{name}.txt"
+        self._append_to = RESULTS / f"profile-{name}.txt" if append else None
+        output = RESULTS / f"profile-{name}{'.part' if append else ''}.txt"
         with (LOGS / f"py-spy-{name}.log").open("wb") as log:
             self._process = subprocess.Popen(
                 [
@@ -49,7 +54,9 @@ class Profiler:
                 stderr=subprocess.STDOUT,
             )
         self._name = name
-        self.outputs[name] = output
+        self._output = output
+        if not append:
+            self.outputs[name] = output
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -61,7 +68,12 @@ class Profiler:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        output = self.outputs[self._name]
+        output = self._output
+        if self._append_to is not None and output.exists():
+            with self._append_to.open("a") as whole:
+                whole.write(output.read_text())
+            output.unlink()
+            output = self._append_to
         if output.exists():
             summary = summarize(output)
             output.with_name(f"{output.stem}-summary.txt").write_text(summary)
@@ -151,6 +163,32 @@ def buckets(stacks: list[tuple[list[str], int]]) -> Counter[str]:
     return counts
 
 
+#: Who a sample's CPU belongs to: the package of the innermost frame outside the standard library (the
+#: event loop's own frames and the stdlib called by a library count as that library's), grouped.
+OWNERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("our code (service/livekit_signaling)", ("service/",)),
+    ("livekit-api's per-call path (livekit-api, aiohttp, protobuf, yarl, multidict)",
+     ("livekit", "aiohttp", "google", "yarl", "multidict", "aiohappyeyeballs", "propcache", "frozenlist")),
+    ("aiormq publishing and confirms (aiormq, pamqp, aio-pika)", ("aiormq", "pamqp", "aio_pika")),
+    ("msgspec, prometheus-client, opentelemetry, logging libraries", ("msgspec", "prometheus_client",
+     "opentelemetry", "pythonjsonlogger", "structlog")),
+)  # fmt: skip
+
+
+def owners(stacks: list[tuple[list[str], int]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for frames, count in stacks:
+        code = [f for f in frames if _FRAME.match(f)]
+        package = next((p for f in reversed(code) if not (p := _package(f)).startswith("stdlib:")), "")
+        for name, prefixes in OWNERS:
+            if package.startswith(prefixes):
+                counts[name] += count
+                break
+        else:
+            counts[package or "event loop and the rest (no library frame on the stack)"] += count
+    return counts
+
+
 def summarize(path: Path, *, top: int = 40) -> str:
     """Own time (leaf frame), inclusive time (anywhere on the stack) and own time by package."""
     stacks = _parse(path)
@@ -175,6 +213,7 @@ def summarize(path: Path, *, top: int = 40) -> str:
 
     lines = [f"{path.name}: {total} samples (CPU-busy only; idle waits are not sampled)"]
     lines += table("where the time goes (first matching bucket per sample)", buckets(stacks))
+    lines += table("whose code (innermost non-stdlib frame of each sample)", owners(stacks))
     lines += table("own time by package", packages)
     lines += table("own time by function", own)
     # Frames on (nearly) every stack (the event loop, main) say nothing.
