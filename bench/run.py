@@ -1,6 +1,7 @@
 """Benchmark of the signaling service against a bare aio-pika baseline, measured in the same run.
 
     .venv/bin/python -m bench.run [--quick] [--partitions N] [--only w1,w4] [--profile] [--redis]
+    .venv/bin/python -m bench.run --compare COMMIT [--only w1,w8] [--rounds N] [--redis]
 
 See bench/README.md. Every workload gets a fresh service (or baseline) process on a fresh uuid-named
 topology, deleted afterwards; one LiveKit emulator process serves the whole run.
@@ -26,6 +27,7 @@ from typing import Any
 import aiormq
 import psutil  # type: ignore[import-untyped]
 
+from bench.compare import run_compare
 from bench.harness import (
     RESULTS,
     BaselineTarget,
@@ -74,7 +76,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=32, help="AMQP_PREFETCH of both (default 32)")
     parser.add_argument("--redis", action="store_true", help="the service keeps state in Redis, not memory")
     parser.add_argument(
-        "--only", default=",".join(DEFAULT), help="comma-separated workloads (default: w1-w9; w10 by name)"
+        "--only",
+        default=None,
+        help="comma-separated workloads (default: w1-w9, w10 by name; w1 with --compare)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="run the workloads for the working tree and for COMMIT (built under build/), rounds alternating",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the service during W1, W4 and W8")
     parser.add_argument(
@@ -90,6 +99,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON of every figure")
     args = parser.parse_args(argv)
+    if args.only is None:
+        args.only = "w1" if args.compare else ",".join(DEFAULT)
     args.only = [w.strip().lower() for w in args.only.split(",") if w.strip()]
     unknown = set(args.only) - set(ALL)
     if unknown:
@@ -442,6 +453,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {}
     timelines: dict[str, dict[str, list[tuple[float, float]]]] = {}
     try:
+        if args.compare:
+            results["compare"] = run_compare(runner, args.compare)
+            return {"results": results, "samples": {}, "timelines": {}, "profiles": {}}
         throughput_and_latency(runner, results, samples, timelines)
         if "w3" in args.only:
             print(f"W3 join storm: {sizes.w3_joins:,} joins over {sizes.w3_rooms} rooms")
@@ -520,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(args)
     results = outcome["results"]
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
+    if args.compare:
+        output = RESULTS / "compare.json"
+        write_json(output, {"meta": meta, **results["compare"]})
+        print(f"\nJSON: {output}\ntotal {meta['total_seconds']:.0f}s")
+        return 0
     broker_cpu = cpu_seconds(broker) - broker_before
     others = (_machine_busy() - machine_before) - (_own_cpu() - ours_before) - broker_cpu
     # CPU of everything but this run's processes and the broker: other people's tests, mostly.
