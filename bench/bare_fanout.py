@@ -26,7 +26,9 @@ What is the same as the service's fan-out (``livekit/adapter.py``, ``transport/a
 What differs, on purpose: no livekit-api client per call (the URL is called directly), no retries, no
 metrics, logging, state, ordering or tracing; and the two fan-outs run at the same time, whereas the
 service publishes the events once LiveKit has applied the restriction (participants are told only of
-what LiveKit applied). So this is a lower bound: the service cannot beat it.
+what LiveKit applied). So this is a lower bound: the service cannot beat it. A job with
+``"sequential": true`` keeps the service's order (events after the updates): what the transport costs
+with the contract's order.
 """
 
 from __future__ import annotations
@@ -149,17 +151,18 @@ class BareFanout:
         await asyncio.gather(*publishes)
 
     async def job(self, job: dict[str, Any]) -> float:
+        """One fan-out; with ``"sequential": true`` the events only once LiveKit applied every update (the
+        service's order), otherwise both at once."""
         started = time.perf_counter()
         room = str(job["room"])
-        await asyncio.gather(
-            self._livekit(room, bool(job["enable"])),
-            self._events(
-                room,
-                [f"{job['prefix']}{i}" for i in range(int(job["count"]))],
-                str(job["correlation_id"]),
-                str(job["type"]),
-            ),
-        )
+        livekit = self._livekit(room, bool(job["enable"]))
+        identities = [f"{job['prefix']}{i}" for i in range(int(job["count"]))]
+        events = self._events(room, identities, str(job["correlation_id"]), str(job["type"]))
+        if job.get("sequential"):
+            await livekit
+            await events
+        else:
+            await asyncio.gather(livekit, events)
         return time.perf_counter() - started
 
     async def serve(self) -> None:
@@ -235,10 +238,20 @@ class BareFanoutProcess:
         self._send({"prepare": room})
         await asyncio.to_thread(self._expect, "READY")
 
-    def start(self, room: str, *, enable: bool, prefix: str, count: int, correlation_id: str) -> None:
-        """Start one fan-out (the events of a restriction enabled or disabled); ``finished`` waits for it."""
+    def start(
+        self,
+        room: str,
+        *,
+        enable: bool,
+        prefix: str,
+        count: int,
+        correlation_id: str,
+        sequential: bool = False,
+    ) -> None:
+        """Start one fan-out (the events of a restriction enabled or disabled; with ``sequential``, the
+        events after LiveKit's updates); ``finished`` waits for it."""
         kind = "microphone_restrictions_enabled" if enable else "microphone_restrictions_disabled"
-        job = {"room": room, "enable": enable, "prefix": prefix, "count": count}
+        job = {"room": room, "enable": enable, "prefix": prefix, "count": count, "sequential": sequential}
         self._send(job | {"correlation_id": correlation_id, "type": kind})
 
     async def finished(self) -> float:

@@ -148,14 +148,18 @@ def _line(figures: dict[str, Figures], keys: tuple[str, ...]) -> str:
 def _summary(rounds: list[dict[str, Figures]], keys: tuple[str, ...]) -> dict[str, Any]:
     """Per side the median of each figure over the rounds; the ratios of the medians; every round's."""
     sides = list(rounds[0])
+    per_round = {k: [_ratio(float(r[WORKING][k]), float(r[COMPARED][k])) for r in rounds] for k in keys}
     medians = {
         side: {k: statistics.median(float(r[side][k]) for r in rounds) for k in keys} for side in sides
     }
     return {
         "medians": medians,
         "ratio_of_medians": {k: _ratio(medians[WORKING][k], medians[COMPARED][k]) for k in keys},
-        "rounds_ratio": {
-            k: [_ratio(float(r[WORKING][k]), float(r[COMPARED][k])) for r in rounds] for k in keys
+        "rounds_ratio": per_round,
+        # Paired: each round's two trees ran side by side, so the median of the rounds' ratios is the
+        # figure least moved by a disturbance that hit one round.
+        "median_round_ratio": {
+            k: round(statistics.median(v for v in per_round[k] if v is not None), 3) for k in keys
         },
         **(
             {
@@ -219,5 +223,7 @@ def run_compare(runner: Runner, commit: str) -> dict[str, Any]:
         medians = summary["medians"]
         overall = _w1_line(medians) if name == "w1" else _line(medians, comparable.figures)
         print(f"{name.upper()} overall (medians of {args.rounds} round(s)): {overall}")
+        paired = ", ".join(f"{k} {v:.3f}x" for k, v in summary["median_round_ratio"].items())
+        print(f"{name.upper()} working/compared, median of the rounds' ratios: {paired}")
         results[name] = {"rounds": rounds, **summary}
     return results

@@ -483,13 +483,21 @@ async def _bare_round(
     prefix: str,
     size: int,
     enable: bool,
+    sequential: bool,
     pids: dict[str, int | None],
 ) -> Figures:
     """One fan-out of the bare loop, timed as the service's command is (events in, LiveKit checked)."""
     correlation_id = uuid.uuid4().hex
 
     async def send() -> str:
-        bare.start(room, enable=enable, prefix=prefix, count=size, correlation_id=correlation_id)
+        bare.start(
+            room,
+            enable=enable,
+            prefix=prefix,
+            count=size,
+            correlation_id=correlation_id,
+            sequential=sequential,
+        )
         return correlation_id
 
     done = _no_microphone if enable else _microphone_allowed
@@ -533,11 +541,12 @@ class _W8Size:
         """One timed enable or disable, by the service or by the bare loop; the service's enables are
         profiled (all rounds into one file) when asked."""
         enable = action == "enable"
-        if side == "bare":
+        if side in {"bare", "bare_sequential"}:
             assert self.bare is not None
             return await _bare_round(
                 self.gen, self.view, self.bare, room=self.bare_room, prefix=self.bare_prefix,
-                size=self.size, enable=enable, pids={"target": self.bare.pid, **self.common},
+                size=self.size, enable=enable, sequential=side == "bare_sequential",
+                pids={"target": self.bare.pid, **self.common},
             )  # fmt: skip
         profiler = self.env.profiler if enable and self.profile_name is not None else None
         if profiler is not None and self.profile_name is not None:
@@ -568,20 +577,25 @@ def _w8_figures(size: int, setup: float, sides: dict[str, dict[str, list[Figures
         "complete": all(f["complete"] for f in enables + disables),
         "error_events": sum(int(f["error_events"]) for f in enables + disables),
     }
-    bare_enables, bare_disables = sides["bare"]["enable"], sides["bare"]["disable"]
-    if bare_enables:
-        bare_seconds = statistics.median(float(f["seconds"]) for f in bare_enables)
-        figures["bare"] = {
-            "enable_seconds": bare_seconds,
-            "enable_loop_seconds": statistics.median(float(f["loop_seconds"]) for f in bare_enables),
-            "disable_seconds": statistics.median(float(f["seconds"]) for f in bare_disables),
-            "enable_cpu_seconds": _median_round(bare_enables)["cpu_seconds"],
-            "rounds_enable_seconds": [f["seconds"] for f in bare_enables],
-            "livekit_verified": all(f["livekit_verified"] for f in bare_enables + bare_disables),
-            "complete": all(f["complete"] for f in bare_enables + bare_disables),
-        }
-        figures["enable_over_bare"] = round(float(figures["enable_seconds"]) / bare_seconds, 3)
+    for kind in ("bare", "bare_sequential"):
+        if kind in sides:
+            figures[kind] = _bare_figures(sides[kind])
+            bare_seconds = float(figures[kind]["enable_seconds"])
+            figures[f"enable_over_{kind}"] = round(float(figures["enable_seconds"]) / bare_seconds, 3)
     return figures
+
+
+def _bare_figures(side: dict[str, list[Figures]]) -> Figures:
+    bare_enables, bare_disables = side["enable"], side["disable"]
+    return {
+        "enable_seconds": statistics.median(float(f["seconds"]) for f in bare_enables),
+        "enable_loop_seconds": statistics.median(float(f["loop_seconds"]) for f in bare_enables),
+        "disable_seconds": statistics.median(float(f["seconds"]) for f in bare_disables),
+        "enable_cpu_seconds": _median_round(bare_enables)["cpu_seconds"],
+        "rounds_enable_seconds": [f["seconds"] for f in bare_enables],
+        "livekit_verified": all(f["livekit_verified"] for f in bare_enables + bare_disables),
+        "complete": all(f["complete"] for f in bare_enables + bare_disables),
+    }
 
 
 async def w8_restrictions_by_size(
@@ -610,13 +624,15 @@ async def w8_restrictions_by_size(
                 profiled = profile_name if size == max(sizes.w8_sizes) else None
                 one_size = _W8Size(target, env, gen, view, bare, size, profiled)
                 setup = await one_size.setup()
+                kinds = ("service", "bare", "bare_sequential") if bare is not None else ("service",)
                 sides: dict[str, dict[str, list[Figures]]] = {
-                    side: {"enable": [], "disable": []} for side in ("service", "bare")
+                    side: {"enable": [], "disable": []} for side in kinds
                 }
                 for number in range(rounds):
-                    order = ("service", "bare") if number % 2 == 0 else ("bare", "service")
+                    # The service first in odd rounds, last in even ones.
+                    order = kinds if number % 2 == 0 else kinds[::-1]
                     for action in ("enable", "disable"):
-                        for side in order if bare is not None else ("service",):
+                        for side in order:
                             sides[side][action].append(await one_size.one(side, action, number))
                 by_size[str(size)] = _w8_figures(size, setup, sides)
     finally:
