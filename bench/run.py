@@ -95,7 +95,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="rounds of W1, W2 and W2b, baseline and service alternating (default 3; 1 with --quick)",
+        help="rounds of W1, W2, W2b and W8, baseline and service alternating (default 3; 1 with --quick)",
     )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON of every figure")
     args = parser.parse_args(argv)
@@ -369,7 +369,8 @@ def large_rooms(runner: Runner, results: dict[str, Any]) -> None:
         )
         profile = "w8" if env.profiler is not None else None
         svc = runner.on(
-            runner.service, lambda t: w8_restrictions_by_size(t, env, sizes, profile_name=profile)
+            runner.service,
+            lambda t: w8_restrictions_by_size(t, env, sizes, rounds=args.rounds, profile_name=profile),
         )
         # The baseline of W8 is its bare loop, measured in the same rounds (alternating with the service's).
         results["w8"] = {"service": svc, "baseline": svc.pop("bare")}

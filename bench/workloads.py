@@ -633,7 +633,16 @@ async def w8_restrictions_by_size(
                     order = kinds if number % 2 == 0 else kinds[::-1]
                     for action in ("enable", "disable"):
                         for side in order:
-                            sides[side][action].append(await one_size.one(side, action, number))
+                            figures = await one_size.one(side, action, number)
+                            if not figures["complete"] or not figures["livekit_verified"]:
+                                print(
+                                    f"  W8 {size:,} round {number + 1}, {side} {action}: "
+                                    f"{figures['events_received']:,} of {size:,} events in "
+                                    f"{figures['events_seconds']:.1f} s, "
+                                    f"LiveKit verified: {figures['livekit_verified']}",
+                                    flush=True,
+                                )
+                            sides[side][action].append(figures)
                 by_size[str(size)] = _w8_figures(size, setup, sides)
     finally:
         if bare is not None:
