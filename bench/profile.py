@@ -163,29 +163,38 @@ def buckets(stacks: list[tuple[list[str], int]]) -> Counter[str]:
     return counts
 
 
-#: Who a sample's CPU belongs to: the package of the innermost frame outside the standard library (the
-#: event loop's own frames and the stdlib called by a library count as that library's), grouped.
-OWNERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("our code (service/livekit_signaling)", ("service/",)),
-    ("livekit-api's per-call path (livekit-api, aiohttp, protobuf, yarl, multidict)",
-     ("livekit", "aiohttp", "google", "yarl", "multidict", "aiohappyeyeballs", "propcache", "frozenlist")),
-    ("aiormq publishing and confirms (aiormq, pamqp, aio-pika)", ("aiormq", "pamqp", "aio_pika")),
-    ("msgspec, prometheus-client, opentelemetry, logging libraries", ("msgspec", "prometheus_client",
-     "opentelemetry", "pythonjsonlogger", "structlog")),
-)  # fmt: skip
+#: Who a sample's CPU belongs to: the innermost frame whose module (the first part of the path py-spy
+#: shows, with or without ``site-packages/``) is one of these; standard-library frames (asyncio, uuid,
+#: contextlib, ...) count as whoever called them, and a sample with none of these (the event loop's own
+#: polling and scheduling) as the event loop.
+OWNERS: dict[str, tuple[str, ...]] = {
+    "our code (livekit_signaling)": ("livekit_signaling",),
+    "livekit-api's per-call path (livekit-api, aiohttp, protobuf, yarl, multidict)": (
+        "livekit", "api", "protobuf", "google", "aiohttp", "yarl", "multidict", "aiosignal",
+        "aiohappyeyeballs", "propcache", "frozenlist",
+    ),
+    "aiormq publishing and confirms (aiormq, pamqp, aio-pika)": ("aiormq", "pamqp", "aio_pika"),
+    "metrics, tracing, msgspec": ("prometheus_client", "opentelemetry", "msgspec"),
+}  # fmt: skip
+_OWNER_OF = {module: owner for owner, modules in OWNERS.items() for module in modules}
+
+
+def _module(frame: str) -> str:
+    match = _FRAME.match(frame)
+    file = match.group("file") if match else frame
+    if "site-packages/" in file:
+        file = file.split("site-packages/", 1)[1]
+    if "/service/" in file:
+        file = file.rsplit("/service/", 1)[1]
+    return file.split("/", 1)[0]
 
 
 def owners(stacks: list[tuple[list[str], int]]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for frames, count in stacks:
         code = [f for f in frames if _FRAME.match(f)]
-        package = next((p for f in reversed(code) if not (p := _package(f)).startswith("stdlib:")), "")
-        for name, prefixes in OWNERS:
-            if package.startswith(prefixes):
-                counts[name] += count
-                break
-        else:
-            counts[package or "event loop and the rest (no library frame on the stack)"] += count
+        owner = next((o for f in reversed(code) if (o := _OWNER_OF.get(_module(f)))), None)
+        counts[owner or "the event loop itself (no library frame on the stack)"] += count
     return counts
 
 
