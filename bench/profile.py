@@ -32,13 +32,18 @@ class Profiler:
         self._rate = rate
         self._process: subprocess.Popen[bytes] | None = None
         self._name = ""
+        self._output = Path()
+        self._append_to: Path | None = None
         self.outputs: dict[str, Path] = {}
 
-    def start(self, pid: int, name: str) -> None:
+    def start(self, pid: int, name: str, *, append: bool = False) -> None:
+        """Record ``pid`` into ``profile-<name>.txt``; with ``append``, add to what that file holds (the
+        same workload's rounds profiled one by one)."""
         self.stop()
         RESULTS.mkdir(parents=True, exist_ok=True)
         LOGS.mkdir(parents=True, exist_ok=True)
-        output = RESULTS / f"profile-{name}.txt"
+        self._append_to = RESULTS / f"profile-{name}.txt" if append else None
+        output = RESULTS / f"profile-{name}{'.part' if append else ''}.txt"
         with (LOGS / f"py-spy-{name}.log").open("wb") as log:
             self._process = subprocess.Popen(
                 [
@@ -49,7 +54,9 @@ class Profiler:
                 stderr=subprocess.STDOUT,
             )
         self._name = name
-        self.outputs[name] = output
+        self._output = output
+        if not append:
+            self.outputs[name] = output
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -61,7 +68,12 @@ class Profiler:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        output = self.outputs[self._name]
+        output = self._output
+        if self._append_to is not None and output.exists():
+            with self._append_to.open("a") as whole:
+                whole.write(output.read_text())
+            output.unlink()
+            output = self._append_to
         if output.exists():
             summary = summarize(output)
             output.with_name(f"{output.stem}-summary.txt").write_text(summary)
@@ -151,6 +163,41 @@ def buckets(stacks: list[tuple[list[str], int]]) -> Counter[str]:
     return counts
 
 
+#: Who a sample's CPU belongs to: the innermost frame whose module (the first part of the path py-spy
+#: shows, with or without ``site-packages/``) is one of these; standard-library frames (asyncio, uuid,
+#: contextlib, ...) count as whoever called them, and a sample with none of these (the event loop's own
+#: polling and scheduling) as the event loop.
+OWNERS: dict[str, tuple[str, ...]] = {
+    "our code (livekit_signaling)": ("livekit_signaling",),
+    "livekit-api's per-call path (livekit-api, aiohttp, protobuf, yarl, multidict)": (
+        "livekit", "api", "protobuf", "google", "aiohttp", "yarl", "multidict", "aiosignal",
+        "aiohappyeyeballs", "propcache", "frozenlist",
+    ),
+    "aiormq publishing and confirms (aiormq, pamqp, aio-pika)": ("aiormq", "pamqp", "aio_pika"),
+    "metrics, tracing, msgspec": ("prometheus_client", "opentelemetry", "msgspec"),
+}  # fmt: skip
+_OWNER_OF = {module: owner for owner, modules in OWNERS.items() for module in modules}
+
+
+def _module(frame: str) -> str:
+    match = _FRAME.match(frame)
+    file = match.group("file") if match else frame
+    if "site-packages/" in file:
+        file = file.split("site-packages/", 1)[1]
+    if "/service/" in file:
+        file = file.rsplit("/service/", 1)[1]
+    return file.split("/", 1)[0]
+
+
+def owners(stacks: list[tuple[list[str], int]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for frames, count in stacks:
+        code = [f for f in frames if _FRAME.match(f)]
+        owner = next((o for f in reversed(code) if (o := _OWNER_OF.get(_module(f)))), None)
+        counts[owner or "the event loop itself (no library frame on the stack)"] += count
+    return counts
+
+
 def summarize(path: Path, *, top: int = 40) -> str:
     """Own time (leaf frame), inclusive time (anywhere on the stack) and own time by package."""
     stacks = _parse(path)
@@ -175,6 +222,7 @@ def summarize(path: Path, *, top: int = 40) -> str:
 
     lines = [f"{path.name}: {total} samples (CPU-busy only; idle waits are not sampled)"]
     lines += table("where the time goes (first matching bucket per sample)", buckets(stacks))
+    lines += table("whose code (innermost non-stdlib frame of each sample)", owners(stacks))
     lines += table("own time by package", packages)
     lines += table("own time by function", own)
     # Frames on (nearly) every stack (the event loop, main) say nothing.

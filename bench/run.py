@@ -1,6 +1,7 @@
 """Benchmark of the signaling service against a bare aio-pika baseline, measured in the same run.
 
     .venv/bin/python -m bench.run [--quick] [--partitions N] [--only w1,w4] [--profile] [--redis]
+    .venv/bin/python -m bench.run --compare COMMIT [--only w1,w8] [--rounds N] [--redis]
 
 See bench/README.md. Every workload gets a fresh service (or baseline) process on a fresh uuid-named
 topology, deleted afterwards; one LiveKit emulator process serves the whole run.
@@ -26,6 +27,7 @@ from typing import Any
 import aiormq
 import psutil  # type: ignore[import-untyped]
 
+from bench.compare import run_compare
 from bench.harness import (
     RESULTS,
     BaselineTarget,
@@ -54,7 +56,6 @@ from bench.workloads import (
     w6_memory,
     w6_start_up_rss,
     w7_one_room_against_many,
-    w8_fanout_baseline,
     w8_restrictions_by_size,
     w9_room_memory,
     w10_tracing_cost,
@@ -75,7 +76,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=32, help="AMQP_PREFETCH of both (default 32)")
     parser.add_argument("--redis", action="store_true", help="the service keeps state in Redis, not memory")
     parser.add_argument(
-        "--only", default=",".join(DEFAULT), help="comma-separated workloads (default: w1-w9; w10 by name)"
+        "--only",
+        default=None,
+        help="comma-separated workloads (default: w1-w9, w10 by name; w1 with --compare)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="run the workloads for the working tree and for COMMIT (built under build/), rounds alternating",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the service during W1, W4 and W8")
     parser.add_argument(
@@ -87,10 +95,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="rounds of W1, W2 and W2b, baseline and service alternating (default 3; 1 with --quick)",
+        help="rounds of W1, W2, W2b and W8, baseline and service alternating (default 3; 1 with --quick)",
     )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON of every figure")
     args = parser.parse_args(argv)
+    if args.only is None:
+        args.only = "w1" if args.compare else ",".join(DEFAULT)
     args.only = [w.strip().lower() for w in args.only.split(",") if w.strip()]
     unknown = set(args.only) - set(ALL)
     if unknown:
@@ -354,13 +364,40 @@ def large_rooms(runner: Runner, results: dict[str, Any]) -> None:
         results["w7"] = {"service": svc, "baseline": base}
     if "w8" in args.only:
         small, large = sizes.w8_sizes
-        print(f"W8 restrictions in rooms of {small:,} and {large:,}")
-        base = runner.on(runner.baseline, lambda t: w8_fanout_baseline(t, env, sizes))
+        print(
+            f"W8 restrictions in rooms of {small:,} and {large:,}, against its bare loop (bench.bare_fanout)"
+        )
         profile = "w8" if env.profiler is not None else None
         svc = runner.on(
-            runner.service, lambda t: w8_restrictions_by_size(t, env, sizes, profile_name=profile)
+            runner.service,
+            lambda t: w8_restrictions_by_size(t, env, sizes, rounds=args.rounds, profile_name=profile),
         )
-        results["w8"] = {"service": svc, "baseline": base}
+        # The baseline of W8 is its bare loop, measured in the same rounds (alternating with the service's).
+        results["w8"] = {"service": svc, "baseline": svc.pop("bare")}
+        for size, figures in svc["by_size"].items():
+            bare, sequential = figures["bare"], figures["bare_sequential"]
+            print(
+                f"W8 {int(size):,}: service median enable {figures['enable_seconds']:.3f} s; bare loop "
+                f"{bare['enable_seconds']:.3f} s (its own part {bare['enable_loop_seconds']:.3f} s): "
+                f"{figures['enable_over_bare']:.2f}x (target <= 1.1x); bare loop in the service's order "
+                f"(events after LiveKit) {sequential['enable_seconds']:.3f} s: "
+                f"{figures['enable_over_bare_sequential']:.2f}x"
+            )
+            print(
+                "  rounds: "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{x:.2f}" for x in rounds)
+                    for name, rounds in (
+                        ("service", figures["rounds_enable_seconds"]),
+                        ("bare", bare["rounds_enable_seconds"]),
+                        ("in order", sequential["rounds_enable_seconds"]),
+                    )
+                )
+                + "; CPU s of the median enable: service "
+                + ", ".join(f"{k} {v}" for k, v in figures["enable_cpu_seconds"].items())
+                + "; bare "
+                + ", ".join(f"{k} {v}" for k, v in bare["enable_cpu_seconds"].items())
+            )
     if "w9" in args.only:
         print(f"W9 memory of one room of {sizes.w9_participants:,}, in-memory store and Redis store")
         in_memory = runner.on(
@@ -431,6 +468,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {}
     timelines: dict[str, dict[str, list[tuple[float, float]]]] = {}
     try:
+        if args.compare:
+            results["compare"] = run_compare(runner, args.compare)
+            return {"results": results, "samples": {}, "timelines": {}, "profiles": {}}
         throughput_and_latency(runner, results, samples, timelines)
         if "w3" in args.only:
             print(f"W3 join storm: {sizes.w3_joins:,} joins over {sizes.w3_rooms} rooms")
@@ -509,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(args)
     results = outcome["results"]
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
+    if args.compare:
+        output = RESULTS / "compare.json"
+        write_json(output, {"meta": meta, **results["compare"]})
+        print(f"\nJSON: {output}\ntotal {meta['total_seconds']:.0f}s")
+        return 0
     broker_cpu = cpu_seconds(broker) - broker_before
     others = (_machine_busy() - machine_before) - (_own_cpu() - ours_before) - broker_cpu
     # CPU of everything but this run's processes and the broker: other people's tests, mostly.

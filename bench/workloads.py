@@ -9,12 +9,13 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
 
+from bench.bare_fanout import BareFanoutProcess
 from bench.harness import Target, cpu_seconds, rabbitmq_pid, settled_rss
 from bench.loadgen import Command, LoadGenerator, command
 from bench.profile import Profiler
@@ -256,12 +257,39 @@ async def _timed_moderation(
     seen in the wanted state (``done`` true for every participant, checked right after the events);
     with ``pids``, also the CPU seconds each of those processes spent meanwhile."""
     cmd = command(room, "bench-moderator", payload, role="moderator")
+
+    async def publish() -> str:
+        await gen.publish(cmd)
+        return cmd.message_id
+
+    return await _timed_fanout(gen, view, room, publish, expected=expected, done=done, pids=pids)
+
+
+async def _timed_fanout(
+    gen: LoadGenerator,
+    view: Emulator,
+    room: str,
+    trigger: Callable[[], Awaitable[str]],
+    *,
+    expected: int,
+    done: Callable[[Any], bool],
+    pids: dict[str, int | None] | None = None,
+    settled: Callable[[], Awaitable[float]] | None = None,
+) -> Figures:
+    """What ``_timed_moderation`` times, for any ``trigger`` starting a fan-out (a command published, or
+    the bare loop's job sent) and returning the correlation id its events carry."""
     base = gen.collector.received
     cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
     start = time.perf_counter()
-    await gen.publish(cmd)
+    correlation_id = await trigger()
     complete = await gen.collector.wait_total(base + expected, _timeout(expected))
     events_at = gen.collector.last_received
+    extra: Figures = {}
+    if settled is not None:
+        # The bare loop's events may all be in before its LiveKit updates are answered: polling LiveKit
+        # meanwhile would load the emulator it is measured against, so LiveKit is checked once its
+        # updates are done, as it is after the service's events (which come after its updates).
+        extra["loop_seconds"] = round(await settled(), 4)
     verified = False
     for _ in range(50):
         participants = await view.participants(room)
@@ -270,7 +298,7 @@ async def _timed_moderation(
             break
         await asyncio.sleep(0.02)
     verified_at = time.perf_counter()
-    track = gen.collector.tracks.get(cmd.message_id)
+    track = gen.collector.tracks.get(correlation_id)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 3) for name, pid in (pids or {}).items()}
     return {
         **({"cpu_seconds": cpu} if cpu else {}),
@@ -280,6 +308,7 @@ async def _timed_moderation(
         "seconds": round(verified_at - start, 4),
         "livekit_verified": verified,
         "correlated_events": track.events if track else 0,
+        **extra,
         **_outcome(gen, complete, expected, base),
     }
 
@@ -449,64 +478,199 @@ def _microphone_allowed(info: Any) -> bool:
     return "microphone" in allowed_sources(info)
 
 
+def _median_round(rounds: list[Figures], key: str = "seconds") -> Figures:
+    return sorted(rounds, key=lambda f: float(f[key]))[len(rounds) // 2]
+
+
+async def _bare_round(
+    gen: LoadGenerator,
+    view: Emulator,
+    bare: BareFanoutProcess,
+    *,
+    room: str,
+    prefix: str,
+    size: int,
+    enable: bool,
+    sequential: bool,
+    pids: dict[str, int | None],
+) -> Figures:
+    """One fan-out of the bare loop, timed as the service's command is (events in, LiveKit checked)."""
+    correlation_id = uuid.uuid4().hex
+
+    async def send() -> str:
+        bare.start(
+            room,
+            enable=enable,
+            prefix=prefix,
+            count=size,
+            correlation_id=correlation_id,
+            sequential=sequential,
+        )
+        return correlation_id
+
+    done = _no_microphone if enable else _microphone_allowed
+    return await _timed_fanout(
+        gen, view, room, send, expected=size, done=done, pids=pids, settled=bare.finished
+    )
+
+
+_ENABLE = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
+_DISABLE = {"action": "disable_microphone_restrictions"}
+
+
+@dataclass
+class _W8Size:
+    """One room size of W8: the service's room and, with the bare loop, a room of its own."""
+
+    target: Target
+    env: Env
+    gen: LoadGenerator
+    view: Emulator
+    bare: BareFanoutProcess | None
+    size: int
+    profile_name: str | None
+
+    async def setup(self) -> float:
+        started = time.perf_counter()
+        self.room, _ = await _fanout_room(self.gen, self.view, self.size, ["microphone"])
+        setup = time.perf_counter() - started
+        self.bare_room, self.bare_prefix = f"bare-{_tag()}", f"b-{_tag()}-"
+        if self.bare is not None:
+            await self.view.bulk(self.bare_room, self.size, self.bare_prefix, ["microphone"])
+            await self.bare.prepare(self.bare_room)
+        self.common = {
+            "emulator": self.env.emulator_pid,
+            "rabbitmq": rabbitmq_pid(),
+            "load_generator": os.getpid(),
+        }
+        return setup
+
+    async def one(self, side: str, action: str, number: int) -> Figures:
+        """One timed enable or disable, by the service or by the bare loop; the service's enables are
+        profiled (all rounds into one file) when asked."""
+        enable = action == "enable"
+        if side in {"bare", "bare_sequential"}:
+            assert self.bare is not None
+            return await _bare_round(
+                self.gen, self.view, self.bare, room=self.bare_room, prefix=self.bare_prefix,
+                size=self.size, enable=enable, sequential=side == "bare_sequential",
+                pids={"target": self.bare.pid, **self.common},
+            )  # fmt: skip
+        profiler = self.env.profiler if enable and self.profile_name is not None else None
+        if profiler is not None and self.profile_name is not None:
+            profiler.start(self.target.pid, self.profile_name, append=number > 0)
+        payload, done = (_ENABLE, _no_microphone) if enable else (_DISABLE, _microphone_allowed)
+        figures = await _timed_moderation(
+            self.gen, self.view, self.room, payload, expected=self.size, done=done,
+            pids={"target": self.target.pid, **self.common},
+        )  # fmt: skip
+        if profiler is not None:
+            profiler.stop()
+        return figures
+
+
+def _w8_figures(size: int, setup: float, sides: dict[str, dict[str, list[Figures]]]) -> Figures:
+    enables, disables = sides["service"]["enable"], sides["service"]["disable"]
+    figures: Figures = {
+        "participants": size,
+        "setup_seconds": round(setup, 3),
+        "enable_seconds": statistics.median(float(f["seconds"]) for f in enables),
+        "enable_events_seconds": statistics.median(float(f["events_seconds"]) for f in enables),
+        "disable_seconds": statistics.median(float(f["seconds"]) for f in disables),
+        # CPU seconds per process of the median enable round (the 2 cores are shared by all).
+        "enable_cpu_seconds": _median_round(enables)["cpu_seconds"],
+        "rounds_enable_seconds": [f["seconds"] for f in enables],
+        "rounds_disable_seconds": [f["seconds"] for f in disables],
+        "livekit_verified": all(f["livekit_verified"] for f in enables + disables),
+        "complete": all(f["complete"] for f in enables + disables),
+        "error_events": sum(int(f["error_events"]) for f in enables + disables),
+    }
+    for kind in ("bare", "bare_sequential"):
+        if kind in sides:
+            figures[kind] = _bare_figures(sides[kind])
+            bare_seconds = float(figures[kind]["enable_seconds"])
+            figures[f"enable_over_{kind}"] = round(float(figures["enable_seconds"]) / bare_seconds, 3)
+    return figures
+
+
+def _bare_figures(side: dict[str, list[Figures]]) -> Figures:
+    bare_enables, bare_disables = side["enable"], side["disable"]
+    return {
+        "enable_seconds": statistics.median(float(f["seconds"]) for f in bare_enables),
+        "enable_loop_seconds": statistics.median(float(f["loop_seconds"]) for f in bare_enables),
+        "disable_seconds": statistics.median(float(f["seconds"]) for f in bare_disables),
+        "enable_cpu_seconds": _median_round(bare_enables)["cpu_seconds"],
+        "rounds_enable_seconds": [f["seconds"] for f in bare_enables],
+        "livekit_verified": all(f["livekit_verified"] for f in bare_enables + bare_disables),
+        "complete": all(f["complete"] for f in bare_enables + bare_disables),
+    }
+
+
 async def w8_restrictions_by_size(
-    target: Target, env: Env, sizes: Sizes, *, rounds: int = 3, profile_name: str | None = None
+    target: Target,
+    env: Env,
+    sizes: Sizes,
+    *,
+    rounds: int = 3,
+    profile_name: str | None = None,
+    bare_loop: bool = True,
 ) -> Figures:
     """Per room size: a room of that many joined participants, all connected to LiveKit with a
     microphone track; then ``rounds`` times enable restrictions (timed until every participant has the
     event and LiveKit shows nobody may publish a microphone) and disable them again (timed the same way,
-    until everybody may). The larger room is profiled when asked."""
-    enable = {"action": "enable_microphone_restrictions", "unrestricted_participants": []}
-    disable = {"action": "disable_microphone_restrictions"}
+    until everybody may). The larger room's enables are profiled when asked.
+
+    With ``bare_loop``, W8's own limit in the same run: ``bench.bare_fanout`` (its own process) does the
+    same fan-out in a room of the same size on the same emulator, publishing to the same event exchange,
+    timed the same way; its rounds alternate with the service's (service first in odd rounds)."""
     by_size: dict[str, Figures] = {}
-    async with LoadGenerator(target.names) as gen, Emulator(env.emulator_url) as view:
-        await _warm_up(gen, sizes)
-        for size in sizes.w8_sizes:
-            setup_start = time.perf_counter()
-            room, _ = await _fanout_room(gen, view, size, ["microphone"])
-            setup = time.perf_counter() - setup_start
-            profiler = env.profiler if size == max(sizes.w8_sizes) and profile_name is not None else None
-            if profiler is not None and profile_name is not None:
-                profiler.start(target.pid, profile_name)
-            enables: list[Figures] = []
-            disables: list[Figures] = []
-            pids = {
-                "target": target.pid,
-                "emulator": env.emulator_pid,
-                "rabbitmq": rabbitmq_pid(),
-                "load_generator": os.getpid(),
-            }
-            for _ in range(rounds):
-                enables.append(
-                    await _timed_moderation(
-                        gen, view, room, enable, expected=size, done=_no_microphone, pids=pids
-                    )
-                )
-                disables.append(
-                    await _timed_moderation(
-                        gen, view, room, disable, expected=size, done=_microphone_allowed, pids=pids
-                    )
-                )
-            if profiler is not None:
-                profiler.stop()
-            by_size[str(size)] = {
-                "participants": size,
-                "setup_seconds": round(setup, 3),
-                "enable_seconds": statistics.median(float(f["seconds"]) for f in enables),
-                "enable_events_seconds": statistics.median(float(f["events_seconds"]) for f in enables),
-                "disable_seconds": statistics.median(float(f["seconds"]) for f in disables),
-                # CPU seconds per process of the median enable round (the 2 cores are shared by all).
-                "enable_cpu_seconds": sorted(enables, key=lambda f: float(f["seconds"]))[len(enables) // 2][
-                    "cpu_seconds"
-                ],
-                "rounds_enable_seconds": [f["seconds"] for f in enables],
-                "rounds_disable_seconds": [f["seconds"] for f in disables],
-                "livekit_verified": all(f["livekit_verified"] for f in enables + disables),
-                "complete": all(f["complete"] for f in enables + disables),
-                "error_events": sum(int(f["error_events"]) for f in enables + disables),
-            }
+    bare = BareFanoutProcess(env.emulator_url, target.names.event_exchange) if bare_loop else None
+    try:
+        async with LoadGenerator(target.names) as gen, Emulator(env.emulator_url) as view:
+            await _warm_up(gen, sizes)
+            for size in sizes.w8_sizes:
+                profiled = profile_name if size == max(sizes.w8_sizes) else None
+                one_size = _W8Size(target, env, gen, view, bare, size, profiled)
+                setup = await one_size.setup()
+                kinds = ("service", "bare", "bare_sequential") if bare is not None else ("service",)
+                sides: dict[str, dict[str, list[Figures]]] = {
+                    side: {"enable": [], "disable": []} for side in kinds
+                }
+                for number in range(rounds):
+                    # The service first in odd rounds, last in even ones.
+                    order = kinds if number % 2 == 0 else kinds[::-1]
+                    for action in ("enable", "disable"):
+                        for side in order:
+                            figures = await one_size.one(side, action, number)
+                            if not figures["complete"] or not figures["livekit_verified"]:
+                                print(
+                                    f"  W8 {size:,} round {number + 1}, {side} {action}: "
+                                    f"{figures['events_received']:,} of {size:,} events in "
+                                    f"{figures['events_seconds']:.1f} s, "
+                                    f"LiveKit verified: {figures['livekit_verified']}",
+                                    flush=True,
+                                )
+                            sides[side][action].append(figures)
+                by_size[str(size)] = _w8_figures(size, setup, sides)
+    finally:
+        if bare is not None:
+            bare.stop()
     small, large = (by_size[str(size)] for size in sizes.w8_sizes)
+    bare_figures: Figures = {}
+    if bare_loop:
+        small_bare, large_bare = small["bare"], large["bare"]
+        bare_figures = {
+            "small_seconds": small_bare["enable_seconds"],
+            "large_seconds": large_bare["enable_seconds"],
+            "large_over_small": round(
+                float(large_bare["enable_seconds"]) / float(small_bare["enable_seconds"]), 2
+            ),
+            "large_cpu_seconds": large_bare["enable_cpu_seconds"],
+            "livekit_verified": small_bare["livekit_verified"] and large_bare["livekit_verified"],
+            "complete": small_bare["complete"] and large_bare["complete"],
+        }
     return {
+        **({"bare": bare_figures} if bare_figures else {}),
         "sizes": list(sizes.w8_sizes),
         "by_size": by_size,
         "small_seconds": small["enable_seconds"],
@@ -514,23 +678,13 @@ async def w8_restrictions_by_size(
         "large_events_seconds": large["enable_events_seconds"],
         "large_cpu_seconds": large["enable_cpu_seconds"],
         "large_over_small": round(float(large["enable_seconds"]) / float(small["enable_seconds"]), 2),
+        "small_over_bare": small.get("enable_over_bare"),
+        "large_over_bare": large.get("enable_over_bare"),
         "livekit_verified": small["livekit_verified"] and large["livekit_verified"],
-        "complete": small["complete"] and large["complete"],
+        "complete": small["complete"]
+        and large["complete"]
+        and all(s.get("bare", {}).get("complete", True) for s in (small, large)),
         "error_events": small["error_events"] + large["error_events"],
-    }
-
-
-async def w8_fanout_baseline(target: Target, env: Env, sizes: Sizes) -> Figures:
-    """The baseline's share of W8: one command answered with 1,000 and with 10,000 confirmed events."""
-    by_size = {str(size): await fanout_baseline(target, env, sizes, size) for size in sizes.w8_sizes}
-    small, large = (by_size[str(size)] for size in sizes.w8_sizes)
-    return {
-        "by_size": by_size,
-        "small_seconds": small["seconds"],
-        "large_seconds": large["seconds"],
-        "large_events_seconds": large["events_seconds"],
-        "large_over_small": round(float(large["seconds"]) / float(small["seconds"]), 2),
-        "complete": small["complete"] and large["complete"],
     }
 
 
