@@ -13,7 +13,7 @@ import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ COLUMNS = (
     ("tasks (Redis)", "redis", "tasks"),
     ("Redis commands", "redis", "redis_commands"),
     ("Redis round trips", "redis", "redis_round_trips"),
+    ("Redis commands by name", "redis", "redis_by_name"),
 )
 #: Figures that do not depend on where the state is kept.
 WIRE_FIGURES = ("publishes", "frames_out", "frames_in", "livekit")
@@ -134,6 +135,11 @@ class Cost:
             "tasks": self.tasks,
             "redis_commands": self.redis["commands"],
             "redis_round_trips": self.redis["round_trips"],
+            "redis_by_name": {
+                name.removeprefix("command."): n
+                for name, n in sorted(self.redis.items())
+                if name.startswith("command.")
+            },
         }
 
 
@@ -150,6 +156,8 @@ class Harness:
     ) -> None:
         self.service, self.amqp, self.redis = service, amqp, redis
         self.client, self.emulator = client, emulator
+        #: The counts at the latest quiet point: where the next command's count starts.
+        self._mark = self._snapshot()
 
     def _snapshot(self) -> tuple[Counter[str], Counter[str], int]:
         return self.amqp.snapshot(), self.redis.snapshot(), self.service.tasks.created
@@ -166,14 +174,14 @@ class Harness:
         return last
 
     async def cost(self, room: str, sender: str, payload: dict[str, Any], role: str) -> Cost:
-        amqp, redis, tasks = await self._quiet()
+        amqp, redis, tasks = self._mark
         await self.emulator.clear_calls()
         message_id = await self.client.send(room, sender, payload, role=role)
         for _ in range(2000):  # 20 s
             if self.amqp.snapshot()["out.basic.ack"] > amqp["out.basic.ack"]:
                 break
             await asyncio.sleep(0.01)
-        amqp_after, redis_after, tasks_after = await self._quiet()
+        self._mark = amqp_after, redis_after, tasks_after = await self._quiet()
         calls = Counter(await self.emulator.calls())
         cost = Cost(amqp_after - amqp, redis_after - redis, tasks_after - tasks, calls)
         # What the service published is what a client receives, each event answering this command.
@@ -200,10 +208,18 @@ class Harness:
         await self.client.wait_for(lambda e: e.correlation_id in sent, count=size, timeout=60)
         return identities
 
-    async def round(self, size: int) -> dict[str, Cost]:
-        """Every command once in a new room of ``size``."""
-        room = f"rt-{uuid.uuid4().hex[:12]}"
-        identities = await self.join_room(room, size)
+    async def rooms(self, sizes: Sequence[int]) -> list[tuple[str, list[str]]]:
+        """New rooms of these sizes, joined at once (a room's commands run one at a time, different
+        rooms' side by side): each room's name and participants."""
+        names = [f"rt-{uuid.uuid4().hex[:12]}" for _ in sizes]
+        joined = await asyncio.gather(
+            *(self.join_room(n, size) for n, size in zip(names, sizes, strict=True))
+        )
+        self._mark = await self._quiet()
+        return list(zip(names, joined, strict=True))
+
+    async def round(self, room: str, identities: list[str]) -> dict[str, Cost]:
+        """Every command once in ``room``."""
         senders = {
             "moderator": identities[0],
             "target": identities[1],
@@ -257,8 +273,14 @@ async def measure(store: str, livekit_url: str) -> Figures:
                 service = await asyncio.to_thread(InProcessService(environ).start)
                 try:
                     harness = Harness(service, amqp, redis, client, emulator)
-                    await harness.round(SIZES[0])  # connections, pools and caches settle
-                    runs = [{size: await harness.round(size) for size in SIZES} for _ in range(2)]
+                    # A warm-up room first (connections, pools and caches settle), then each size twice.
+                    rooms = await harness.rooms([SIZES[0], *SIZES, *SIZES])
+                    await harness.round(*rooms[0])
+                    costs = [await harness.round(*room) for room in rooms[1:]]
+                    runs = [
+                        dict(zip(SIZES, costs[:2], strict=True)),
+                        dict(zip(SIZES, costs[2:], strict=True)),
+                    ]
                 finally:
                     await asyncio.to_thread(service.stop)
         finally:
@@ -283,8 +305,8 @@ def table_of(memory: Figures, redis: Figures) -> Table:
         row: Row = {}
         for heading, store, figure in COLUMNS:
             value = (memory if store == "memory" else redis)[key][figure]
-            if isinstance(value, dict):
-                row.update({f"LiveKit {method}": count for method, count in value.items()})
+            if isinstance(value, dict):  # a count per name: "<heading>: <name>"
+                row.update({f"{heading}: {name}": count for name, count in value.items()})
             else:
                 row[heading] = value
         table[key] = row
@@ -297,32 +319,32 @@ def render(table: Table) -> str:
     for (action, size), row in table.items():
         cells = [f"`{action}`", f"{size:,}"]
         for heading, _, _ in COLUMNS:
-            if heading == "LiveKit calls":
-                calls = [
-                    f"{name.removeprefix('LiveKit ')} {n:,}"
-                    for name, n in row.items()
-                    if name.startswith("LiveKit ")
-                ]
-                cells.append(", ".join(calls) or "none")
-            else:
+            if heading in row:
                 cells.append(f"{row[heading]:,}")
+                continue
+            named = [
+                f"{name.removeprefix(heading + ': ')} {n:,}"
+                for name, n in row.items()
+                if name.startswith(heading + ": ")
+            ]
+            cells.append(", ".join(named) or "none")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse(markdown: str) -> Table:
-    headings = [heading for heading, _, _ in COLUMNS]
+    """The table as ``render`` wrote it."""
     table: Table = {}
     for line in markdown.splitlines()[2:]:
         action, size, *cells = (cell.strip() for cell in line.strip().strip("|").split("|"))
         row: Row = {}
-        for heading, cell in zip(headings, cells, strict=True):
-            if heading == "LiveKit calls":
-                for call in filter(None, cell.replace("none", "").split(",")):
-                    method, count = call.split()
-                    row[f"LiveKit {method}"] = int(count.replace(",", ""))
-            else:
+        for (heading, _, _), cell in zip(COLUMNS, cells, strict=True):
+            if cell.replace(",", "").isdigit():
                 row[heading] = int(cell.replace(",", ""))
+                continue
+            for item in filter(None, cell.replace("none", "").split(", ")):
+                name, count = item.split()
+                row[f"{heading}: {name}"] = int(count.replace(",", ""))
         table[action.strip("`"), int(size.replace(",", ""))] = row
     return table
 
