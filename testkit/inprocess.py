@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Coroutine, Generator, Mapping
 from contextvars import Context
 from typing import Any
@@ -18,10 +19,12 @@ from livekit_signaling.app.settings import load_settings
 
 
 class TaskCounter:
-    """A task factory that counts the tasks created on its loop."""
+    """A task factory that counts the tasks created on its loop, by the qualified name of their
+    coroutine (where they come from)."""
 
     def __init__(self) -> None:
-        self.created = 0
+        self._lock = threading.Lock()
+        self._by_name: Counter[str] = Counter()
 
     def __call__(
         self,
@@ -29,13 +32,19 @@ class TaskCounter:
         coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
         context: Context | None = None,
     ) -> asyncio.Task[Any]:
-        self.created += 1  # only the loop's own thread creates tasks on it
+        with self._lock:
+            self._by_name[getattr(coro, "__qualname__", type(coro).__name__)] += 1
         return asyncio.Task(coro, loop=loop, context=context)
+
+    def snapshot(self) -> Counter[str]:
+        """The tasks created so far, by name (read from any thread)."""
+        with self._lock:
+            return Counter(self._by_name)
 
 
 class InProcessService:
-    """``start()`` runs the service with the settings ``environ`` until ``stop()``; ``tasks.created``
-    counts the asyncio tasks created on its loop."""
+    """``start()`` runs the service with the settings ``environ`` until ``stop()``; ``tasks`` counts
+    the asyncio tasks created on its loop."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.settings = load_settings(environ)

@@ -118,7 +118,7 @@ class Cost:
 
     amqp: Counter[str]
     redis: Counter[str]
-    tasks: int
+    tasks: Counter[str]  # by the name of their coroutine
     livekit: Counter[str]
 
     def figures(self) -> dict[str, Any]:
@@ -133,7 +133,8 @@ class Cost:
             + self.amqp["in.body"]
             - self.amqp["in.basic.ack"],
             "livekit": dict(sorted(self.livekit.items())),
-            "tasks": self.tasks,
+            "tasks": self.tasks.total(),
+            "task_origins": dict(self.tasks.most_common()),
             "redis_commands": self.redis["commands"],
             "redis_round_trips": self.redis["round_trips"],
             "redis_by_name": {
@@ -160,10 +161,10 @@ class Harness:
         #: The counts at the latest quiet point: where the next command's count starts.
         self._mark = self._snapshot()
 
-    def _snapshot(self) -> tuple[Counter[str], Counter[str], int]:
-        return self.amqp.snapshot(), self.redis.snapshot(), self.service.tasks.created
+    def _snapshot(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        return self.amqp.snapshot(), self.redis.snapshot(), self.service.tasks.snapshot()
 
-    async def _quiet(self) -> tuple[Counter[str], Counter[str], int]:
+    async def _quiet(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
         """Once nothing has moved for a few polls: the command's work is over (background work is
         pushed beyond the test's length by ``QUIET_ENV``)."""
         last, still = self._snapshot(), 0
@@ -389,6 +390,12 @@ async def test_round_trips_of_every_command(own_emulator: EmulatorProcess) -> No
         DOC.write_text(f"{before}{BEGIN}\n{render(measured)}\n{END}{after}")
         return
     grown, shrunk = differences(parse(table), measured)
+    origins = "\n".join(
+        f"tasks of {action} in a room of {size} ({store}): {figures[action, size]['task_origins']}"
+        for store, figures in (("memory", memory), ("Redis", redis))
+        for action, size in figures
+        if any(line.startswith(f"{action}, room of {size}: tasks") for line in grown + shrunk)
+    )
     regenerate = (
         f"UPDATE_ROUND_TRIPS=1 .venv/bin/python -m pytest -n 0 {Path(__file__).relative_to(DOC.parents[1])}"
     )
@@ -397,10 +404,12 @@ async def test_round_trips_of_every_command(own_emulator: EmulatorProcess) -> No
         f"`{regenerate}`\ngrew:\n  "
         + "\n  ".join(grown)
         + ("\nshrank:\n  " + "\n  ".join(shrunk) if shrunk else "")
+        + f"\n{origins}"
     )
     assert not shrunk, (
         f"counts shrank: regenerate the table with `{regenerate}` so that it stays true\nshrank:\n  "
         + "\n  ".join(shrunk)
+        + f"\n{origins}"
     )
 
 
