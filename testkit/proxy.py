@@ -22,7 +22,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +30,9 @@ Mode = Literal["forward", "blackhole", "reset", "closed"]
 MODES: tuple[Mode, ...] = ("forward", "blackhole", "reset", "closed")
 
 T = TypeVar("T")
+
+#: Called in the proxy's thread with each chunk it forwards: (the connection, towards the server?, bytes).
+Observer = Callable[[object, bool, bytes], None]
 
 _CHUNK = 64 * 1024
 
@@ -74,6 +77,8 @@ class TcpProxy:
         self.mode: Mode = "forward"
         self.accepted = 0
         self.reset_count = 0
+        #: Sees every chunk forwarded (the round-trip counters parse the protocols with it).
+        self.observer: Observer | None = None
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
@@ -212,6 +217,8 @@ class TcpProxy:
                     break
                 if writer is None:
                     continue
+                if self.observer is not None:
+                    self.observer(connection, writer is connection.upstream, data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
