@@ -364,10 +364,20 @@ class RedisClusterGroup:
                 return self.node_at(view.port)
         raise KeyError(f"no master owns slot {slot}")
 
-    def replicas_of(self, master: RedisNode) -> list[RedisNode]:
-        views = self.view()
-        master_id = next(v.node_id for v in views if v.port == master.port)
-        return [self.node_at(v.port) for v in views if v.master_id == master_id and "fail" not in v.flags]
+    def replicas_of(self, master: RedisNode, *, expected: int = 0, timeout: float = 15.0) -> list[RedisNode]:
+        """The replicas of ``master`` that no node has marked failed. With ``expected``, waits up to
+        ``timeout`` until that many are seen: on a loaded machine a replica that missed the 1.5 s node
+        timeout is marked failed for a moment and then taken back."""
+        deadline = time.monotonic() + timeout
+        while True:
+            views = self.view()
+            master_id = next(v.node_id for v in views if v.port == master.port)
+            replicas = [
+                self.node_at(v.port) for v in views if v.master_id == master_id and "fail" not in v.flags
+            ]
+            if len(replicas) >= expected or time.monotonic() > deadline:
+                return replicas
+            time.sleep(0.1)
 
     # -- faults --------------------------------------------------------------------------------------
 

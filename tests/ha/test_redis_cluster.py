@@ -178,7 +178,7 @@ async def test_a_restriction_answered_right_before_its_master_dies_survives_the_
     await asyncio.sleep(2.0)
     await client.ask(room, "moderator-1", {"action": "join"}, role="moderator", timeout=30)
     master = cluster.master_of(cluster.keyslot(room))
-    first, second = cluster.replicas_of(master)
+    first, second = cluster.replicas_of(master, expected=2)
 
     first.pause()
     second.pause()

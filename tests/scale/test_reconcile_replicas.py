@@ -110,8 +110,9 @@ async def test_each_room_is_reconciled_by_exactly_one_replica(
     for first, last in zip(before, after, strict=True):
         checked = last["checked"] - first["checked"]
         passes = last["passes"] - first["passes"]
-        # One ListParticipants per check (a check is counted when it ends, its call when the call
-        # does: one in flight at either end of the window may fall on either side), and each pass
-        # checks the replica's own rooms once.
-        assert abs(last["lists"] - first["lists"] - checked) <= 2
+        # One ListParticipants per check, and each pass checks the replica's own rooms once. A check
+        # is counted when it ends, its call when the call does: the checks in flight at either end
+        # of the window (on a loaded machine up to a pass's rooms) may fall on either side, which
+        # keeps the difference far below a second call per check.
+        assert abs(last["lists"] - first["lists"] - checked) <= last["rooms"]
         assert last["rooms"] * (passes - 1) <= checked <= last["rooms"] * (passes + 1)
