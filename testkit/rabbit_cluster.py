@@ -361,7 +361,7 @@ class RabbitCluster:
                 raise ClusterError(f"{node.name} not running after {self.startup_timeout}s")
             time.sleep(0.2)
 
-    def wait_quorum_safe(self, letter: str, *, timeout: float = 60.0) -> None:
+    def wait_quorum_safe(self, letter: str, *, timeout: float = 180.0) -> None:
         """Until stopping ``letter`` would leave every quorum queue a majority: the check an operator
         runs before taking a node down (``rabbitmq-queues check_if_node_is_quorum_critical``)."""
         deadline = time.monotonic() + timeout
@@ -370,7 +370,8 @@ class RabbitCluster:
             if result.returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise ClusterError(f"{letter} still quorum-critical: {result.stdout.decode()[-500:]}")
+                said = (result.stdout + result.stderr).decode(errors="replace")
+                raise ClusterError(f"{letter} still quorum-critical after {timeout:.0f}s: {said[-1500:]}")
             time.sleep(0.5)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from testkit.load import LoadClient
 from testkit.processes import Names
 from testkit.redis_cluster import RedisClusterGroup
 from testkit.tls import throwaway_certificates
-from tests.ha.redis_load import WRITES, Figures, SteadyLoad
+from tests.ha.redis_load import TRANSIENT_RETRY_SECONDS, WRITES, Figures, SteadyLoad
 from tests.reliability.conftest import ConnectLoadClient, StartService
 
 pytestmark = pytest.mark.slow
@@ -219,7 +219,8 @@ async def test_a_restriction_answered_right_before_its_master_dies_survives_the_
     assert waited >= REPLICAS_PAUSE_SECONDS * 0.9, "answered before a replica could hold it"
     assert answered
     client.books.accounting().assert_exactly_once_in_order()
-    assert flowing_after < 10.0
+    # How soon is a figure (it depends on the machine's load); answered from where they waited is the mark.
+    assert flowing_after < TRANSIENT_RETRY_SECONDS
     assert not client.dead_letters
 
 
