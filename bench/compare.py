@@ -24,9 +24,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.harness import Target
+from bench.runner import Runner
 from bench.workloads import (
     Env,
     Figures,
@@ -39,9 +40,6 @@ from bench.workloads import (
     w7_one_room_against_many,
     w8_restrictions_by_size,
 )
-
-if TYPE_CHECKING:
-    from bench.run import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"

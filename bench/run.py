@@ -19,26 +19,21 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiormq
 import psutil  # type: ignore[import-untyped]
 
 from bench.compare import run_compare
 from bench.harness import (
     RESULTS,
-    BaselineTarget,
-    ServiceTarget,
-    Target,
     cpu_seconds,
     rabbitmq_pid,
-    wait_for_broker,
 )
 from bench.profile import Profiler
 from bench.report import DISTURBED, plot_latency, table, write_json
+from bench.runner import Runner, machine_busy, own_cpu
 from bench.tracing_cost import noop_seams_ns_per_command, pipeline_cost
 from bench.workloads import (
     Env,
@@ -189,105 +184,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _machine_busy() -> float:
-    """CPU seconds all processes spent so far (everything but idle and iowait)."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
-def _own_cpu() -> float:
-    """CPU seconds of this process and of its children that were waited for (service, baseline, ...)."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-class _Disturbance:
-    """How busy processes outside this run (other people's tests) kept the machine during a workload: all
-    CPU time minus this process's, its children's (target, emulator, py-spy) and the broker's, per wall
-    second."""
-
-    def __init__(self) -> None:
-        self._broker = rabbitmq_pid()
-        self._start = time.perf_counter()
-        self._before = self._sample()
-
-    def _sample(self) -> float:
-        me = os.times()  # children_* holds the children already waited for
-        ours = me.user + me.system + me.children_user + me.children_system + cpu_seconds(self._broker)
-        for child in psutil.Process().children(recursive=True):
-            ours += cpu_seconds(child.pid)
-        return _machine_busy() - ours
-
-    def others_cores(self) -> float:
-        return round((self._sample() - self._before) / (time.perf_counter() - self._start), 2)
-
-
-class Runner:
-    def __init__(self, args: argparse.Namespace, env: Env) -> None:
-        self.args = args
-        self.env = env
-        self.sizes = Sizes.quick() if args.quick else Sizes.full()
-
-    def service(
-        self,
-        *,
-        redis_store: bool | None = None,
-        settings: dict[str, str] | None = None,
-        label: str = "service",
-    ) -> Target:
-        """The service, with the store ``--redis`` chose unless ``redis_store`` says otherwise, and
-        ``settings`` beside the production defaults (W10: the tracing mode)."""
-        return ServiceTarget(
-            self.env.emulator_url,
-            self.args.partitions,
-            self.args.prefetch,
-            use_redis=self.args.redis if redis_store is None else redis_store,
-            label=label,
-            settings=settings or {},
-        )
-
-    def baseline(self) -> Target:
-        return BaselineTarget(self.args.partitions, self.args.prefetch)
-
-    def on(
-        self, make: Callable[[], Target], workload: Callable[[Target], Coroutine[Any, Any, Figures]]
-    ) -> Figures:
-        """Start a fresh target, run one workload against it, stop it and delete its topology. Other
-        people's tests may restart the shared broker: a workload that failed on a connection error or did
-        not get all its events is run once more, on new processes and a new topology."""
-        for attempt in (1, 2):
-            target = make()
-            started = time.perf_counter()
-            try:
-                try:
-                    target.start()
-                    probe = _Disturbance()
-                    figures: Figures = asyncio.run(workload(target))
-                    figures["other_processes_cores"] = probe.others_cores()
-                finally:
-                    target.stop()
-            except (ConnectionError, aiormq.exceptions.AMQPError, RuntimeError, TimeoutError) as error:
-                if attempt == 2:
-                    raise
-                print(f"  {target.label}: {type(error).__name__} ({error}); broker restarted? once more")
-                wait_for_broker()
-                continue
-            if figures.get("complete", True) or attempt == 2:
-                break
-            print(f"  {target.label}: not all events arrived; once more")
-            wait_for_broker()
-        figures["attempts"] = attempt
-        figures["wall_seconds_incl_start_stop"] = round(time.perf_counter() - started, 1)
-        state = "" if figures.get("complete", True) else "  INCOMPLETE"
-        others = figures["other_processes_cores"]
-        if others > DISTURBED:
-            state += f"  DISTURBED: other processes used {others:.2f} cores meanwhile"
-        print(
-            f"  {target.label:<8} done in {figures['wall_seconds_incl_start_stop']:.1f}s{state}", flush=True
-        )
-        return figures
 
 
 def throughput_and_latency(
@@ -545,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     broker = rabbitmq_pid()
-    machine_before, ours_before, broker_before = _machine_busy(), _own_cpu(), cpu_seconds(broker)
+    machine_before, ours_before, broker_before = machine_busy(), own_cpu(), cpu_seconds(broker)
     outcome = run(args)
     results = outcome["results"]
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -555,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nJSON: {output}\ntotal {meta['total_seconds']:.0f}s")
         return 0
     broker_cpu = cpu_seconds(broker) - broker_before
-    others = (_machine_busy() - machine_before) - (_own_cpu() - ours_before) - broker_cpu
+    others = (machine_busy() - machine_before) - (own_cpu() - ours_before) - broker_cpu
     # CPU of everything but this run's processes and the broker: other people's tests, mostly.
     meta["other_processes_cores"] = round(others / meta["total_seconds"], 2)
     meta["rabbitmq_cores"] = round(broker_cpu / meta["total_seconds"], 2)
