@@ -76,7 +76,7 @@ def runbook_problems(rule: dict[str, Any], site: str) -> list[str]:
 def test_deploy_ships_alerts() -> None:
     alerts = {rule["alert"] for _, rule in shipped_alerts()}
     assert "LiveKitSignalingNotReady" in alerts
-    assert len(alerts) >= 9
+    assert len(alerts) >= 10
 
 
 @pytest.mark.parametrize(

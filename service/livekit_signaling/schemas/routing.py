@@ -29,6 +29,11 @@ def room_events_binding(room: str) -> str:
     return f"room.{room}.#"
 
 
+def seen_by_every_event(routing_key: str) -> bool:
+    """Whether the ``EVERY_EVENT`` binding matches ``routing_key`` (any key of any room)."""
+    return routing_key == "room" or routing_key.startswith("room.")
+
+
 def addressee(routing_key: str) -> tuple[str, str] | None:
     """Room and participant of an event's routing key; None for any other key."""
     parts = routing_key.split(".")

@@ -41,8 +41,8 @@ class MemoryStateStore:
     ) -> None:
         self._rooms: OrderedDict[str, _Room] = OrderedDict()
         #: Processed message ids with when they may be forgotten, and the same ids in buckets of 100 ms
-        #: by that time, oldest first. The ids of one bucket share one expiry object: with an ordered
-        #: dict and a float of its own, an id cost 124 bytes beside its string, now about 45 (W6).
+        #: by that time, oldest first. The ids of one bucket share one expiry object, so an id costs
+        #: about 45 bytes beside its string (W6), where an ordered dict and a float of its own take 124.
         self._processed: dict[str, float] = {}
         self._expiring: deque[tuple[float, list[str]]] = deque()
         self._restricted: set[str] = set()

@@ -40,7 +40,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 
-from livekit_signaling.schemas.routing import EVERY_EVENT
+from livekit_signaling.schemas.routing import EVERY_EVENT, seen_by_every_event
 from livekit_signaling.telemetry.tracing.carrier import current_headers
 from livekit_signaling.transport.amqp import CONNECTION_ERRORS, PERSISTENT, publish_confirmed
 from livekit_signaling.transport.brokers import connect_first, node_label
@@ -405,7 +405,7 @@ class ControllerLink:
 
     def _covered(self, key: str) -> bool:
         """Whether ``key`` needs no binding of its own: ``room.#`` is held and sees it already."""
-        return key != EVERY_EVENT and EVERY_EVENT in self._wanted and key.startswith("room.")
+        return key != EVERY_EVENT and EVERY_EVENT in self._wanted and seen_by_every_event(key)
 
     async def _reconcile(self, session: _Session) -> None:
         queue, events = session.queue, session.events
