@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from livekit_signaling.emulator import LiveKitEmulator
 from livekit_signaling.pipeline.ports import Delivery, OutgoingEvent
+from livekit_signaling.schemas.routing import command_routing_key
 from livekit_signaling.store.memory import MemoryStateStore
 from livekit_signaling.telemetry.tracing import NO_TRACING
 from livekit_signaling.telemetry.tracing.setup import TracingConfig, TracingSetup, start_tracing
@@ -68,7 +69,7 @@ async def _batch(rig: _Rig, bodies: list[bytes]) -> float:
         rig.pipeline.processor.on_delivery(
             Delivery(
                 body=body,
-                routing_key=f"room.w10-{index % ROOMS}",
+                routing_key=command_routing_key(f"w10-{index % ROOMS}"),
                 message_id=uuid.uuid4().hex,
                 partition=0,
                 delivery_count=0,
