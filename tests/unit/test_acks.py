@@ -168,3 +168,94 @@ async def test_an_operation_on_a_closed_channel_does_not_start() -> None:
     assert lost.done()
     assert isinstance(lost.exception(), ConnectionError)
     assert not ran
+
+
+class QueuedChannel(Channel):
+    """A channel that writes its frames as aiormq does, through the connection's bounded write queue
+    (``asyncio.Queue``: when it is full, a later ``put`` can overtake one that waits), and a broker
+    behind it that settles what arrives as RabbitMQ does: a ``multiple`` ack settles every outstanding
+    tag up to its own, and a frame for a tag no longer outstanding closes the channel."""
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop, tags: range) -> None:
+        super().__init__(loop=loop)
+        self.write_queue: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue(maxsize=1)
+        self.outstanding = set(tags)
+        self.requeued: list[int] = []
+        self.unknown: list[int] = []
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        await self.write_queue.put(("ack", delivery_tag, multiple))
+
+    async def basic_nack(
+        self, delivery_tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True
+    ) -> None:
+        await self.write_queue.put(("nack", delivery_tag, multiple))
+
+    def broker_reads(self) -> None:
+        """The connection's writer takes one frame off the queue; the broker settles it."""
+        method, tag, multiple = self.write_queue.get_nowait()
+        if tag not in self.outstanding:
+            self.unknown.append(tag)  # PRECONDITION_FAILED - unknown delivery tag
+            return
+        settled = {t for t in self.outstanding if t <= tag} if multiple else {tag}
+        self.outstanding -= settled
+        if method == "nack":
+            self.requeued.append(tag)
+
+
+async def turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def broker_reads_all(channel: QueuedChannel) -> None:
+    """The writer drains the queue while the senders run (every waiting ``put`` gets its turn)."""
+    for _ in range(20):
+        await turns()
+        if not channel.write_queue.empty():
+            channel.broker_reads()
+
+
+async def test_a_multiple_ack_never_overtakes_an_ack_queued_before_it() -> None:
+    """1 is still running while 2 is done: 2 is acked alone, and that frame waits for room in the full
+    write queue. Then 1 and 3 are done: their ack is ``multiple`` up to 3, which covers 2 at the broker.
+    If it reached the queue first, the broker would settle 2 with it and close the channel on the ack
+    of 2 that follows."""
+    channel = QueuedChannel(loop=asyncio.get_running_loop(), tags=range(1, 5))
+    consuming = ConsumingChannel(channel)
+    for tag in range(1, 5):
+        consuming.acks.delivered(tag)
+    channel.write_queue.put_nowait(("ack", 99, False))  # the queue is full (a publish, in aiormq)
+    channel.outstanding.add(99)
+    consuming.ack(2)
+    await turns()  # the flush of 2 waits for room
+    consuming.ack(1)
+    consuming.ack(3)
+    consuming.flush()  # decided now, ready to run before the waiting one is woken
+    channel.broker_reads()  # room for one frame
+    await broker_reads_all(channel)
+    assert channel.unknown == []
+    assert channel.outstanding == {4}
+
+
+async def test_a_requeue_leaves_before_a_multiple_ack_decided_after_it() -> None:
+    """2 is requeued while the write queue is full; then 1 and 3 are done. Their ``multiple`` ack up to
+    3 must not reach the broker before the nack of 2 (it would settle 2, and the nack would then close
+    the channel); 2 goes back to the queue."""
+    channel = QueuedChannel(loop=asyncio.get_running_loop(), tags=range(1, 4))
+    consuming = ConsumingChannel(channel)
+    for tag in range(1, 4):
+        consuming.acks.delivered(tag)
+    channel.write_queue.put_nowait(("ack", 99, False))
+    channel.outstanding.add(99)
+    requeued = consuming.requeue(2)
+    await turns()
+    consuming.ack(1)
+    consuming.ack(3)
+    consuming.flush()
+    channel.broker_reads()
+    await broker_reads_all(channel)
+    assert requeued.done()
+    assert channel.unknown == []
+    assert channel.requeued == [2]
+    assert channel.outstanding == set()

@@ -210,15 +210,23 @@ class ChannelTasks:
 
 class ConsumingChannel:
     """A partition's consuming channel as the transport settles its deliveries: acks coalesced per turn
-    of the event loop (``acks.AckCoalescer``), sent by one task per flush, dropped with the channel
-    (the broker then redelivers those commands, and duplicate suppression recognises them)."""
+    of the event loop (``acks.AckCoalescer``), dropped with the channel (the broker then redelivers
+    those commands, and duplicate suppression recognises them).
 
-    __slots__ = ("acks", "channel", "tasks")
+    Every settling frame of the channel (the coalesced acks and the nacks of requeued commands) leaves
+    in the order it was decided: each send waits for the one before it. aiormq's write queue is an
+    ``asyncio.Queue`` with a bound, and when it is full a later ``put`` can overtake one that waits; a
+    ``multiple`` ack that overtook a single ack or a nack below its tag would settle that delivery
+    first, and the broker closes the channel on the second frame for it (``PRECONDITION_FAILED -
+    unknown delivery tag``)."""
+
+    __slots__ = ("_last", "acks", "channel", "tasks")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
         self.tasks = ChannelTasks(channel)
         self.acks = AckCoalescer()
+        self._last: asyncio.Future[None] | None = None
 
     def ack(self, tag: int) -> bool:
         """Queue the delivery's ack; sent at the end of this turn of the event loop. False when the
@@ -230,27 +238,44 @@ class ConsumingChannel:
         return True
 
     def flush(self) -> asyncio.Future[None] | None:
-        """Send the queued acks now (in order, ahead of any frame queued after this call)."""
+        """Send the queued acks now (after every frame queued before this call)."""
         frames = self.acks.take()
         if not frames or self.tasks.closed:
             return None
-        sending = self.tasks.run(self._send(frames))
-        sending.add_done_callback(_ack_outcome)
+        return self._send(frames, requeue=False)
+
+    def requeue(self, tag: int) -> asyncio.Future[None]:
+        """Hand the delivery back to the queue (``basic.nack`` with ``requeue``), after the acks
+        already decided; no later ``multiple`` ack covers it."""
+        self.acks.settled_otherwise(tag)
+        return self._send([(tag, False)], requeue=True)
+
+    def _send(self, frames: list[tuple[int, bool]], *, requeue: bool) -> asyncio.Future[None]:
+        sending = self.tasks.run(self._after(self._last, frames, requeue=requeue))
+        sending.add_done_callback(_settle_outcome)
+        self._last = sending
         return sending
 
-    async def _send(self, frames: list[tuple[int, bool]]) -> None:
+    async def _after(
+        self, previous: asyncio.Future[None] | None, frames: list[tuple[int, bool]], *, requeue: bool
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # its outcome is its own (logged by _settle_outcome)
         channel = cast(aiormq.Channel, self.channel)
         for tag, multiple in frames:
-            await channel.basic_ack(tag, multiple=multiple, wait=False)
+            if requeue:
+                await channel.basic_nack(tag, multiple=multiple, requeue=True, wait=False)
+            else:
+                await channel.basic_ack(tag, multiple=multiple, wait=False)
 
 
-def _ack_outcome(sending: asyncio.Future[None]) -> None:
+def _settle_outcome(sending: asyncio.Future[None]) -> None:
     if sending.cancelled():
         error: BaseException | None = ChannelLost("channel closed")
     else:
         error = sending.exception()
     if error is not None:
-        log.info("could not ack commands (%s); the broker will redeliver them", type(error).__name__)
+        log.info("could not settle commands (%s); the broker will redeliver them", type(error).__name__)
 
 
 DeliveryCallback = Callable[[Delivery], None]
@@ -539,27 +564,6 @@ class AmqpTransport:
 
     # -- settling deliveries --------------------------------------------------------------------------
 
-    @staticmethod
-    async def _settle(delivery: Delivery, action: str, **kwargs: Any) -> bool:
-        """Ack/nack; on a channel that died meanwhile it fails harmlessly (the broker redelivers, and
-        duplicate suppression recognises the copy)."""
-        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
-        if message is None:
-            return False
-        try:
-            await until_closed(message.channel, getattr(message, action)(**kwargs))
-        except (
-            aio_pika.exceptions.ChannelInvalidStateError,
-            aiormq.exceptions.AMQPError,
-            RuntimeError,
-            ConnectionError,
-        ) as error:
-            log.info(
-                "could not %s a command (%s); the broker will redeliver it", action, type(error).__name__
-            )
-            return False
-        return True
-
     async def ack(self, delivery: Delivery) -> bool:
         """Queue the ack (``ConsumingChannel``); False when its channel is gone."""
         message = delivery.message if isinstance(delivery, AmqpDelivery) else None
@@ -573,14 +577,19 @@ class AmqpTransport:
         return self._consuming_channel(channel).ack(message.delivery_tag)
 
     async def requeue(self, delivery: Delivery) -> bool:
+        """Hand the command back to its queue, in order with the channel's acks (``ConsumingChannel``);
+        False when its channel is gone (the broker has it back already)."""
         message = delivery.message if isinstance(delivery, AmqpDelivery) else None
-        if message is not None and message.delivery_tag is not None:
-            # No coalesced ack may cover it once its nack is queued (the ack would win if sent first).
-            with contextlib.suppress(aio_pika.exceptions.ChannelInvalidStateError):
-                consuming = self._consuming.get(message.channel)
-                if consuming is not None:
-                    consuming.acks.settled_otherwise(message.delivery_tag)
-        return await self._settle(delivery, "nack", requeue=True)
+        if message is None or message.delivery_tag is None:
+            return False
+        try:
+            channel = message.channel
+        except aio_pika.exceptions.ChannelInvalidStateError:
+            log.info("could not requeue a command (channel closed); the broker will redeliver it")
+            return False
+        sending = self._consuming_channel(channel).requeue(message.delivery_tag)
+        await asyncio.wait((sending,))
+        return not sending.cancelled() and sending.exception() is None
 
     # -- publishing -----------------------------------------------------------------------------------
 
