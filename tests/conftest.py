@@ -35,9 +35,10 @@ def _group(test_file: Path) -> str:
     return SYSTEM_BROKER_GROUP
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item.path.resolve())))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # As each test is collected, so that pytest-xdist's collection hook, which turns the group into a
+    # suffix of the node id (what ``--dist loadgroup`` schedules by), sees it whatever the hooks' order.
+    item.add_marker(pytest.mark.xdist_group(_group(item.path.resolve())))
 
 
 @pytest.fixture(scope="session")
