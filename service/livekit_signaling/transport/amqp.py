@@ -564,30 +564,31 @@ class AmqpTransport:
 
     # -- settling deliveries --------------------------------------------------------------------------
 
-    async def ack(self, delivery: Delivery) -> bool:
-        """Queue the ack (``ConsumingChannel``); False when its channel is gone."""
+    def _settling(self, delivery: Delivery, action: str) -> tuple[ConsumingChannel, int] | None:
+        """The delivery's channel as the transport settles it, and its tag; None when there is nothing
+        to settle it on (its channel is gone: the broker has the command back already)."""
         message = delivery.message if isinstance(delivery, AmqpDelivery) else None
         if message is None or message.delivery_tag is None:
-            return False
+            return None
         try:
             channel = message.channel
         except aio_pika.exceptions.ChannelInvalidStateError:
-            log.info("could not ack a command (channel closed); the broker will redeliver it")
-            return False
-        return self._consuming_channel(channel).ack(message.delivery_tag)
+            log.info("could not %s a command (channel closed); the broker will redeliver it", action)
+            return None
+        return self._consuming_channel(channel), message.delivery_tag
+
+    async def ack(self, delivery: Delivery) -> bool:
+        """Queue the ack (``ConsumingChannel``); False when its channel is gone."""
+        settling = self._settling(delivery, "ack")
+        return settling is not None and settling[0].ack(settling[1])
 
     async def requeue(self, delivery: Delivery) -> bool:
         """Hand the command back to its queue, in order with the channel's acks (``ConsumingChannel``);
-        False when its channel is gone (the broker has it back already)."""
-        message = delivery.message if isinstance(delivery, AmqpDelivery) else None
-        if message is None or message.delivery_tag is None:
+        False when its channel is gone."""
+        settling = self._settling(delivery, "requeue")
+        if settling is None:
             return False
-        try:
-            channel = message.channel
-        except aio_pika.exceptions.ChannelInvalidStateError:
-            log.info("could not requeue a command (channel closed); the broker will redeliver it")
-            return False
-        sending = self._consuming_channel(channel).requeue(message.delivery_tag)
+        sending = settling[0].requeue(settling[1])
         await asyncio.wait((sending,))
         return not sending.cancelled() and sending.exception() is None
 
