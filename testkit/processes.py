@@ -16,11 +16,18 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from livekit_signaling.app.settings import Settings
 from testkit.hosts import LOCALHOST, Host
+
+
+def setting_default(name: str) -> Any:
+    """The service's default for the ``Settings`` field ``name``: what a test runs with unless it sets it."""
+    return next(item.default for item in fields(Settings) if item.name == name)
+
 
 API_KEY = "testkey"
 API_SECRET = "test-secret-" + "x" * 32

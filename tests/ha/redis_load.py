@@ -5,24 +5,18 @@ state as well as read it, and the figures every fault test prints. The books the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from livekit_signaling.app.settings import Settings
 from testkit.load import Books, LoadClient
+from testkit.processes import setting_default
 
-#: Actions of the steady load that save the room's state every time (each popout token counts one
-#: more popout identity in the roster), so each of them waits for WAIT.
 #: The service's default, which the tests run with: how long a command waits in place for Redis before
 #: it is requeued. Commands caught by a fail-over must be answered within it; how soon is a figure.
-TRANSIENT_RETRY_SECONDS = next(
-    float(field.default)
-    for field in dataclasses.fields(Settings)
-    if field.name == "transient_retry_seconds" and isinstance(field.default, float)
-)
-
+TRANSIENT_RETRY_SECONDS = float(setting_default("transient_retry_seconds"))
+#: Actions of the steady load that save the room's state every time (each popout token counts one
+#: more popout identity in the roster), so each of them waits for WAIT.
 WRITES = frozenset({"join", "request_popout_stream_access_token"})
 #: After the join, a room's commands alternate: a state write, then a read.
 STREAM_ACTIONS = ("request_popout_stream_access_token", "create_new_access_token")

@@ -28,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from livekit_signaling.app.settings import Settings, load_settings
 from livekit_signaling.telemetry.metrics import Metrics
+from testkit.processes import setting_default
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "livekit-signaling.json"
@@ -231,10 +232,6 @@ def settings_env_names() -> dict[str, dataclasses.Field[Any]]:
     return {item.metadata["env"]: item for item in dataclasses.fields(Settings)}
 
 
-def default(name: str) -> Any:
-    return next(item.default for item in dataclasses.fields(Settings) if item.name == name)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_alert_rules_use_exported_metrics_and_labels(target: str) -> None:
     rule = one(target, "PrometheusRule")
@@ -260,8 +257,8 @@ def test_alert_rules_use_exported_metrics_and_labels(target: str) -> None:
 def test_grace_period_outlasts_the_shutdown_drain(target: str) -> None:
     grace = one(target, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     configured = one(target, "ConfigMap")["data"].get("SHUTDOWN_GRACE_SECONDS")
-    drain = float(configured) if configured is not None else default("shutdown_grace_seconds")
-    assert grace > default("shutdown_grace_seconds")
+    drain = float(configured) if configured is not None else setting_default("shutdown_grace_seconds")
+    assert grace > setting_default("shutdown_grace_seconds")
     assert grace >= drain + 5, "leave the process a few seconds after the drain to close its connections"
 
 
@@ -327,7 +324,7 @@ def test_secrets_are_read_from_the_mounted_secret(target: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_ports_and_probes_match_the_service(target: str) -> None:
-    port = int(one(target, "ConfigMap")["data"].get("SIGNALING_HTTP_PORT", default("http_port")))
+    port = int(one(target, "ConfigMap")["data"].get("SIGNALING_HTTP_PORT", setting_default("http_port")))
     main = container(target)
     assert main["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
