@@ -3,19 +3,22 @@ topology (``Names``): what the tests and the bench start, watch and stop."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,11 +42,57 @@ LOG_DIR = Path(os.environ.get("TEST_LOG_DIR", "/tmp/livekit-signaling-tests"))
 PARTITIONS = 4
 
 
-def free_port() -> int:
+#: The test's own servers listen on ports below the kernel's ephemeral range (``ip_local_port_range``,
+#: 32768-60999 by default), so that a server stopped for a while (a RabbitMQ node in a rolling restart,
+#: a killed Redis master started again as a replica) gets its port back: no outgoing connection and no
+#: ``bind(0)`` takes a port from outside that range meanwhile. Test workers running side by side claim
+#: ports with a file each; a process's claims go when it exits.
+PORTS = range(10_000, 32_768)
+PORT_CLAIMS = Path(tempfile.gettempdir()) / "livekit-signaling-test-ports"
+#: A claim this old is left from an earlier run that was killed (a whole CI run takes under half an hour).
+STALE_CLAIM_SECONDS = 6 * 3600
+_claimed: list[Path] = []
+
+
+def free_port(*, offsets: Sequence[int] = (0,), host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, claimed for this process, with ``port + offset`` for each of
+    ``offsets`` free and claimed too (a Redis Cluster node's bus port is its port + 10000)."""
+    PORT_CLAIMS.mkdir(parents=True, exist_ok=True)
+    for _ in range(1000):
+        port = random.randrange(PORTS.start, PORTS.stop - max(offsets))
+        if all(_claim(port + offset, host) for offset in offsets):
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1} for offsets {tuple(offsets)}")
+
+
+def _claim(port: int, host: str) -> bool:
+    claim = PORT_CLAIMS / str(port)
+    try:
+        if time.time() - claim.stat().st_mtime < STALE_CLAIM_SECONDS:
+            return False
+        # Left by a killed run: whoever renames it away first may claim the port.
+        os.rename(claim, claim.with_name(f"{port}.stale-{os.getpid()}"))
+        os.unlink(claim.with_name(f"{port}.stale-{os.getpid()}"))
+    except FileNotFoundError:
+        pass
+    try:
+        claim.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    if not _claimed:
+        atexit.register(_release_claims)
+    _claimed.append(claim)
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _release_claims() -> None:
+    for claim in _claimed:
+        claim.unlink(missing_ok=True)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:

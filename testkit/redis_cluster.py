@@ -26,7 +26,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -43,7 +42,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
 from livekit_signaling.store.target import RedisTarget
-from testkit.processes import process_alive
+from testkit.processes import free_port, process_alive
 from testkit.redis_sentinel import (
     HOST,
     RedisNode,
@@ -65,16 +64,7 @@ OWNER_FILE = "owner.pid"
 
 def _free_node_port() -> int:
     """A free port whose cluster bus port (+10000) is free too."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            port: int = sock.getsockname()[1]
-        if port + BUS_OFFSET >= 65536:
-            continue
-        with socket.socket() as bus, contextlib.suppress(OSError):
-            bus.bind((HOST, port + BUS_OFFSET))
-            return port
-    raise RuntimeError("no free port pair (port, port + 10000) found")
+    return free_port(offsets=(0, BUS_OFFSET), host=HOST)
 
 
 def _processes_under(directory: Path) -> list[int]:
