@@ -457,6 +457,35 @@ class RedisSentinelGroup:
         self._wait_replica_synced(node, timeout)
         return time.monotonic() - started
 
+    def wait_whole(self, timeout: float = 30.0) -> None:
+        """Until every running Sentinel names the same master, it says it is one, and every other running
+        data node is its replica with the link up and synced: where a test starts that shares the group
+        with one that made it fail over (the Sentinels reconfigure a returning node in their own time)."""
+
+        def whole() -> bool:
+            running = [sentinel for sentinel in self.sentinel_nodes if sentinel.running]
+            master = self.master_by_sentinels()
+            if master is None or self.role(master) != "master":
+                return False
+            for sentinel in running:
+                reply = self._query(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+                if not isinstance(reply, list) or int(reply[1]) != master.port:
+                    return False
+            for node in self.data_nodes:
+                if node is master or not node.running:
+                    continue
+                with self.client(node) as client:
+                    info = client.info("replication")
+                if (
+                    int(info.get("master_port", 0)) != master.port
+                    or info.get("master_link_status") != "up"
+                    or info.get("master_sync_in_progress")
+                ):
+                    return False
+            return True
+
+        self._wait(whole, "the group did not settle on one master with synced replicas", timeout)
+
     def _wait_replica_synced(self, node: RedisNode, timeout: float) -> None:
         def synced() -> bool:
             with self.client(node) as client:

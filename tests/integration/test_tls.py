@@ -240,7 +240,12 @@ async def _join_through_the_service(
     room = f"room-{uuid.uuid4().hex[:8]}"
     try:
         async with SignalingClient(names) as client:
-            event = await client.reply(room, "alice", {"action": "join"})
+            try:
+                # A join's state write waits for a replica's acknowledgement (REDIS_MIN_REPLICAS); on a
+                # loaded CI machine, TLS handshakes to the Sentinels and the master come first.
+                event = await client.reply(room, "alice", {"action": "join"}, timeout=30)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; the service's log:\n{service.logs()[-4000:]}") from None
             assert event.message == "join_success", event.body
     finally:
         service.stop()
@@ -331,6 +336,8 @@ async def test_service_joins_through_tls_sentinels(
     """The real service with ``REDIS_SENTINELS``, ``REDIS_TLS=true`` and ``REDIS_TLS_CA_FILE`` (on the
     shared broker): a join answered, its room on the master the Sentinels name."""
     group = tls_sentinels
+    # The module's group may have just failed over (the test above): start from one that settled.
+    await asyncio.to_thread(group.wait_whole)
     key, log = await _join_through_the_service(emulator_process, group.service_env())
     assert "(TLS)" in log
     with group.client(group.master()) as direct:

@@ -106,8 +106,9 @@ async def partition_handling(
 ) -> AsyncIterator[str]:
     """``cluster_partition_handling`` for one test (``pause_minority``, the Cluster Operator's default,
     unless parametrized ``indirect``). After the test, passed or failed: the network healed, every
-    node running again (a paused node restarts by itself once it sees a majority) and every quorum
-    queue's members back in step, so that the next test starts from a whole cluster."""
+    node running again (a paused node restarts by itself once it sees a majority), every node seeing
+    every other (one that does not within ``REJOIN_SECONDS`` is restarted) and every quorum queue's
+    members back in step, so that the next test starts from a whole cluster."""
     mode: str = getattr(request, "param", "pause_minority")
     await asyncio.to_thread(cluster.set_partition_handling, mode)
     yield mode
@@ -116,6 +117,11 @@ async def partition_handling(
     # A node accepts connections again once its application runs (a paused one does not listen);
     # then each must be safe to lose, i.e. every quorum queue's members on the others are in step.
     await asyncio.gather(*(back_again(cluster, letter) for letter in cluster.nodes))
+    for letter in await asyncio.to_thread(cluster.split_off, timeout=REJOIN_SECONDS):
+        took = await asyncio.to_thread(cluster.restart, letter)
+        print(
+            f"\nnode {letter} still split off {REJOIN_SECONDS:.0f}s after the heal: restarted ({took:.0f}s)"
+        )
     # One node at a time: each check boots an Erlang VM (1-3 s of CPU), and three at once on a loaded
     # machine slow the very nodes they ask.
     for letter in cluster.nodes:
@@ -125,13 +131,17 @@ async def partition_handling(
 
 #: A node paused by a partition starts again by itself within seconds of the heal; one still paused
 #: after this long is restarted, as an operator would.
-RESTART_AFTER_SECONDS = 60.0
+RESTART_AFTER_SECONDS = 30.0
+#: A running node rejoins its peers within seconds of the heal (Erlang reconnects on the next tick);
+#: one still split off after this long is restarted (``RabbitCluster.split_off``).
+REJOIN_SECONDS = 30.0
 
 
 async def back_again(cluster: RabbitCluster, letter: str) -> None:
     try:
         await asyncio.to_thread(cluster.wait_listening, letter, timeout=RESTART_AFTER_SECONDS)
     except ClusterError:
-        print(f"\nnode {letter} still paused {RESTART_AFTER_SECONDS:.0f}s after the heal: restarted")
-        await asyncio.to_thread(cluster.stop, letter)
-        await asyncio.to_thread(cluster.start, letter)
+        took = await asyncio.to_thread(cluster.restart, letter)
+        print(
+            f"\nnode {letter} not back {RESTART_AFTER_SECONDS:.0f}s after the heal: restarted ({took:.0f}s)"
+        )

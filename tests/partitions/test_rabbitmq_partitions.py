@@ -80,13 +80,16 @@ class Stage:
 
 @pytest.fixture
 def stage(
-    partition_handling: str,
     cluster: RabbitCluster,
     network: TestNetwork,
     start_service: StartService,
     load_client: ConnectLoadClient,
+    partition_handling: str,
 ) -> Stage:
-    """Every scenario runs under ``partition_handling`` (``pause_minority`` unless parametrized)."""
+    """Every scenario runs under ``partition_handling`` (``pause_minority`` unless parametrized). It is
+    set up last so that it is torn down first: the cluster is whole again before the service's topology
+    and the observer queue are deleted (a quorum queue deleted while a member's node is paused or split
+    off leaves that member behind)."""
     return Stage(cluster, network, start_service, load_client)
 
 
