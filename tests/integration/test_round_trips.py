@@ -58,15 +58,50 @@ class Step:
     sender: str  # "moderator", "target", "leaver" or "newcomer"
     payload: dict[str, Any]
     role: str = "user"
+    #: Its row in the table, where it is not the action's own: a command refused or sent again.
+    label: str | None = None
+    #: Sent with the message id of the step before it: a copy the service has answered already.
+    again: bool = False
+    #: The error its sender must be told (``payload.error`` of the one answer), for a refused command.
+    error: str | None = None
+
+    @property
+    def row(self) -> str:
+        return self.label or self.action
 
 
 #: Every command of the contract, in an order that needs no set-up between them: the target's
 #: microphone is unmuted before ``force_mute``, screen sharing is granted then revoked, restrictions
-#: enabled then disabled, the newcomer joins, a connected participant leaves, the room closes.
+#: enabled then disabled, the newcomer joins, a connected participant leaves, the room closes. Besides
+#: them, the three ways a command is answered without being run: a copy of one answered already (no
+#: answer, acknowledged), a moderator's command from a user and a payload that does not decode (each an
+#: error event to the sender).
 STEPS = (
     Step("join", "newcomer", {"action": "join"}),
     Step("create_new_access_token", "target", {"action": "create_new_access_token"}),
+    Step(
+        "create_new_access_token",
+        "target",
+        {"action": "create_new_access_token"},
+        label="create_new_access_token (its message id again)",
+        again=True,
+    ),
     Step("request_popout_stream_access_token", "target", {"action": "request_popout_stream_access_token"}),
+    Step(
+        "force_mute",
+        "target",
+        {"action": "force_mute", "participants": ["moderator"]},
+        label="force_mute (from a user: insufficient_permissions)",
+        error="insufficient_permissions",
+    ),
+    Step(
+        "force_mute",
+        "moderator",
+        {"action": "force_mute", "participants": "target"},
+        "moderator",
+        label="force_mute (participants not a list: invalid_command)",
+        error="invalid_command",
+    ),
     Step("force_mute", "moderator", {"action": "force_mute", "participants": ["target"]}, "moderator"),
     Step(
         "grant_screen_share_permission",
@@ -175,10 +210,10 @@ class Harness:
             last = current
         return last
 
-    async def cost(self, room: str, sender: str, payload: dict[str, Any], role: str) -> Cost:
+    async def cost(self, room: str, sender: str, payload: dict[str, Any], role: str, message_id: str) -> Cost:
         amqp, redis, tasks = self._mark
         await self.emulator.clear_calls()
-        message_id = await self.client.send(room, sender, payload, role=role)
+        await self.client.send(room, sender, payload, role=role, message_id=message_id)
         for _ in range(2000):  # 20 s
             if self.amqp.snapshot()["out.basic.ack"] > amqp["out.basic.ack"]:
                 break
@@ -229,12 +264,23 @@ class Harness:
             "newcomer": f"newcomer-{uuid.uuid4().hex[:6]}",
         }
         costs: dict[str, Cost] = {}
+        message_id = ""
         for step in STEPS:
             payload = {
-                key: [senders.get(v, v) for v in value] if isinstance(value, list) else value
+                key: [senders.get(v, v) for v in value]
+                if isinstance(value, list)
+                else senders.get(value, value)
                 for key, value in step.payload.items()
             }
-            costs[step.action] = await self.cost(room, senders[step.sender], payload, step.role)
+            message_id = message_id if step.again else uuid.uuid4().hex
+            costs[step.row] = await self.cost(room, senders[step.sender], payload, step.role, message_id)
+            answers = [event.payload for event in self.client.events if event.correlation_id == message_id]
+            if step.again:  # the copy is acknowledged and not answered: the one answer is the first's
+                assert len(answers) == 1, answers
+            if step.error is not None:
+                assert [(a.get("message"), a.get("error")) for a in answers] == [("error", step.error)], (
+                    answers
+                )
         return costs
 
 
