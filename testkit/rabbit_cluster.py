@@ -387,8 +387,9 @@ class RabbitCluster:
         return {by_name[name] for name in status.get("running_nodes", []) if name in by_name}
 
     def split_off(self, *, timeout: float) -> list[str]:
-        """Wait until every node sees every node running; the nodes still split off from the largest
-        group after ``timeout`` (those whose view is smaller than the largest one), else none.
+        """Wait until every node sees every node running; the nodes still split off after ``timeout``,
+        else none: those outside the group most nodes see (the larger one on a tie), which is the
+        minority whether the split-off node sees only itself or its peers still see it.
 
         Under ``pause_minority`` a paused node starts again by itself once it sees a majority, and then
         rejoins. RabbitMQ 3.10 does not always: a node that resumes in a short whole window between two
@@ -402,8 +403,7 @@ class RabbitCluster:
             if all(view == set(self.nodes) for view in views.values()):
                 return []
             if time.monotonic() > deadline:
-                largest = max(len(view) for view in views.values())
-                return [letter for letter, view in views.items() if len(view) < largest]
+                return outside_the_common_view(views)
             time.sleep(1.0)
 
     def wait_quorum_safe(self, letter: str, *, timeout: float = 180.0) -> None:
@@ -483,6 +483,14 @@ class RabbitCluster:
             timeout=timeout,
             check=False,
         )
+
+
+def outside_the_common_view(views: Mapping[str, set[str]]) -> list[str]:
+    """The nodes outside the group of running nodes that most nodes see (on a tie the larger group, then
+    the one named last, so that the choice is the same every time)."""
+    seen = Counter(frozenset(view) for view in views.values())
+    group = max(seen, key=lambda view: (seen[view], len(view), sorted(view)))
+    return [letter for letter in views if letter not in group]
 
 
 def _node_host(host: Host) -> str:

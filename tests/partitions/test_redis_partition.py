@@ -22,7 +22,7 @@ from testkit.faults import REPLICATED_OBSERVER, report, under_load
 from testkit.netns import TestNetwork
 from testkit.rabbit_cluster import RabbitCluster
 from testkit.redis_sentinel import RedisNode, RedisSentinelGroup
-from tests.ha.redis_load import STREAM_ACTIONS, WRITES, writes_answered_between
+from tests.ha.redis_load import STREAM_ACTIONS, TRANSIENT_RETRY_SECONDS, WRITES, writes_answered_between
 from tests.partitions.conftest import REDIS_NODES, SCHEDULE, SENTINELS
 from tests.reliability.conftest import ConnectLoadClient, StartService
 
@@ -34,8 +34,12 @@ PACE = 0.2  # a state write and a read alternately, 30 commands/s in all
 RESTRICTED_ROOMS = 10
 #: From the cut until state writes are answered again: Sentinel's down-after-milliseconds (1 s), the
 #: vote and the promotion, the other replica resynced from the new master (so that it can acknowledge),
-#: and the service's next attempt after a failed WAIT (the backoff grows to 2 s).
-WRITES_RESUME_SECONDS = 10.0
+#: and the service's next attempt after a failed WAIT (the backoff grows to 2 s): 3-4 s here on an idle
+#: machine, a figure the test prints. The mark is the service's own promise: a command that meets an
+#: unavailable store is retried in place for TRANSIENT_RETRY_SECONDS, so the writes caught by the cut
+#: are answered from where they waited (on a loaded CI machine the resync waits for CPU: the kill -9
+#: of tests/ha/test_redis_faults.py took 14.5 s there once, against 3.3 s idle).
+WRITES_RESUME_SECONDS = TRANSIENT_RETRY_SECONDS
 
 
 @pytest.fixture
