@@ -90,6 +90,9 @@ class ConfirmingTransport:
     async def subscribe(self, partition: int) -> None:
         pass
 
+    async def partitions_not_consumed(self) -> list[int]:
+        return []
+
 
 def _typed(transport: ConfirmingTransport) -> CommandTransport:
     return transport  # mypy checks that the fake is the port

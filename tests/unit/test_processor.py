@@ -53,6 +53,8 @@ class FakeTransport:
     subscribed_partitions: Sequence[int] = ()
     active_partitions: set[int] = field(default_factory=set)
     is_connected: bool = True
+    #: Subscribed partitions without our consumer on the broker (``partitions_not_consumed``).
+    unconsumed: list[int] = field(default_factory=list)
     #: Set whenever something was published or settled.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -112,6 +114,9 @@ class FakeTransport:
 
     async def subscribe(self, partition: int) -> None:
         pass
+
+    async def partitions_not_consumed(self) -> list[int]:
+        return list(self.unconsumed)
 
     def order(self, *, channel: PublishingChannel | None = None) -> list[str]:
         return [command for ch, command, _ in self.published if channel is None or ch is channel]

@@ -355,3 +355,42 @@ async def test_a_replica_holds_its_active_partitions_or_all_once_it_is_known_to_
     assert list(shared.held_partitions()) == [0, 1, 2, 3]
     transport.is_connected = False
     assert list(shared.held_partitions()) == []
+
+
+async def test_a_partition_without_our_consumer_for_a_whole_round_is_subscribed_to_again() -> None:
+    """The broker cancelled our consumer (its queue deleted) or a channel was not restored: the next
+    round but one subscribes again (``hand_over``: release, then subscribe, which declares the queue);
+    a partition missing for one round only (a channel aio-pika is still restoring) is left alone."""
+    transport = FakeTransport(active_partitions={0, 1})
+    handed_over: list[int] = []
+
+    async def hand_over(partition: int) -> None:
+        handed_over.append(partition)
+        transport.unconsumed.remove(partition)
+
+    metrics = Metrics()
+    balancer = PartitionBalancer(
+        transport=transport,
+        hand_over=hand_over,
+        registry=None,
+        replica="me",
+        partitions=2,
+        interval_seconds=5.0,
+        metrics=metrics,
+    )
+    transport.unconsumed = [1]
+    await balancer.step()
+    assert handed_over == []  # one round: it may be on its way back
+    await balancer.step()
+    assert handed_over == [1]
+    assert metrics.registry.get_sample_value("livekit_signaling_partitions_resubscribed_total") == 1
+    await balancer.step()
+    assert handed_over == [1]  # consumed again: nothing more
+
+    transport.unconsumed = [0]
+    await balancer.step()
+    transport.unconsumed = []  # restored by aio-pika in between
+    await balancer.step()
+    transport.unconsumed = [0]  # missing again, but not for two rounds in a row
+    await balancer.step()
+    assert handed_over == [1]

@@ -357,7 +357,9 @@ class Settings:
     )
     rebalance_interval_seconds: float = _env(
         "REBALANCE_INTERVAL_SECONDS",
-        "How often a replica compares its active partitions with its fair share.",
+        "How often a replica compares its active partitions with its fair share, and checks that it "
+        "still consumes every partition it subscribed to (one without its consumer for a whole interval "
+        "is subscribed to again).",
         default=5.0,
     )
     reconcile_interval_seconds: float = _env(

@@ -9,6 +9,12 @@ surplus over: it cancels its consumer and subscribes again, so the longest-waiti
 replica's, becomes active. Live replicas are known from a registry in Redis (heartbeats); without Redis
 there is one replica and nothing to balance.
 
+The same rounds keep every partition consumed: a subscribed partition that has had no consumer of
+ours for a whole interval while connected (the broker cancelled it because its queue was deleted, or
+its channel closed and aio-pika, which restores consumers only after a reconnection, did not open it
+again) is subscribed to again, which also declares its queue again. One interval first, so that a
+channel aio-pika is still restoring is left to it.
+
 Limits: a partition that carries no traffic is not known to be held, so it is balanced once traffic
 arrives; after a replica dies, its partitions fail over at once, and the shares are recomputed when its
 registration expires (two intervals). A hand-over keeps order: the releasing replica holds the
@@ -78,6 +84,8 @@ class PartitionBalancer:
         self.replicas: list[str] = [replica]
         #: Since when the registry has listed no replica but this one (monotonic), or None.
         self._alone_since: float | None = None if registry is not None else time.monotonic()
+        #: Partitions found without our consumer in the previous round.
+        self._unconsumed: set[int] = set()
 
     async def run(self) -> None:
         while True:
@@ -85,6 +93,7 @@ class PartitionBalancer:
             await asyncio.sleep(self._interval)
 
     async def step(self) -> None:
+        await self._resubscribe_unconsumed()
         if self._registry is not None:
             try:
                 self.replicas = await self._registry.heartbeat(self._replica)
@@ -111,6 +120,20 @@ class PartitionBalancer:
                 )
                 await self._hand_over(partition)
         self._report()
+
+    async def _resubscribe_unconsumed(self) -> None:
+        unconsumed = set(await self._transport.partitions_not_consumed())
+        for partition in sorted(unconsumed & self._unconsumed):
+            log.warning(
+                "partition %d has had no consumer of this replica for %.0fs while connected (cancelled by "
+                "the broker, or its channel not restored): subscribing again",
+                partition,
+                self._interval,
+            )
+            self._metrics.partitions_resubscribed.inc()
+            await self._hand_over(partition)
+            unconsumed.discard(partition)
+        self._unconsumed = unconsumed
 
     def held_partitions(self) -> Collection[int]:
         """The partitions this replica is known to hold: those it is the active consumer of, or every

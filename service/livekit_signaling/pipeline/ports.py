@@ -126,3 +126,7 @@ class CommandTransport(Protocol):
 
     async def subscribe(self, partition: int) -> None:
         """Join the partition's consumers (active, or waiting behind others)."""
+
+    async def partitions_not_consumed(self) -> list[int]:
+        """Subscribed partitions without a consumer of ours on the broker while connected (cancelled by
+        the broker, or a channel that closed and was not opened again)."""

@@ -126,6 +126,12 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.partitions_resubscribed = Counter(
+            f"{PREFIX}_partitions_resubscribed_total",
+            "Partitions subscribed to again because they had no consumer of this replica for a balancing "
+            "interval while connected (the broker cancelled it, or its channel was not restored).",
+            registry=r,
+        )
         self.partitions_total = Gauge(
             f"{PREFIX}_partitions", "Partition queues the commands are spread over.", registry=r
         )

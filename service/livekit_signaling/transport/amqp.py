@@ -311,6 +311,8 @@ class AmqpTransport:
         self._topology_objects: list[object] = []
         self._partition_channels: dict[int, AbstractChannel] = {}
         self._partition_queues: dict[int, AbstractQueue] = {}
+        #: Our consumer tag on each subscribed partition's queue.
+        self._partition_consumers: dict[int, str] = {}
         #: Arguments each partition queue is declared with (see ``_partition_queue_arguments``).
         self._partition_arguments: dict[str, dict[str, Any]] = {}
         #: Partitions that delivered something since we last subscribed to them: on a
@@ -466,11 +468,19 @@ class AmqpTransport:
             self._topology_objects.append(source)
         names = [t.partition_queue(partition) for partition in range(t.partitions)]
         self._partition_arguments = await self._partition_queue_arguments(names)
+        _, binding_key = self._partition_binding()
         for name in names:
             queue = await channel.declare_queue(name, durable=True, arguments=self._partition_arguments[name])
-            # On the consistent-hash exchange the binding key is the partition's weight.
-            await queue.bind(source, routing_key="1" if t.partitions > 1 else EVERY_ROOM_COMMAND)
+            await queue.bind(source, routing_key=binding_key)
             self._topology_objects.append(queue)
+
+    def _partition_binding(self) -> tuple[str, str]:
+        """The exchange a partition queue is bound to, and the binding key: the consistent-hash
+        exchange with the partition's weight, or with one partition the command exchange itself."""
+        t = self.topology
+        if t.partitions > 1:
+            return t.hash_exchange, "1"
+        return t.command_exchange, EVERY_ROOM_COMMAND
 
     # -- consuming ------------------------------------------------------------------------------------
 
@@ -486,6 +496,10 @@ class AmqpTransport:
         await channel.set_qos(prefetch_count=self._prefetch)
         name = self.topology.partition_queue(partition)
         queue = await channel.declare_queue(name, durable=True, arguments=self._partition_arguments[name])
+        # Bound again (a binding that exists is left as it is, as after every reconnection): a queue
+        # that was deleted under us, which subscribing again declares anew, gets its commands back.
+        exchange, binding_key = self._partition_binding()
+        await queue.bind(exchange, routing_key=binding_key)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Synchronous up to the hand-over, so that delivery order is submission order.
@@ -508,9 +522,30 @@ class AmqpTransport:
                 )
             )
 
-        await queue.consume(on_message)
+        self._partition_consumers[partition] = await queue.consume(on_message)
         self._partition_channels[partition] = channel
         self._partition_queues[partition] = queue
+
+    async def partitions_not_consumed(self) -> list[int]:
+        """Subscribed partitions on which we have no consumer while the connection is up: the broker
+        cancelled it (``basic.cancel``: the queue was deleted), or the channel closed and was not
+        opened again. aio-pika restores consumers after a reconnection, not after either of these, so
+        the partition would stay held and unconsumed (with single-active-consumer, another replica's
+        waiting consumer takes over only when ours goes). Empty while disconnected: a reconnection
+        restores every channel and consumer itself."""
+        if not self.is_connected:
+            return []
+        lost = []
+        for partition, channel in list(self._partition_channels.items()):
+            try:
+                underlay = await channel.get_underlay_channel()
+            except aiormq.exceptions.ChannelInvalidStateError:
+                lost.append(partition)
+                continue
+            assert isinstance(underlay, aiormq.Channel)  # AbstractChannel does not declare its consumers
+            if underlay.is_closed or self._partition_consumers.get(partition) not in underlay.consumers:
+                lost.append(partition)
+        return lost
 
     def _consuming_channel(self, channel: aiormq.abc.AbstractChannel) -> ConsumingChannel:
         consuming = self._consuming.get(channel)
@@ -532,6 +567,7 @@ class AmqpTransport:
         of the commands settled so far go out first."""
         self.active_partitions.discard(partition)
         self._partition_queues.pop(partition, None)
+        self._partition_consumers.pop(partition, None)
         channel = self._partition_channels.pop(partition, None)
         if channel is None or not self.is_connected:
             return  # a dead connection has released everything already
