@@ -74,8 +74,14 @@ class Emulator:
     async def clear_calls(self) -> None:
         await self._post("calls/clear", {})
 
-    async def calls(self) -> list[str]:
-        return [method for method, _ in await self.traced_calls()]
+    async def calls(self, *, room: str | None = None) -> list[str]:
+        """Every Twirp call's method so far; with ``room``, only the calls whose request named that
+        room (the service's background work on other rooms, such as reconciliation, left out)."""
+        if room is None:
+            return [method for method, _ in await self.traced_calls()]
+        async with self._session.get(f"{self.url}/_emulator/calls") as response:
+            data = await response.json()
+        return [method for method, named in zip(data["calls"], data["rooms"], strict=True) if named == room]
 
     async def traced_calls(self) -> list[tuple[str, str | None]]:
         """Every Twirp call received so far, with the ``traceparent`` header it carried."""

@@ -168,13 +168,19 @@ async def test_moderator_commands_refused_for_users_and_guests_without_calling_l
         {"action": "enable_microphone_restrictions", "unrestricted_participants": []},
         {"action": "disable_microphone_restrictions"},
     ]
-    before = len(await emulator.calls())
+    # This room's calls only: the session's service reconciles other tests' rooms meanwhile.
+    before = await emulator.calls(room=room)
     for role in ("user", "guest"):
         for command in commands:
             event = await client.reply(room, pid(), command, role=role)
             assert event.payload == {"message": "error", "error": "insufficient_permissions"}, command
-    assert len(await emulator.calls()) == before
+    assert await emulator.calls(room=room) == before
     assert "microphone" in allowed_sources(await emulator.participant(room, target))
+    # The same command from a moderator does reach LiveKit, and is seen in this room's calls.
+    moderator = pid()
+    event = await client.reply(room, moderator, commands[0], role="moderator")
+    assert (event.participant, event.payload) == (target, {"message": "force_muted", "moderator": moderator})
+    assert "MutePublishedTrack" in (await emulator.calls(room=room))[len(before) :]
 
 
 async def test_microphone_restrictions_hold_in_livekit_and_for_late_joiners(

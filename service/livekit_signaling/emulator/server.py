@@ -258,6 +258,8 @@ class LiveKitEmulator:
         # Every Twirp request received, by method name, whatever its outcome (auth failure and faults
         # included), so tests can assert that nothing reached "LiveKit".
         self.calls: list[str] = []
+        #: The room each of ``calls`` named in its request (None until it is read, or if it names none).
+        self.call_rooms: list[str | None] = []
         #: The W3C ``traceparent`` header of each of those requests (None without), as LiveKit's own
         #: tracing would read it: tests check that the trace reaches LiveKit.
         self.traceparents: list[str | None] = []
@@ -526,7 +528,9 @@ class LiveKitEmulator:
 
     async def _twirp(self, request: web.Request) -> web.StreamResponse:
         method_name = request.match_info["method"]
+        call = len(self.calls)
         self.calls.append(method_name)
+        self.call_rooms.append(None)
         self.traceparents.append(request.headers.get("traceparent"))
         if self._fault is not EmulatorFault.NONE:
             faulted = await self._apply_fault(request)
@@ -540,13 +544,13 @@ class LiveKitEmulator:
         except _AuthError as exc:
             return web.Response(status=401, text=str(exc))
         try:
-            return await self._serve(request, method_name, video)
+            return await self._serve(request, method_name, video, call)
         except EmulatorError as exc:
             log.debug("%s -> %s: %s", method_name, exc.code, exc.msg)
             return _twirp_error(exc.code, exc.msg)
 
     async def _serve(
-        self, request: web.Request, method_name: str, video: dict[str, Any] | None
+        self, request: web.Request, method_name: str, video: dict[str, Any] | None, call: int
     ) -> web.Response:
         method = self._methods.get(method_name)
         if request.match_info["service"] != ROOM_SERVICE or method is None:
@@ -566,6 +570,8 @@ class LiveKitEmulator:
         except (DecodeError, json_format.ParseError) as exc:
             kind = "protobuf" if content_type == _PROTOBUF else "json"
             raise EmulatorError("malformed", f"the {kind} request could not be decoded: {exc}") from None
+        if call < len(self.call_rooms):  # the log may have been cleared meanwhile
+            self.call_rooms[call] = getattr(req, "room", None) or None
         if not method.check(video, req):
             raise _permission_denied()
         outcome = method.handler(req)
@@ -740,10 +746,13 @@ class LiveKitEmulator:
         return web.json_response({"mode": self.fault.value})
 
     async def _ctl_calls(self, _request: web.Request) -> web.Response:
-        return web.json_response({"calls": self.calls, "traceparents": self.traceparents})
+        return web.json_response(
+            {"calls": self.calls, "rooms": self.call_rooms, "traceparents": self.traceparents}
+        )
 
     async def _ctl_calls_clear(self, _request: web.Request) -> web.Response:
         self.calls.clear()
+        self.call_rooms.clear()
         self.traceparents.clear()
         return web.json_response({})
 
