@@ -443,7 +443,11 @@ async def test_calls_are_recorded(
     async with http.get(f"{server.url}/_emulator/calls") as resp:
         # With the traceparent each call carried (livekit-api sends none unless given a traced session).
         recorded = await resp.json()
-    assert recorded == {"calls": ["CreateRoom", "ListParticipants"], "traceparents": [None, None]}
+    assert recorded == {
+        "calls": ["CreateRoom", "ListParticipants"],
+        "rooms": ["r", "r"],  # the room each request named (CreateRoom names it as ``name``)
+        "traceparents": [None, None],
+    }
     async with http.post(f"{server.url}/_emulator/calls/clear") as resp:
         assert resp.status == 200
     assert server.calls == []

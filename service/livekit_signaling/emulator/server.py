@@ -571,7 +571,8 @@ class LiveKitEmulator:
             kind = "protobuf" if content_type == _PROTOBUF else "json"
             raise EmulatorError("malformed", f"the {kind} request could not be decoded: {exc}") from None
         if call < len(self.call_rooms):  # the log may have been cleared meanwhile
-            self.call_rooms[call] = getattr(req, "room", None) or None
+            named = req.name if isinstance(req, room_pb.CreateRoomRequest) else getattr(req, "room", "")
+            self.call_rooms[call] = named or None
         if not method.check(video, req):
             raise _permission_denied()
         outcome = method.handler(req)
