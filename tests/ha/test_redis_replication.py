@@ -18,9 +18,10 @@ from livekit_signaling.domain.errors import StoreUnavailable
 from livekit_signaling.domain.permissions import PublishPolicy
 from livekit_signaling.domain.state import RoomDecisions, RoomState, RosterEntry
 from livekit_signaling.schemas.commands import EnableMicrophoneRestrictions, Envelope
+from livekit_signaling.store.connection import RedisConnection
 from livekit_signaling.store.encoding import decode_decisions
 from livekit_signaling.store.redis import RedisStateStore
-from livekit_signaling.store.replication import ReplicationNotConfirmed
+from livekit_signaling.store.replication import ReadNotConfirmed, ReplicationGuard, ReplicationNotConfirmed
 from testkit.redis_sentinel import RedisNode, RedisSentinelGroup
 from tests.unit.fakes import fake_handler
 
@@ -160,6 +161,34 @@ async def test_a_read_of_state_another_process_wrote_confirms_it_first(
             await reader.load("r")
         group.start_as_replica(replica)
         assert (await reader.load("r")).decisions.microphone_restrictions == ["m"]
+
+
+async def test_a_read_barrier_confirms_only_the_state_its_own_master_holds(group: RedisSentinelGroup) -> None:
+    """A read served by an old master, then its barrier run on the new one (a fail-over in between):
+    the barrier must not confirm what only the old master held. It reads the room's stamp back in its
+    own pipeline: a stamp the master does not hold is ``ReadNotConfirmed`` (read again), the one it
+    holds is confirmed. Before this, any stamp was confirmed by any master's WAIT, and the Redis
+    partition test once saw a restriction answered and gone after the heal."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    room_key, probe_key = f"{prefix}:room:{{r}}", f"{prefix}:probe:{{r}}"
+    with group.client(group.master()) as client:
+        client.hset(room_key, ".w", "held-by-this-master")
+    guard = ReplicationGuard(min_replicas=1, timeout_seconds=2.0)
+    connection = RedisConnection(group.target(), timeout_seconds=5.0)
+    try:
+        with pytest.raises(ReadNotConfirmed):
+            await guard.confirm_read(
+                connection, "r", "only-an-old-master-had", probe_key=probe_key, stamp_at=(room_key, ".w")
+            )
+        assert guard.needs_barrier("r", "only-an-old-master-had")
+        await guard.confirm_read(
+            connection, "r", "held-by-this-master", probe_key=probe_key, stamp_at=(room_key, ".w")
+        )
+        assert not guard.needs_barrier("r", "held-by-this-master")
+    finally:
+        await connection.close()
+        with group.client(group.master()) as client:
+            client.delete(room_key, probe_key)
 
 
 async def test_more_rooms_at_work_than_connections_wait_their_turn(

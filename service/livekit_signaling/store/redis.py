@@ -208,7 +208,11 @@ class RedisStateStore:
             await self._call(
                 "WAIT",
                 lambda: self._replication.confirm_read(
-                    self._connection, room, read_stamp, probe_key=self.keys.probe(room)
+                    self._connection,
+                    room,
+                    read_stamp,
+                    probe_key=self.keys.probe(room),
+                    stamp_at=(self.keys.room(room), _STAMP_FIELD),
                 ),
             )
         return RoomState(

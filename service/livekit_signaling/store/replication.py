@@ -17,8 +17,11 @@ timeout``: it returns how many replicas acknowledged *the calling connection's* 
   write and ``WAIT`` on one connection. Replication is one ordered stream, so a replica that acknowledged
   the probe holds every earlier write, whichever connection or replica made it. (In a cluster each
   master has its own stream: the probe key is in the room's slot, so the barrier runs where the room
-  is.) A stamp (unlike a version number) never repeats, also not after a room was deleted and created
-  again, so "confirmed" cannot be remembered for the wrong state. Reads of rooms this process wrote
+  is.) The stream is the barrier's master's, though, and the read may have come from a master that a
+  fail-over replaced in between: so the barrier reads the room's stamp back in its own pipeline and
+  confirms the read only if that master holds it (``ReadNotConfirmed`` otherwise: read again). A stamp
+  (unlike a version number) never repeats, also not after a room was deleted and created again, so
+  "confirmed" cannot be remembered for the wrong state. Reads of rooms this process wrote
   itself, the common case (one replica owns a partition), cost nothing extra.
 - A ``WAIT`` without a write of its own on that connection proves nothing (it counts the replicas that
   acknowledged the connection's last write offset, 0: all of them), which is why the barrier writes a
@@ -48,9 +51,14 @@ class ReplicationNotConfirmed(StoreUnavailable):
     """``WAIT`` returned before enough replicas acknowledged: the write may be on the master only."""
 
 
+class ReadNotConfirmed(StoreUnavailable):
+    """The master a read barrier ran on does not hold the state as it was read: the read came from a
+    master that has been replaced since (a fail-over between the read and the barrier). Read again."""
+
+
 class ReplicationGuard:
     """``min_replicas`` replicas must acknowledge within ``timeout_seconds`` (one ``WAIT``); 0 turns the
-    guard into a pass-through. A barrier writes a probe key the caller names, in the room's slot."""
+    guard into a pass-through. A read barrier writes a probe key the caller names, in the room's slot."""
 
     def __init__(self, *, min_replicas: int, timeout_seconds: float) -> None:
         self.min_replicas = min_replicas
@@ -91,24 +99,40 @@ class ReplicationGuard:
         """Whether ``write`` takes its connection slot itself (the caller must not hold one then)."""
         return not self.enabled
 
-    async def barrier(self, connection: RedisConnection, probe_key: str) -> None:
-        """Return once ``min_replicas`` replicas hold every write the master that holds ``probe_key`` has
-        accepted so far."""
-        await self.write(connection, probe_key, lambda pipe: pipe.set(probe_key, self.new_stamp(), px=60_000))
-
     def needs_barrier(self, room: str, stamp: str | None) -> bool:
         """Whether a read of ``room`` carrying ``stamp`` (None when the room has none) must wait for a
         barrier: yes, unless the guard is off or this process saw that very stamp confirmed."""
         return self.enabled and (stamp is None or self._confirmed.get(room) != stamp)
 
     async def confirm_read(
-        self, connection: RedisConnection, room: str, stamp: str | None, *, probe_key: str
+        self,
+        connection: RedisConnection,
+        room: str,
+        stamp: str | None,
+        *,
+        probe_key: str,
+        stamp_at: tuple[str, str],
     ) -> None:
         """Before a read of ``room`` is acted on: the barrier (writing ``probe_key``, in the room's slot),
-        if ``needs_barrier``."""
+        if ``needs_barrier``. The barrier also reads the room's stamp back (``stamp_at``: the room's key
+        and the stamp's field) in its own pipeline, so that it proves the state as read: a read served by
+        an old master that a fail-over replaced, followed by a barrier on the new one, would otherwise
+        "confirm" a write only the old master holds (seen in the Redis partition test: a restriction
+        answered, and gone after the heal). A stamp that differs raises ``ReadNotConfirmed``."""
         if not self.needs_barrier(room, stamp):
             return
-        await self.barrier(connection, probe_key)
+        room_key, stamp_field = stamp_at
+
+        def stamp_then_probe(pipe: AnyPipeline) -> None:
+            pipe.hget(room_key, stamp_field)
+            pipe.set(probe_key, self.new_stamp(), px=60_000)
+
+        held, _ = await self.write(connection, probe_key, stamp_then_probe)
+        held_stamp = held.decode() if isinstance(held, bytes) else held
+        if held_stamp != stamp:
+            raise ReadNotConfirmed(
+                f"room {room}: the master holds another state than the one read (a fail-over in between)"
+            )
         if stamp is not None:
             self.confirmed(room, stamp)
 
