@@ -313,6 +313,9 @@ class AmqpTransport:
         self._partition_queues: dict[int, AbstractQueue] = {}
         #: Our consumer tag on each subscribed partition's queue.
         self._partition_consumers: dict[int, str] = {}
+        #: Connected, and aio-pika done restoring channels and consumers (its ``connected`` event is set
+        #: before it restores them; its reconnect callbacks run after).
+        self._restored = False
         #: Arguments each partition queue is declared with (see ``_partition_queue_arguments``).
         self._partition_arguments: dict[str, dict[str, Any]] = {}
         #: Partitions that delivered something since we last subscribed to them: on a
@@ -351,13 +354,16 @@ class AmqpTransport:
                 raise
             raise refusal from error
         log.info("connected to RabbitMQ node %s", self.node)
+        self._restored = True
         self.on_connection_change(True)
 
     def _on_connection_closed(self, *_: Any) -> None:
+        self._restored = False
         self.on_connection_change(False)
 
     def _on_reconnected(self, *_: Any) -> None:
         log.warning("reconnected to RabbitMQ node %s; topology and consumers restored", self.node)
+        self._restored = True
         # Restored consumers join the single-active-consumer election afresh.
         self.active_partitions.clear()
         self.on_connection_change(True)
@@ -531,9 +537,9 @@ class AmqpTransport:
         cancelled it (``basic.cancel``: the queue was deleted), or the channel closed and was not
         opened again. aio-pika restores consumers after a reconnection, not after either of these, so
         the partition would stay held and unconsumed (with single-active-consumer, another replica's
-        waiting consumer takes over only when ours goes). Empty while disconnected: a reconnection
-        restores every channel and consumer itself."""
-        if not self.is_connected:
+        waiting consumer takes over only when ours goes). Empty while disconnected and while aio-pika
+        restores channels and consumers after a reconnection: that is its own work."""
+        if not (self.is_connected and self._restored):
             return []
         lost = []
         for partition, channel in list(self._partition_channels.items()):
