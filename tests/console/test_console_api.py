@@ -62,6 +62,22 @@ class ConsoleApi:
             await asyncio.sleep(0.05)
         raise AssertionError(f"room {room} never matched; last view: {json.dumps(view)[:3000]}")
 
+    async def wait_answers(
+        self, message_id: str, count: int, *, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The answers the console recorded for a command, once there are ``count`` (they come back
+        through the broker, after the service changed LiveKit: a view can show the change first)."""
+        deadline = time.monotonic() + timeout
+        answers: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            commands = (await self.snapshot())["commands"]
+            command = next((c for c in commands if c["message_id"] == message_id), None)
+            answers = command["answers"] if command is not None else []
+            if len(answers) >= count:
+                return answers
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{len(answers)} answers to {message_id} recorded, not {count}: {answers}")
+
 
 def rows(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["identity"]: row for row in view["participants"]}
@@ -187,8 +203,8 @@ async def test_simulated_clients_meet_restrictions_as_livekit_enforces_them(
     assert "microphone" not in b["livekit"]["permission"]["can_publish_sources"]
     assert b["livekit"]["permission"]["can_publish"] is True
     assert sources(a) == sources(mod) == ["microphone"]
-    command = next(c for c in (await api.snapshot())["commands"] if c["message_id"] == enabled["message_id"])
-    answers = {(answer["recipient"], answer["message"]) for answer in command["answers"]}
+    recorded = await api.wait_answers(enabled["message_id"], 3)
+    answers = {(answer["recipient"], answer["message"]) for answer in recorded}
     assert answers == {(p, "microphone_restrictions_enabled") for p in ("mod", "a", "b")}
 
     # b's client tries to get its microphone back: there is no track to unmute, a new one is refused.
