@@ -394,3 +394,37 @@ async def test_a_partition_without_our_consumer_for_a_whole_round_is_subscribed_
     transport.unconsumed = [0]  # missing again, but not for two rounds in a row
     await balancer.step()
     assert handed_over == [1]
+
+
+async def test_a_round_that_fails_does_not_end_the_rounds() -> None:
+    """Subscribing again can fail (the connection goes mid-round): the next round tries again, the
+    balancer's task does not end."""
+    transport = FakeTransport(active_partitions={0})
+    transport.unconsumed = [0]
+    attempts: list[int] = []
+    subscribed = asyncio.Event()
+
+    async def hand_over(partition: int) -> None:
+        attempts.append(partition)
+        if len(attempts) == 1:
+            raise ConnectionError("connection lost mid-round")
+        transport.unconsumed.remove(partition)
+        subscribed.set()
+
+    balancer = PartitionBalancer(
+        transport=transport,
+        hand_over=hand_over,
+        registry=None,
+        replica="me",
+        partitions=1,
+        interval_seconds=0.01,
+        metrics=Metrics(),
+    )
+    rounds = asyncio.create_task(balancer.run())
+    try:
+        async with asyncio.timeout(2):
+            await subscribed.wait()
+        assert attempts == [0, 0]
+        assert not rounds.done()
+    finally:
+        rounds.cancel()

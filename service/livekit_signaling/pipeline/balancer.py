@@ -89,7 +89,13 @@ class PartitionBalancer:
 
     async def run(self) -> None:
         while True:
-            await self.step()
+            try:
+                await self.step()
+            except Exception as error:  # the broker went mid-round, say: the next round starts afresh
+                # The type only: a broker's or store's message may name an address with its user.
+                log.warning(
+                    "partition round failed (%s); next in %.1fs", type(error).__name__, self._interval
+                )
             await asyncio.sleep(self._interval)
 
     async def step(self) -> None:
