@@ -77,17 +77,22 @@ class Emulator:
     async def calls(self, *, room: str | None = None) -> list[str]:
         """Every Twirp call's method so far; with ``room``, only the calls whose request named that
         room (the service's background work on other rooms, such as reconciliation, left out)."""
-        if room is None:
-            return [method for method, _ in await self.traced_calls()]
-        async with self._session.get(f"{self.url}/_emulator/calls") as response:
-            data = await response.json()
-        return [method for method, named in zip(data["calls"], data["rooms"], strict=True) if named == room]
+        log = await self._call_log()
+        return [
+            method
+            for method, named in zip(log["calls"], log["rooms"], strict=True)
+            if room is None or named == room
+        ]
 
     async def traced_calls(self) -> list[tuple[str, str | None]]:
         """Every Twirp call received so far, with the ``traceparent`` header it carried."""
+        log = await self._call_log()
+        return list(zip(log["calls"], log["traceparents"], strict=True))
+
+    async def _call_log(self) -> dict[str, list[Any]]:
         async with self._session.get(f"{self.url}/_emulator/calls") as response:
-            data = await response.json()
-            return list(zip(data["calls"], data["traceparents"], strict=True))
+            log: dict[str, list[Any]] = await response.json()
+            return log
 
     async def participant(self, room: str, identity: str) -> ParticipantInfo:
         return await self.api.room.get_participant(RoomParticipantIdentity(room=room, identity=identity))

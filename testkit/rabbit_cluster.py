@@ -240,7 +240,7 @@ class RabbitCluster:
             first, *others = self.nodes
 
             # One at a time, as RabbitMQ's peer discovery does under its lock: two nodes joining at
-            # once can abort each other's schema change (a CI run failed with Mnesia's
+            # once can abort each other's schema change (Mnesia's
             # `{aborted, {shutdown, ... schema_prepare}}` on the second joiner).
             for letter in others:
                 self.ctl(letter, "stop_app")

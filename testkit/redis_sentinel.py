@@ -363,18 +363,22 @@ class RedisSentinelGroup:
     def node_at(self, port: int) -> RedisNode:
         return next(node for node in self.data_nodes if node.port == port)
 
-    def master_by_sentinels(self) -> RedisNode | None:
-        """The master a majority of the running Sentinels report, or None while they disagree."""
-        votes: dict[int, int] = {}
+    def _masters_named(self) -> tuple[int, list[int]]:
+        """How many Sentinels run, and the master port each of those that answered names."""
         running = [s for s in self.sentinel_nodes if s.running]
+        ports = []
         for sentinel in running:
             with contextlib.suppress(redis.RedisError):
                 reply = self._query(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
                 assert isinstance(reply, list)
-                port = int(reply[1])
-                votes[port] = votes.get(port, 0) + 1
-        for port, count in votes.items():
-            if count > len(running) // 2:
+                ports.append(int(reply[1]))
+        return len(running), ports
+
+    def master_by_sentinels(self) -> RedisNode | None:
+        """The master a majority of the running Sentinels report, or None while they disagree."""
+        running, ports = self._masters_named()
+        for port in set(ports):
+            if ports.count(port) > running // 2:
                 return self.node_at(port)
         return None
 
@@ -463,36 +467,28 @@ class RedisSentinelGroup:
         with one that made it fail over (the Sentinels reconfigure a returning node in their own time)."""
 
         def whole() -> bool:
-            running = [sentinel for sentinel in self.sentinel_nodes if sentinel.running]
-            master = self.master_by_sentinels()
-            if master is None or self.role(master) != "master":
+            running, ports = self._masters_named()
+            if len(ports) != running or len(set(ports)) != 1:
                 return False
-            for sentinel in running:
-                reply = self._query(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-                if not isinstance(reply, list) or int(reply[1]) != master.port:
-                    return False
-            for node in self.data_nodes:
-                if node is master or not node.running:
-                    continue
-                with self.client(node) as client:
-                    info = client.info("replication")
-                if (
-                    int(info.get("master_port", 0)) != master.port
-                    or info.get("master_link_status") != "up"
-                    or info.get("master_sync_in_progress")
-                ):
-                    return False
-            return True
+            master = self.node_at(ports[0])
+            if self.role(master) != "master":
+                return False
+            replicas = [node for node in self.data_nodes if node is not master and node.running]
+            return all(self._synced(node, master_port=master.port) for node in replicas)
 
         self._wait(whole, "the group did not settle on one master with synced replicas", timeout)
 
-    def _wait_replica_synced(self, node: RedisNode, timeout: float) -> None:
-        def synced() -> bool:
-            with self.client(node) as client:
-                info = client.info("replication")
-            return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+    def _synced(self, node: RedisNode, *, master_port: int | None = None) -> bool:
+        """Whether ``node`` is a replica with its link up and no sync in progress (of the master on
+        ``master_port``, if given)."""
+        with self.client(node) as client:
+            info = client.info("replication")
+        if master_port is not None and int(info.get("master_port", 0)) != master_port:
+            return False
+        return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
 
-        self._wait(synced, f"{node.name} did not sync with its master", timeout)
+    def _wait_replica_synced(self, node: RedisNode, timeout: float) -> None:
+        self._wait(lambda: self._synced(node), f"{node.name} did not sync with its master", timeout)
 
     def _wait_sentinels_settled(self, timeout: float) -> None:
         replicas = len(self.data_nodes) - 1

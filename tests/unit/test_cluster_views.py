@@ -16,7 +16,7 @@ ALL = {"a", "b", "c"}
     [
         # Whole: nothing to restart.
         ({"a": ALL, "b": ALL, "c": ALL}, []),
-        # Seen in CI: a runs alone, b and c see each other.
+        # What a nemesis can leave: a runs alone, b and c see each other.
         ({"a": {"a"}, "b": {"b", "c"}, "c": {"b", "c"}}, ["a"]),
         # a believes it is whole, its peers do not see it: a still goes.
         ({"a": ALL, "b": {"b", "c"}, "c": {"b", "c"}}, ["a"]),

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from livekit_signaling.domain.permissions import ALL_SOURCES, PublishPolicy
 from livekit_signaling.domain.ports import ConnectedParticipant
@@ -327,20 +327,33 @@ class Registry:
         pass
 
 
+def balancer_of(
+    transport: FakeTransport,
+    *,
+    partitions: int,
+    interval_seconds: float,
+    hand_over: Callable[[int], Awaitable[None]] = lambda _partition: asyncio.sleep(0),
+    registry: Registry | None = None,
+    metrics: Metrics | None = None,
+) -> PartitionBalancer:
+    """Replica "me"'s balancer over ``transport``."""
+    return PartitionBalancer(
+        transport=transport,
+        hand_over=hand_over,
+        registry=registry,
+        replica="me",
+        partitions=partitions,
+        interval_seconds=interval_seconds,
+        metrics=metrics or Metrics(),
+    )
+
+
 async def test_a_replica_holds_its_active_partitions_or_all_once_it_is_known_to_be_alone() -> None:
     transport = FakeTransport(active_partitions={1})
     registry = Registry(["me", "other"])
 
     def balancer(registry: Registry | None) -> PartitionBalancer:
-        return PartitionBalancer(
-            transport=transport,
-            hand_over=lambda _partition: asyncio.sleep(0),
-            registry=registry,
-            replica="me",
-            partitions=4,
-            interval_seconds=0.05,
-            metrics=Metrics(),
-        )
+        return balancer_of(transport, partitions=4, interval_seconds=0.05, registry=registry)
 
     # Without a registry (no Redis) there is only one replica.
     assert list(balancer(None).held_partitions()) == [0, 1, 2, 3]
@@ -369,14 +382,8 @@ async def test_a_partition_without_our_consumer_for_a_whole_round_is_subscribed_
         transport.unconsumed.remove(partition)
 
     metrics = Metrics()
-    balancer = PartitionBalancer(
-        transport=transport,
-        hand_over=hand_over,
-        registry=None,
-        replica="me",
-        partitions=2,
-        interval_seconds=5.0,
-        metrics=metrics,
+    balancer = balancer_of(
+        transport, partitions=2, interval_seconds=5.0, hand_over=hand_over, metrics=metrics
     )
     transport.unconsumed = [1]
     await balancer.step()
@@ -411,15 +418,7 @@ async def test_a_round_that_fails_does_not_end_the_rounds() -> None:
         transport.unconsumed.remove(partition)
         subscribed.set()
 
-    balancer = PartitionBalancer(
-        transport=transport,
-        hand_over=hand_over,
-        registry=None,
-        replica="me",
-        partitions=1,
-        interval_seconds=0.01,
-        metrics=Metrics(),
-    )
+    balancer = balancer_of(transport, partitions=1, interval_seconds=0.01, hand_over=hand_over)
     rounds = asyncio.create_task(balancer.run())
     try:
         async with asyncio.timeout(2):

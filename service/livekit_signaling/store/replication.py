@@ -117,8 +117,8 @@ class ReplicationGuard:
         if ``needs_barrier``. The barrier also reads the room's stamp back (``stamp_at``: the room's key
         and the stamp's field) in its own pipeline, so that it proves the state as read: a read served by
         an old master that a fail-over replaced, followed by a barrier on the new one, would otherwise
-        "confirm" a write only the old master holds (seen in the Redis partition test: a restriction
-        answered, and gone after the heal). A stamp that differs raises ``ReadNotConfirmed``."""
+        "confirm" a write only the old master holds, which the heal then discards. A stamp that differs
+        raises ``ReadNotConfirmed``."""
         if not self.needs_barrier(room, stamp):
             return
         room_key, stamp_field = stamp_at
